@@ -1,0 +1,165 @@
+"""Exact fixed-point amounts: every amount is an integer number of micro-units.
+
+Amounts cross the API as ``int | float | Decimal`` and leave it as ``float`` (the seed's f64), but
+inside budgetkit and Redis they are integers of micro-units (10⁻⁶ of a currency unit), so that
+``0.1 + 0.2`` debits leave exactly ``0.3`` spent and the ledger invariant holds with zero error.
+
+Bounds: every amount, limit and balance has a magnitude of at most ``MAX_MICROS`` (2⁵³−1
+micro-units, about 9.007 × 10⁹ units), so Lua's doubles represent every value exactly.
+
+Precision out: ``from_micros`` returns the float nearest to the exact value. Below 2³³ units
+(about 8.59 × 10⁹) that float reads back (``to_micros``) as the same micros; above it, adjacent
+micro values can share a float, so a float read back may differ by one micro-unit.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
+
+from budgetkit.errors import InvalidAmount
+
+__all__ = [
+    "MAX_MICROS",
+    "MICROS_PER_UNIT",
+    "from_micros",
+    "round_micros",
+    "to_micros",
+]
+
+#: Micro-units per currency unit (the fixed-point scale, 10⁶).
+MICROS_PER_UNIT = 1_000_000
+
+#: Largest magnitude of any amount, limit or balance, in micro-units (2⁵³−1, exact in a double).
+MAX_MICROS = 2**53 - 1
+
+#: Decimal places an amount given to the API may carry (log10 of ``MICROS_PER_UNIT``).
+_DECIMALS_MAX = 6
+
+#: One micro-unit as a Decimal exponent template, for quantize().
+_MICRO_STEP = Decimal(1).scaleb(-_DECIMALS_MAX)
+
+#: Largest ``Decimal.adjusted()`` (power of ten of the leading digit) a bounded value can have:
+#: MAX_MICROS / 10⁶ ≈ 9.007 × 10⁹, so anything at or above 10¹⁰ units is out of range.
+_ADJUSTED_MAX = 9
+
+#: Decimal context for quantize(): bounded values have at most 16 significant digits.
+_CONTEXT = Context(prec=40, rounding=ROUND_HALF_UP, traps=[InvalidOperation])
+
+#: Longest repr of a rejected value quoted in an error message, in characters.
+_REPR_CHARS_MAX = 80
+
+
+def _show(value: object) -> str:
+    """Return a short repr of a value for an error message.
+
+    Error messages must name the value, but a caller's huge Decimal must not make a huge message.
+    """
+    text = repr(value)
+    if len(text) <= _REPR_CHARS_MAX:
+        return text
+    return text[: _REPR_CHARS_MAX - 3] + "..."
+
+
+def _as_decimal(value: object, *, field: str) -> Decimal:
+    """Return ``value`` as a finite Decimal, reading a float as its shortest round-trip decimal.
+
+    Only int, float and Decimal are amounts; bool is an int to Python but never an amount.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise InvalidAmount(
+            f"{field} must be an int, float or Decimal, got {type(value).__name__} {_show(value)}"
+        )
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidAmount(f"{field} must be a finite number, got {_show(value)}")
+        return Decimal(repr(value))
+    if isinstance(value, int):
+        return Decimal(value)
+    if not value.is_finite():
+        raise InvalidAmount(f"{field} must be a finite number, got {_show(value)}")
+    return value
+
+
+def _check_magnitude(value: Decimal, *, field: str) -> None:
+    """Reject a value whose magnitude is certainly beyond ``MAX_MICROS``.
+
+    Done before any arithmetic so that a value like ``Decimal("1e999999999")`` costs nothing.
+    """
+    if not value.is_zero() and value.adjusted() > _ADJUSTED_MAX:
+        raise InvalidAmount(
+            f"{field} is too large: {_show(value)} exceeds {from_micros(MAX_MICROS)} "
+            f"(at most {MAX_MICROS} micro-units)"
+        )
+
+
+def _micros_of(value: Decimal) -> int:
+    """Return the integer micros of a Decimal that is already a whole number of micro-units."""
+    return int(value.scaleb(_DECIMALS_MAX, context=_CONTEXT))
+
+
+def _check_bounds(micros: int, value: object, *, field: str) -> None:
+    """Reject micros whose magnitude exceeds ``MAX_MICROS``."""
+    if abs(micros) > MAX_MICROS:
+        raise InvalidAmount(
+            f"{field} is too large: {_show(value)} exceeds {from_micros(MAX_MICROS)} "
+            f"(at most {MAX_MICROS} micro-units)"
+        )
+
+
+def to_micros(
+    value: object, *, field: str, allow_negative: bool = False, allow_zero: bool = True
+) -> int:
+    """Convert an amount given to the API into integer micro-units, exactly, or reject it.
+
+    Why: amounts are stored as integers so that sums are exact; anything that cannot be
+    represented exactly (more than 6 decimals, NaN, ±inf, beyond ``MAX_MICROS``) is rejected
+    before anything is written instead of being silently rounded.
+
+    ``value``: int, float or Decimal, in currency units; a float is read as its shortest
+    round-trip decimal (``repr``), so ``0.1`` is exactly 100,000 micros. ``field`` names the
+    argument in error messages. Returns micros in ``[-MAX_MICROS, MAX_MICROS]`` (``[0, ...]``
+    unless ``allow_negative``; never 0 unless ``allow_zero``). Raises InvalidAmount.
+    """
+    exact = _as_decimal(value, field=field)
+    if exact.is_signed() and not exact.is_zero() and not allow_negative:
+        raise InvalidAmount(f"{field} must not be negative, got {_show(value)}")
+    _check_magnitude(exact, field=field)
+    quantized = exact.quantize(_MICRO_STEP, context=_CONTEXT)
+    if quantized != exact:
+        raise InvalidAmount(
+            f"{field} has more than {_DECIMALS_MAX} decimal places: {_show(value)} "
+            f"(amounts are exact to 1e-{_DECIMALS_MAX})"
+        )
+    micros = _micros_of(quantized)
+    _check_bounds(micros, value, field=field)
+    if micros == 0 and not allow_zero:
+        raise InvalidAmount(f"{field} must not be zero, got {_show(value)}")
+    return micros
+
+
+def round_micros(value: Decimal | int | float) -> int:
+    """Round an amount computed by budgetkit (a price estimate, a provider cost) to micro-units.
+
+    Why: computed values legitimately carry more than 6 decimals; they are rounded half-up (a
+    tie goes away from zero), unlike amounts given by a caller, which must be exact.
+
+    ``value`` in currency units; a float is read as its shortest round-trip decimal. Returns
+    micros in ``[-MAX_MICROS, MAX_MICROS]``. Raises InvalidAmount for NaN, ±inf, a wrong type, or
+    a result beyond ``MAX_MICROS``.
+    """
+    field = "computed amount"
+    exact = _as_decimal(value, field=field)
+    _check_magnitude(exact, field=field)
+    micros = _micros_of(exact.quantize(_MICRO_STEP, context=_CONTEXT))
+    _check_bounds(micros, value, field=field)
+    return micros
+
+
+def from_micros(micros: int) -> float:
+    """Convert integer micro-units to a float amount in currency units (the nearest float).
+
+    Why: the seed's types carry f64 amounts; int true division is correctly rounded, so the
+    result is the float closest to the exact value.
+    """
+    return micros / MICROS_PER_UNIT

@@ -1,0 +1,472 @@
+"""BudgetKit: the async client. Validates, converts to micro-units, builds keys, runs one script.
+
+Data flows one way: caller → validate and convert → one EVALSHA → Lua → flat reply → models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from budgetkit.amounts import to_micros
+from budgetkit.errors import BudgetUnavailable, InvalidInput, InvalidLimit
+from budgetkit.evaluate import check_result, tool_response
+from budgetkit.ids import (
+    new_budget_id,
+    new_ledger_id,
+    normalize_currency,
+    parse_budget_id,
+    validate_identifier,
+)
+from budgetkit.keys import Keyspace
+from budgetkit.models import (
+    Budget,
+    BudgetCheckResult,
+    BudgetEvent,
+    BudgetPeriod,
+    BudgetStatus,
+    BudgetSubjectType,
+    BudgetToolResponse,
+    CalendarPeriod,
+    LedgerEntry,
+    parse_period,
+)
+from budgetkit.replies import EventRecord, Reply, parse_entries, parse_reply
+from budgetkit.results import DebitResult
+from budgetkit.scope import Scope
+from budgetkit.scripts import ScriptArg, ScriptRuntime
+from budgetkit.urls import client_from_url
+
+log = logging.getLogger("budgetkit")
+
+Amount = int | float | Decimal
+Clock = Callable[[], datetime]
+FailurePolicy = Literal["fail_closed", "fail_open"]
+
+DEFAULT_WARN_FRACTION = 0.2
+BUDGETS_PER_SUBJECT_MAX = 16
+LEDGER_PAGE_MAX = 1000
+LIST_PAGE_MAX = 1000
+TEXT_BYTES_MAX = 1024
+CURRENCIES_PER_DEBIT_MAX = 64
+EVENTS_BATCH_MAX = 100
+UNAVAILABLE_CODE = "budget_unavailable"
+
+
+class _Unset:
+    """Marks an update parameter that was not given (``None`` clears instead)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+def _text(value: object, *, field: str, required: bool = False) -> str:
+    """A free-text field (meter source, description): str, at most TEXT_BYTES_MAX bytes."""
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise InvalidInput(f"{field} must be a {'non-empty ' if required else ''}string")
+    if len(value.encode("utf-8")) > TEXT_BYTES_MAX:
+        raise InvalidInput(f"{field} must be at most {TEXT_BYTES_MAX} bytes")
+    return value
+
+
+def _warn_fraction_ppm(value: object) -> int:
+    """Warn fraction in [0, 1] with at most 6 decimals, as parts per million."""
+    ppm = to_micros(value, field="warn_fraction")
+    if ppm > 1_000_000:
+        raise InvalidLimit("warn_fraction must be between 0 and 1")
+    return ppm
+
+
+def _period_args(period: object) -> list[ScriptArg]:
+    """JSON, kind, seconds, unit of a period for the scripts ('' for none)."""
+    if period is None:
+        return ["", "", "", ""]
+    parsed: BudgetPeriod = parse_period(period)
+    seconds = parsed.duration_seconds()
+    text = parsed.model_dump_json()
+    if isinstance(parsed, CalendarPeriod):
+        return [text, "c", "", parsed.unit]
+    return [text, "d", str(seconds), ""]
+
+
+def _limit_micros(value: object) -> int:
+    """A limit in micros: a valid amount that is > 0 (SPEC §4 wording on failure)."""
+    micros = to_micros(value, field="limit", allow_negative=True)
+    if micros <= 0:
+        raise InvalidLimit("Limit must be positive")
+    return micros
+
+
+def _soft_micros(value: object, limit_micros: int | None) -> str:
+    """A soft limit in micros ('' for none) with 0 < soft <= limit when the limit is known."""
+    if value is None:
+        return ""
+    micros = to_micros(value, field="soft_limit", allow_negative=True)
+    if micros <= 0 or (limit_micros is not None and micros > limit_micros):
+        raise InvalidLimit("Soft limit must be between 0 and limit")
+    return str(micros)
+
+
+def _metadata_json(metadata: object) -> str:
+    if metadata is None:
+        return ""
+    try:
+        return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidInput(f"metadata must be JSON-serializable: {error}") from error
+
+
+def _amounts_micros(amounts: Mapping[str, Amount]) -> dict[str, int]:
+    if not isinstance(amounts, Mapping):
+        raise InvalidInput("amounts must be a mapping of currency to amount")
+    if len(amounts) > CURRENCIES_PER_DEBIT_MAX:
+        raise InvalidInput(f"at most {CURRENCIES_PER_DEBIT_MAX} currencies per call")
+    out: dict[str, int] = {}
+    for currency, amount in amounts.items():
+        code = normalize_currency(currency)
+        if code in out:
+            raise InvalidInput(f"currency {code!r} given twice")
+        out[code] = to_micros(amount, field=f"amount[{code}]")
+    return out
+
+
+def _page(limit: object, offset: object, limit_max: int) -> tuple[int, int]:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= limit_max:
+        raise InvalidInput(f"limit must be an integer in [1, {limit_max}]")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= 100_000:
+        raise InvalidInput("offset must be an integer in [0, 100000]")
+    return limit, offset
+
+
+class BudgetKit:
+    """Async budget enforcement on one Redis (single node; Cluster and Sentinel via from_url).
+
+    ``clock``: None uses the Redis server's TIME (every replica agrees); tests pass a callable
+    returning an aware UTC datetime. ``prefix`` namespaces every key. ``failure_policy``:
+    ``fail_closed`` (default) makes check say stop when Redis is unreachable; ``fail_open`` says
+    continue, flagged with ``fail_open=True``.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "bk",
+        clock: Clock | None = None,
+        failure_policy: FailurePolicy = "fail_closed",
+    ) -> None:
+        if failure_policy not in ("fail_closed", "fail_open"):
+            raise InvalidInput("failure_policy must be 'fail_closed' or 'fail_open'")
+        self._client = client
+        self._keys = Keyspace(prefix)
+        self._clock = clock
+        self._policy = failure_policy
+        self._runtime = ScriptRuntime(client)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> BudgetKit:
+        """A client for ``redis://``, ``rediss://``, ``unix://`` URLs."""
+        return cls(client_from_url(url), **kwargs)
+
+    @property
+    def redis(self) -> Redis:
+        return self._client
+
+    @property
+    def keys(self) -> Keyspace:
+        return self._keys
+
+    @property
+    def runtime(self) -> ScriptRuntime:
+        return self._runtime
+
+    async def __aenter__(self) -> BudgetKit:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _now_arg(self) -> str:
+        if self._clock is None:
+            return ""
+        now = self._clock()
+        if now.tzinfo is None:
+            raise InvalidInput("the clock must return a timezone-aware datetime")
+        return str(int(now.timestamp() * 1000))
+
+    def _common_args(self, organization_id: str) -> list[ScriptArg]:
+        return [self._keys.org(organization_id), self._now_arg(), new_ledger_id()[:37]]
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Reply:
+        return parse_reply(await self._runtime.call(name, keys, args))
+
+    def _scope_keys(self, scope: Scope, only: tuple[str, ...] | None = None) -> list[str]:
+        if not isinstance(scope, Scope):
+            raise InvalidInput("scope must be a budgetkit.Scope")
+        org = scope.organization_id
+        subjects = [self._keys.subject(org, lvl, sid) for lvl, sid in scope.levels(only)]
+        return [*subjects, self._keys.events(org)]
+
+    def _budget_keys(self, organization_id: object, budget_id: object) -> tuple[str, str, str]:
+        org = validate_identifier(organization_id, field="organization_id")
+        bid = parse_budget_id(budget_id)
+        return org, bid, self._keys.budget(org, bid)
+
+    # -- budgets ----------------------------------------------------------------------------
+
+    async def create_budget(
+        self,
+        organization_id: str,
+        subject_type: str | BudgetSubjectType,
+        subject_id: str,
+        currency: str,
+        limit: Amount,
+        soft_limit: Amount | None = None,
+        period: BudgetPeriod | Mapping[str, Any] | None = None,
+        metadata: Any = None,
+        warn_fraction: Amount = DEFAULT_WARN_FRACTION,
+    ) -> Budget:
+        """Creates a budget with ``balance = limit``; amounts in currency units (6 decimals)."""
+        org = validate_identifier(organization_id, field="organization_id")
+        kind = BudgetSubjectType.parse(subject_type).as_wire()
+        sid = validate_identifier(subject_id, field="subject_id")
+        if kind == "org" and sid != org:
+            raise InvalidInput("an org-level budget must have subject_id == organization_id")
+        limit_micros = _limit_micros(limit)
+        soft = _soft_micros(soft_limit, limit_micros)
+        bid = new_budget_id()
+        keys = [
+            self._keys.budget(org, bid),
+            self._keys.subject(org, kind, sid),
+            self._keys.org_index(org),
+            self._keys.events(org),
+        ]
+        args: list[ScriptArg] = [
+            self._keys.org(org),
+            self._now_arg(),
+            bid,
+            org,
+            kind,
+            sid,
+            normalize_currency(currency),
+            str(limit_micros),
+            soft,
+            str(_warn_fraction_ppm(warn_fraction)),
+            *_period_args(period),
+            _metadata_json(metadata),
+            str(BUDGETS_PER_SUBJECT_MAX),
+        ]
+        reply = await self._run("create", keys, args)
+        return reply.budgets[0].to_budget()
+
+    async def get_budget(self, organization_id: str, budget_id: str) -> Budget:
+        """One budget of the organization; BudgetNotFound for unknown or foreign ids."""
+        org, _, key = self._budget_keys(organization_id, budget_id)
+        reply = await self._run("get", [key, self._keys.events(org)], self._common_args(org))
+        return reply.budgets[0].to_budget()
+
+    async def list_budgets(
+        self,
+        organization_id: str,
+        subject_type: str | BudgetSubjectType | None = None,
+        subject_id: str | None = None,
+        include_disabled: bool = False,
+        limit: int = 200,
+        offset: int = 0,
+    ) -> list[Budget]:
+        """The organization's budgets, newest first, filtered and paginated."""
+        org = validate_identifier(organization_id, field="organization_id")
+        kind = "" if subject_type is None else BudgetSubjectType.parse(subject_type).as_wire()
+        sid = "" if subject_id is None else validate_identifier(subject_id, field="subject_id")
+        page_size, skip = _page(limit, offset, LIST_PAGE_MAX)
+        keys = [self._keys.org_index(org), self._keys.events(org)]
+        args = [*self._common_args(org), kind, sid, "1" if include_disabled else "0"]
+        reply = await self._run("list", keys, [*args, str(page_size), str(skip)])
+        return [record.to_budget() for record in reply.budgets]
+
+    async def update_budget(
+        self,
+        organization_id: str,
+        budget_id: str,
+        *,
+        limit: Amount = UNSET,
+        soft_limit: Amount | None = UNSET,
+        status: str | BudgetStatus = UNSET,
+        period: BudgetPeriod | Mapping[str, Any] | None = UNSET,
+        metadata: Any = UNSET,
+        warn_fraction: Amount = UNSET,
+    ) -> Budget:
+        """Changes the given fields; an explicit None clears soft_limit, period or metadata."""
+        org, _, key = self._budget_keys(organization_id, budget_id)
+        args = self._common_args(org)
+        limit_micros = None if limit is UNSET else _limit_micros(limit)
+        given = [
+            (limit, lambda _: str(limit_micros)),
+            (soft_limit, lambda v: _soft_micros(v, limit_micros)),
+            (status, self._settable_status),
+        ]
+        for value, convert in given:
+            args += ["0", ""] if value is UNSET else ["1", convert(value)]
+        args += ["0", "", "", "", ""] if period is UNSET else ["1", *_period_args(period)]
+        args += ["0", ""] if warn_fraction is UNSET else ["1", str(_warn_fraction_ppm(warn_fraction))]
+        args += ["0", ""] if metadata is UNSET else ["1", _metadata_json(metadata)]
+        reply = await self._run("update", [key, self._keys.events(org)], args)
+        return reply.budgets[0].to_budget()
+
+    @staticmethod
+    def _settable_status(value: object) -> str:
+        status = BudgetStatus.parse(value)
+        if status is BudgetStatus.EXHAUSTED:
+            raise InvalidInput("status exhausted cannot be set; it is derived from the balance")
+        return status.value
+
+    async def disable_budget(self, organization_id: str, budget_id: str) -> Budget:
+        """Disables a budget: it is never debited or checked until set active again."""
+        return await self.update_budget(organization_id, budget_id, status="disabled")
+
+    async def top_up(
+        self,
+        organization_id: str,
+        budget_id: str,
+        amount: Amount,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Budget:
+        """Credits ``amount`` (> 0, currency units) to the balance; may exceed the limit."""
+        org, bid, key = self._budget_keys(organization_id, budget_id)
+        micros = to_micros(amount, field="amount", allow_zero=False)
+        args = [*self._common_args(org), str(micros), _text(description, field="description")]
+        reply = await self._run("top_up", [key, self._keys.events(org)], args)
+        return reply.budgets[0].to_budget()
+
+    # -- enforcement ------------------------------------------------------------------------
+
+    async def _check_reply(self, scope: Scope) -> Reply | BudgetCheckResult:
+        keys = self._scope_keys(scope)
+        try:
+            return await self._run("check", keys, self._common_args(scope.organization_id))
+        except BudgetUnavailable as error:
+            log.warning("budget store unavailable (%s): %s", self._policy, error)
+            if self._policy == "fail_open":
+                return BudgetCheckResult(action="continue", fail_open=True)
+            return BudgetCheckResult(
+                action="stop",
+                message="Budget store unavailable. Try again later.",
+                error_code=UNAVAILABLE_CODE,
+            )
+
+    async def check(self, scope: Scope) -> BudgetCheckResult:
+        """The most restrictive action over the scope's budgets (one round trip; never raises
+        for an unreachable store: the failure policy decides)."""
+        reply = await self._check_reply(scope)
+        if isinstance(reply, BudgetCheckResult):
+            return reply
+        return check_result([b.snapshot() for b in reply.budgets])
+
+    async def check_tool(self, scope: Scope) -> BudgetToolResponse:
+        """The check_budget tool's response for an agent (one round trip)."""
+        reply = await self._check_reply(scope)
+        if isinstance(reply, BudgetCheckResult):
+            status = "active" if reply.action == "continue" else "exhausted"
+            return BudgetToolResponse(status=status, budgets=[], hint=reply.message)
+        return tool_response([b.snapshot() for b in reply.budgets])
+
+    async def debit(
+        self,
+        scope: Scope,
+        amounts: Mapping[str, Amount],
+        meter_source: str = "manual",
+        ref_type: str | None = None,
+        ref_id: str | None = None,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> DebitResult:
+        """Charges every non-disabled budget of the scope its currency's amount, atomically."""
+        micros = _amounts_micros(amounts)
+        keys = self._scope_keys(scope)
+        args = [
+            *self._common_args(scope.organization_id),
+            _text(meter_source, field="meter_source", required=True),
+            _text(ref_type, field="ref_type"),
+            _text(ref_id, field="ref_id"),
+            scope.session_id or "",
+            _text(description, field="description"),
+            str(len(micros)),
+        ]
+        for currency, amount in micros.items():
+            args += [currency, str(amount)]
+        reply = await self._run("debit", keys, args)
+        return self._debit_result(scope.organization_id, reply)
+
+    @staticmethod
+    def _debit_result(organization_id: str, reply: Reply) -> DebitResult:
+        return DebitResult(
+            check=check_result([b.snapshot() for b in reply.budgets]),
+            entries=[e.to_entry() for e in reply.entries],
+            events=[e.to_event(organization_id) for e in reply.events],
+        )
+
+    async def resume(self, scope: Scope, levels: Sequence[str] = ("session",)) -> list[Budget]:
+        """Resumes the paused budgets of the scope's given levels; returns those resumed."""
+        wanted = tuple(BudgetSubjectType.parse(level).as_wire() for level in levels)
+        keys = self._scope_keys(scope, wanted)
+        reply = await self._run("resume", keys, self._common_args(scope.organization_id))
+        return [record.to_budget() for record in reply.budgets]
+
+    async def ledger(
+        self, organization_id: str, budget_id: str, limit: int = 50, offset: int = 0
+    ) -> list[LedgerEntry]:
+        """A page of the budget's ledger, newest first."""
+        org, bid, key = self._budget_keys(organization_id, budget_id)
+        page_size, skip = _page(limit, offset, LEDGER_PAGE_MAX)
+        keys = [key, self._keys.ledger(org, bid)]
+        raw = await self._runtime.call("ledger", keys, [str(page_size), str(skip)])
+        return [record.to_entry() for record in parse_entries(raw)]
+
+    async def events(
+        self,
+        organization_id: str,
+        after: str | None = None,
+        *,
+        follow: bool = True,
+        block_ms: int = 1000,
+    ) -> AsyncIterator[BudgetEvent]:
+        """The organization's events after stream id ``after`` (None: from the first).
+
+        With ``follow`` the iterator waits for new events (stop it by breaking out); without,
+        it ends when it has caught up. Any number of replicas can read the same stream.
+        """
+        org = validate_identifier(organization_id, field="organization_id")
+        key = self._keys.events(org)
+        last = after or "0-0"
+        while True:
+            block = block_ms if follow else None
+            batches = await self._client.xread({key: last}, count=EVENTS_BATCH_MAX, block=block)
+            if not batches:
+                if follow:
+                    continue
+                return
+            for raw_id, raw_fields in batches[0][1]:
+                fields = {_decode(k): _decode(v) for k, v in raw_fields.items()}
+                last = _decode(raw_id)
+                yield EventRecord.from_stream(last, fields).to_event(org)
+
+
+def _decode(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,104 @@
+"""Every error budgetkit raises.
+
+A limit being reached is *not* an error: it is the ``action`` of a BudgetCheckResult.
+Exceptions are for misuse (invalid input) and failures (store unavailable, corrupt state).
+
+    BudgetkitError
+    ├── InvalidInput (ValueError)            bad argument; nothing was written
+    │   ├── InvalidAmount                    NaN, inf, negative, too large, > 6 decimals
+    │   ├── InvalidIdentifier                empty, too long, whitespace, control chars, braces
+    │   ├── InvalidPeriod                    bad rolling window or calendar unit
+    │   ├── InvalidLimit                     limit / soft limit / warn fraction out of range
+    │   ├── InvalidStatus                    unknown status, or one that cannot be set
+    │   └── UnpricedModel                    usd budget in scope, model has no price, no cost
+    ├── BudgetNotFound (LookupError)         unknown id, or another organization's
+    ├── HoldNotFound (LookupError)           unknown or already resolved reservation
+    ├── HoldExpired                          reservation outlived its TTL
+    ├── IdempotencyConflict                  same key, different request
+    ├── CorruptState                         a stored record fails validation; nothing written
+    ├── BudgetUnavailable                    Redis unreachable; the request was not applied
+    │   └── OutcomeUnknown                   the request may or may not have been applied
+    └── ScriptError                          an unexpected script reply (a bug)
+"""
+
+from __future__ import annotations
+
+
+class BudgetkitError(Exception):
+    """Base of every budgetkit error."""
+
+
+class InvalidInput(BudgetkitError, ValueError):
+    """An argument is invalid; nothing was written."""
+
+
+class InvalidAmount(InvalidInput):
+    """An amount is not a finite, in-range number with at most 6 decimals."""
+
+
+class InvalidIdentifier(InvalidInput):
+    """An identifier is empty, too long, or contains forbidden characters."""
+
+
+class InvalidPeriod(InvalidInput):
+    """A budget period cannot be parsed (bad rolling window, unknown calendar unit)."""
+
+
+class InvalidLimit(InvalidInput):
+    """A limit, soft limit or warn fraction is out of range."""
+
+
+class InvalidStatus(InvalidInput):
+    """A status string is unknown or cannot be set explicitly."""
+
+
+class UnpricedModel(InvalidInput):
+    """A usd budget is in scope but the model has no price and no provider cost."""
+
+
+class BudgetNotFound(BudgetkitError, LookupError):
+    """No budget with this id exists in this organization."""
+
+
+class HoldNotFound(BudgetkitError, LookupError):
+    """No outstanding reservation with this id exists (unknown or already resolved)."""
+
+
+class HoldExpired(BudgetkitError):
+    """The reservation outlived its TTL; record the usage with ``debit`` instead."""
+
+
+class IdempotencyConflict(BudgetkitError):
+    """The idempotency key was already used for a different request."""
+
+
+class CorruptState(BudgetkitError):
+    """A stored record fails validation; the operation wrote nothing."""
+
+
+class BudgetUnavailable(BudgetkitError):
+    """Redis could not be reached; the request was not applied."""
+
+
+class OutcomeUnknown(BudgetUnavailable):
+    """The connection failed after the request was sent: it may have been applied.
+
+    Retry with the same idempotency key to apply it at most once.
+    """
+
+
+class ScriptError(BudgetkitError):
+    """A script replied with something budgetkit does not understand (a bug)."""
+
+
+#: Error code in a ``BK_<CODE> message`` script reply → the error raised for it.
+SCRIPT_ERROR_CODES: dict[str, type[BudgetkitError]] = {
+    "INVALID": InvalidInput,
+    "LIMIT": InvalidLimit,
+    "STATUS": InvalidStatus,
+    "NOT_FOUND": BudgetNotFound,
+    "HOLD_NOT_FOUND": HoldNotFound,
+    "HOLD_EXPIRED": HoldExpired,
+    "IDEMPOTENCY_CONFLICT": IdempotencyConflict,
+    "CORRUPT": CorruptState,
+}

@@ -1,0 +1,347 @@
+"""Turn per-budget snapshots into a check result and a check_budget tool response (SPEC §3-§5).
+
+Pure Python, no Redis: the Lua scripts roll periods over and re-derive statuses, then hand back one
+snapshot per budget of the scope; this module decides what the caller sees. Every decision, every
+rounding and every formatted number is computed from integer micro-units (10⁻⁶ of a currency
+unit); floats appear only in the output fields (``micros / 1_000_000``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from budgetkit.models import BudgetCheckResult, BudgetSummary, BudgetToolResponse, ErrorFields
+
+__all__ = [
+    "DEFAULT_WARN_FRACTION_PPM",
+    "NO_BUDGETS_HINT",
+    "PPM",
+    "Action",
+    "BudgetSnapshot",
+    "Decision",
+    "SummaryStatus",
+    "ToolStatus",
+    "budget_action",
+    "check_result",
+    "event_message",
+    "format_amount_2dp",
+    "format_percent",
+    "message_for",
+    "percent_remaining_tenths",
+    "severity",
+    "tool_response",
+]
+
+Action = Literal["continue", "warn", "pause", "stop"]
+SummaryStatus = Literal["active", "warning", "paused", "exhausted"]
+ToolStatus = Literal["active", "warning", "paused", "exhausted", "no_budgets"]
+
+#: Micro-units per currency unit, and parts per million of a fraction.
+MICROS_PER_UNIT = 1_000_000
+PPM = 1_000_000
+#: Default warn fraction (0.2) in parts per million.
+DEFAULT_WARN_FRACTION_PPM = 200_000
+#: Hint of the tool response when the scope has no budget.
+NO_BUDGETS_HINT = (
+    "No budgets are configured for this session. You can proceed without budget constraints."
+)
+#: Below this percent remaining (in tenths of a percent) the active hint nudges towards completion.
+LOW_PERCENT_TENTHS = 500
+
+_SEVERITY: dict[Action, int] = {"continue": 0, "warn": 1, "pause": 2, "stop": 3}
+_SUMMARY_STATUS: dict[Action, SummaryStatus] = {
+    "continue": "active",
+    "warn": "warning",
+    "pause": "paused",
+    "stop": "exhausted",
+}
+_SNAPSHOT_STATUSES = frozenset({"active", "paused", "exhausted"})
+_EVENT_ACTIONS: dict[str, Action | None] = {
+    "budget.exhausted": "stop",
+    "budget.paused": "pause",
+    "budget.warning": "warn",
+    "budget.resumed": None,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSnapshot:
+    """One budget as a script sees it after rollover and status re-derivation.
+
+    Amounts are integer micro-units. ``balance_micros`` is the *available* balance (stored balance
+    minus outstanding holds) and may be negative. ``soft_limit_micros`` is an amount *spent*.
+    Raises ValueError on an impossible snapshot (non-positive limit, unknown status, ...).
+    """
+
+    budget_id: str
+    currency: str
+    limit_micros: int
+    balance_micros: int
+    soft_limit_micros: int | None
+    status: str
+    soft_acknowledged: bool
+    warn_fraction_ppm: int
+
+    def __post_init__(self) -> None:
+        if self.limit_micros <= 0:
+            raise ValueError(f"snapshot {self.budget_id}: limit_micros must be > 0")
+        if self.soft_limit_micros is not None and self.soft_limit_micros <= 0:
+            raise ValueError(f"snapshot {self.budget_id}: soft_limit_micros must be > 0")
+        if self.status not in _SNAPSHOT_STATUSES:
+            raise ValueError(f"snapshot {self.budget_id}: status {self.status!r} cannot be checked")
+        if not 0 <= self.warn_fraction_ppm <= PPM:
+            raise ValueError(f"snapshot {self.budget_id}: warn_fraction_ppm must be 0..{PPM}")
+
+    @property
+    def spent_micros(self) -> int:
+        """Amount spent in micro-units, never negative (``max(limit - balance, 0)``)."""
+        return max(self.limit_micros - self.balance_micros, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one budget says: its action, and the message and error details that go with it."""
+
+    kind: Action
+    message: str | None
+    error_code: str | None
+    error_fields: ErrorFields | None
+    snapshot: BudgetSnapshot
+
+
+def severity(kind: Action) -> int:
+    """Rank of an action, most restrictive highest: continue 0, warn 1, pause 2, stop 3."""
+    return _SEVERITY[kind]
+
+
+def format_amount_2dp(micros: int) -> str:
+    """Format micro-units with exactly two decimals, rounded half away from zero, no separators.
+
+    Integer arithmetic only: 125_000 → "0.13", -3_250_000 → "-3.25", -4_000 → "0.00".
+    """
+    cents = (abs(micros) + 5_000) // 10_000
+    sign = "-" if micros < 0 and cents else ""
+    return f"{sign}{cents // 100}.{cents % 100:02d}"
+
+
+def percent_remaining_tenths(balance_micros: int, limit_micros: int) -> int:
+    """Percent of the limit remaining, clamped to 0..100, in tenths of a percent (0..1000).
+
+    ``round(balance / limit x 100, 1)`` half away from zero, exactly: limit_micros must be > 0.
+    """
+    if limit_micros <= 0:
+        raise ValueError("limit_micros must be > 0")
+    if balance_micros <= 0:
+        return 0
+    if balance_micros >= limit_micros:
+        return 1000
+    quotient, remainder = divmod(balance_micros * 1000, limit_micros)
+    return quotient + 1 if 2 * remainder >= limit_micros else quotient
+
+
+def format_percent(tenths: int) -> str:
+    """Shortest decimal form of a percent given in tenths: 1000 → "100", 512 → "51.2", 0 → "0"."""
+    whole, tenth = divmod(tenths, 10)
+    return str(whole) if tenth == 0 else f"{whole}.{tenth}"
+
+
+def _soft_pause_applies(
+    spent_micros: int, soft_limit_micros: int | None, soft_acknowledged: bool
+) -> bool:
+    return (
+        soft_limit_micros is not None
+        and not soft_acknowledged
+        and spent_micros >= soft_limit_micros
+    )
+
+
+def _reached(spent_micros: int, bound_micros: int) -> str:
+    return "exceeded" if spent_micros > bound_micros else "reached"
+
+
+def message_for(
+    kind: Action,
+    limit_micros: int,
+    balance_micros: int,
+    soft_limit_micros: int | None,
+    currency: str,
+    soft_acknowledged: bool = False,
+) -> str | None:
+    """The SPEC §5 message of an action for one budget; None for continue.
+
+    Amounts in integer micro-units; ``balance_micros`` is the available balance. A pause gets the
+    soft-limit message when the soft limit is set, not acknowledged and reached; otherwise it is an
+    operator pause.
+    """
+    cur = currency
+    spent = max(limit_micros - balance_micros, 0)
+    spent_s, limit_s = format_amount_2dp(spent), format_amount_2dp(limit_micros)
+    if kind == "stop":
+        return (
+            f"Budget exhausted. {spent_s} {cur} spent {_reached(spent, limit_micros)} the "
+            f"{limit_s} {cur} limit. Increase the budget to continue."
+        )
+    if kind == "pause":
+        if soft_limit_micros is not None and _soft_pause_applies(
+            limit_micros - balance_micros, soft_limit_micros, soft_acknowledged
+        ):
+            soft_s = format_amount_2dp(soft_limit_micros)
+            return (
+                f"Budget paused. {spent_s} {cur} spent {_reached(spent, soft_limit_micros)} the "
+                f"{soft_s} {cur} soft limit. Increase or resume the budget to continue."
+            )
+        return (
+            f"Budget paused with {spent_s} {cur} spent. Increase or resume the budget to continue."
+        )
+    if kind == "warn":
+        balance_s = format_amount_2dp(balance_micros)
+        return f"Budget running low. {balance_s} {cur} remaining of {limit_s} {cur} limit."
+    return None
+
+
+def event_message(
+    event_type: str,
+    limit_micros: int,
+    balance_micros: int,
+    soft_limit_micros: int | None,
+    currency: str,
+    soft_acknowledged: bool = False,
+) -> str | None:
+    """Message of an event: exhausted → stop, paused → pause, warning → warn, resumed → None.
+
+    Raises ValueError on an unknown event type.
+    """
+    if event_type not in _EVENT_ACTIONS:
+        raise ValueError(
+            f"unknown event type {event_type!r}; expected one of {list(_EVENT_ACTIONS)}"
+        )
+    kind = _EVENT_ACTIONS[event_type]
+    if kind is None:
+        return None
+    return message_for(
+        kind, limit_micros, balance_micros, soft_limit_micros, currency, soft_acknowledged
+    )
+
+
+def _rule_action(s: BudgetSnapshot) -> Action:
+    if s.status == "exhausted" or s.balance_micros <= 0:
+        return "stop"
+    if s.status == "paused":
+        return "pause"
+    spent = s.limit_micros - s.balance_micros
+    if _soft_pause_applies(spent, s.soft_limit_micros, s.soft_acknowledged):
+        return "pause"
+    if s.balance_micros * PPM <= s.warn_fraction_ppm * s.limit_micros:
+        return "warn"
+    return "continue"
+
+
+def _error_details(kind: Action, s: BudgetSnapshot) -> tuple[str | None, ErrorFields | None]:
+    spent = s.spent_micros / MICROS_PER_UNIT
+    if kind == "stop":
+        fields = ErrorFields(
+            budget_id=s.budget_id,
+            currency=s.currency,
+            limit=s.limit_micros / MICROS_PER_UNIT,
+            spent=spent,
+        )
+        return "budget_exhausted", fields
+    if kind == "pause":
+        soft = None if s.soft_limit_micros is None else s.soft_limit_micros / MICROS_PER_UNIT
+        fields = ErrorFields(
+            budget_id=s.budget_id, currency=s.currency, soft_limit=soft, spent=spent
+        )
+        return "budget_paused", fields
+    return None, None
+
+
+def budget_action(s: BudgetSnapshot) -> Decision:
+    """Decide one budget: exhausted or balance ≤ 0 → stop; paused → pause; else the §3 rules."""
+    kind = _rule_action(s)
+    message = message_for(
+        kind,
+        s.limit_micros,
+        s.balance_micros,
+        s.soft_limit_micros,
+        s.currency,
+        s.soft_acknowledged,
+    )
+    error_code, error_fields = _error_details(kind, s)
+    return Decision(kind, message, error_code, error_fields, s)
+
+
+def _more_restrictive(candidate: Decision, best: Decision) -> bool:
+    """True iff candidate strictly beats best: higher severity, then smaller fraction remaining."""
+    c_rank, b_rank = severity(candidate.kind), severity(best.kind)
+    if c_rank != b_rank:
+        return c_rank > b_rank
+    c, b = candidate.snapshot, best.snapshot
+    # balance_c / limit_c < balance_b / limit_b, limits > 0: compare by cross-multiplication.
+    return c.balance_micros * b.limit_micros < b.balance_micros * c.limit_micros
+
+
+def _deciding(snapshots: Sequence[BudgetSnapshot]) -> Decision | None:
+    best: Decision | None = None
+    for snapshot in snapshots:
+        decision = budget_action(snapshot)
+        if best is None or _more_restrictive(decision, best):
+            best = decision
+    return best
+
+
+def _result_of(best: Decision | None) -> BudgetCheckResult:
+    if best is None or best.kind == "continue":
+        return BudgetCheckResult(action="continue")
+    s = best.snapshot
+    return BudgetCheckResult(
+        action=best.kind,
+        message=best.message,
+        budget_id=s.budget_id,
+        balance=s.balance_micros / MICROS_PER_UNIT,
+        currency=s.currency,
+        error_code=best.error_code,
+        error_fields=best.error_fields,
+    )
+
+
+def check_result(snapshots: Sequence[BudgetSnapshot]) -> BudgetCheckResult:
+    """The most restrictive decision of the scope as a BudgetCheckResult (SPEC §4 check, §5).
+
+    Snapshots are ordered most specific first; on equal action and equal fraction of limit
+    remaining the earlier one decides. No snapshot, or all continue → ``{"action": "continue"}``.
+    """
+    return _result_of(_deciding(snapshots))
+
+
+def _summary(s: BudgetSnapshot) -> tuple[BudgetSummary, int]:
+    tenths = percent_remaining_tenths(s.balance_micros, s.limit_micros)
+    summary = BudgetSummary(
+        currency=s.currency,
+        limit=s.limit_micros / MICROS_PER_UNIT,
+        balance=s.balance_micros / MICROS_PER_UNIT,
+        soft_limit=None if s.soft_limit_micros is None else s.soft_limit_micros / MICROS_PER_UNIT,
+        percent_remaining=tenths / 10,
+        status=_SUMMARY_STATUS[_rule_action(s)],
+    )
+    return summary, tenths
+
+
+def tool_response(snapshots: Sequence[BudgetSnapshot]) -> BudgetToolResponse:
+    """The check_budget tool response (SPEC §5): one summary per snapshot, in the given order."""
+    if not snapshots:
+        return BudgetToolResponse(status="no_budgets", budgets=[], hint=NO_BUDGETS_HINT)
+    pairs = [_summary(s) for s in snapshots]
+    best = _deciding(snapshots)
+    assert best is not None  # snapshots is not empty
+    status = _SUMMARY_STATUS[best.kind]
+    hint: str | None
+    if status == "active":
+        min_tenths = min(tenths for _, tenths in pairs)
+        hint = f"{format_percent(min_tenths)}% of budget remaining."
+        if min_tenths < LOW_PERCENT_TENTHS:
+            hint += " Consider prioritizing task completion."
+    else:
+        hint = best.message  # the check result's message: set for warn, pause and stop
+    return BudgetToolResponse(status=status, budgets=[summary for summary, _ in pairs], hint=hint)

@@ -1,0 +1,276 @@
+"""Decodes the flat replies of the Lua scripts (see the reply shape in lua/_lib.lua).
+
+Scripts reply with strings only (integers formatted with ``%d``), in a fixed shape, so decoding
+is positional and every integer is exact. Nothing here talks to Redis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from budgetkit.amounts import from_micros
+from budgetkit.errors import ScriptError
+from budgetkit.evaluate import BudgetSnapshot, event_message
+from budgetkit.models import (
+    Budget,
+    BudgetEvent,
+    BudgetEventData,
+    BudgetStatus,
+    BudgetSubjectType,
+    LedgerEntry,
+    parse_period,
+)
+
+RECORD_WIDTH = 18
+ENTRY_WIDTH = 9
+EVENT_WIDTH = 9
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    """UTC datetime of integer milliseconds since the epoch (exact)."""
+    seconds, millis = divmod(ms, 1000)
+    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=millis * 1000)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _opt_int(text: str) -> int | None:
+    return int(text) if text else None
+
+
+def _opt_text(text: str) -> str | None:
+    return text or None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRecord:
+    """One budget exactly as stored (amounts in micros, times in ms)."""
+
+    id: str
+    organization_id: str
+    subject_type_wire: str
+    subject_id: str
+    currency: str
+    limit_micros: int
+    soft_limit_micros: int | None
+    balance_micros: int
+    held_micros: int
+    warn_fraction_ppm: int
+    period_json: str
+    period_started_ms: int | None
+    metadata_json: str
+    status: str
+    operator_paused: bool
+    soft_acknowledged: bool
+    created_ms: int
+    updated_ms: int
+
+    @classmethod
+    def from_fields(cls, f: Sequence[str]) -> BudgetRecord:
+        return cls(
+            id=f[0],
+            organization_id=f[1],
+            subject_type_wire=f[2],
+            subject_id=f[3],
+            currency=f[4],
+            limit_micros=int(f[5]),
+            soft_limit_micros=_opt_int(f[6]),
+            balance_micros=int(f[7]),
+            held_micros=int(f[8]),
+            warn_fraction_ppm=int(f[9]),
+            period_json=f[10],
+            period_started_ms=_opt_int(f[11]),
+            metadata_json=f[12],
+            status=f[13],
+            operator_paused=f[14] == "1",
+            soft_acknowledged=f[15] == "1",
+            created_ms=int(f[16]),
+            updated_ms=int(f[17]),
+        )
+
+    @property
+    def available_micros(self) -> int:
+        """Balance minus outstanding holds: what checks and reservations evaluate."""
+        return self.balance_micros - self.held_micros
+
+    def to_budget(self) -> Budget:
+        period = parse_period(json.loads(self.period_json)) if self.period_json else None
+        started = self.period_started_ms
+        return Budget(
+            id=self.id,
+            organization_id=self.organization_id,
+            subject_type=BudgetSubjectType.parse(self.subject_type_wire),
+            subject_id=self.subject_id,
+            currency=self.currency,
+            limit=from_micros(self.limit_micros),
+            soft_limit=None if self.soft_limit_micros is None else from_micros(self.soft_limit_micros),
+            balance=from_micros(self.balance_micros),
+            period=period,
+            period_started_at=None if started is None else ms_to_datetime(started),
+            metadata=json.loads(self.metadata_json) if self.metadata_json else None,
+            status=BudgetStatus.parse(self.status),
+            created_at=ms_to_datetime(self.created_ms),
+            updated_at=ms_to_datetime(self.updated_ms),
+        )
+
+    def snapshot(self) -> BudgetSnapshot:
+        return BudgetSnapshot(
+            budget_id=self.id,
+            currency=self.currency,
+            limit_micros=self.limit_micros,
+            balance_micros=self.available_micros,
+            soft_limit_micros=self.soft_limit_micros,
+            status=self.status,
+            soft_acknowledged=self.soft_acknowledged,
+            warn_fraction_ppm=self.warn_fraction_ppm,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRecord:
+    """One ledger entry as stored."""
+
+    id: str
+    budget_id: str
+    amount_micros: int
+    meter_source: str
+    ref_type: str | None
+    ref_id: str | None
+    session_id: str | None
+    description: str | None
+    created_ms: int
+
+    @classmethod
+    def from_fields(cls, f: Sequence[str]) -> EntryRecord:
+        return cls(
+            id=f[0],
+            budget_id=f[1],
+            amount_micros=int(f[2]),
+            meter_source=f[3],
+            ref_type=_opt_text(f[4]),
+            ref_id=_opt_text(f[5]),
+            session_id=_opt_text(f[6]),
+            description=_opt_text(f[7]),
+            created_ms=int(f[8]),
+        )
+
+    def to_entry(self) -> LedgerEntry:
+        return LedgerEntry(
+            id=self.id,
+            budget_id=self.budget_id,
+            amount=from_micros(self.amount_micros),
+            meter_source=self.meter_source,
+            ref_type=self.ref_type,
+            ref_id=self.ref_id,
+            session_id=self.session_id,
+            description=self.description,
+            created_at=ms_to_datetime(self.created_ms),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One event as stored in the organization's event stream."""
+
+    stream_id: str
+    type: str
+    budget_id: str
+    balance_micros: int
+    limit_micros: int
+    currency: str
+    soft_limit_micros: int | None
+    soft_acknowledged: bool
+    created_ms: int
+
+    @classmethod
+    def from_fields(cls, f: Sequence[str]) -> EventRecord:
+        return cls(
+            stream_id=f[0],
+            type=f[1],
+            budget_id=f[2],
+            balance_micros=int(f[3]),
+            limit_micros=int(f[4]),
+            currency=f[5],
+            soft_limit_micros=_opt_int(f[6]),
+            soft_acknowledged=f[7] == "1",
+            created_ms=int(f[8]),
+        )
+
+    @classmethod
+    def from_stream(cls, stream_id: str, fields: Mapping[str, str]) -> EventRecord:
+        names = ("type", "bid", "bal", "lim", "cur", "soft", "ack", "ts")
+        return cls.from_fields([stream_id, *(fields.get(n, "") for n in names)])
+
+    def to_event(self, organization_id: str) -> BudgetEvent:
+        soft = self.soft_limit_micros
+        message = event_message(
+            self.type,
+            self.limit_micros,
+            self.balance_micros,
+            soft,
+            self.currency,
+            self.soft_acknowledged,
+        )
+        data = BudgetEventData(
+            budget_id=self.budget_id,
+            balance=from_micros(self.balance_micros),
+            limit=from_micros(self.limit_micros),
+            currency=self.currency,
+            message=message,
+            soft_limit=None if soft is None else from_micros(soft),
+        )
+        return BudgetEvent(
+            id=self.stream_id,
+            type=self.type,  # type: ignore[arg-type]
+            organization_id=organization_id,
+            created_at=ms_to_datetime(self.created_ms),
+            data=data,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The shared reply: the budgets, the ledger entries written, the events emitted."""
+
+    now_ms: int
+    budgets: list[BudgetRecord]
+    entries: list[EntryRecord]
+    events: list[EventRecord]
+
+
+def _chunks(fields: Iterator[str], count: int, width: int) -> list[list[str]]:
+    return [[next(fields) for _ in range(width)] for _ in range(count)]
+
+
+def parse_reply(raw: Any) -> Reply:
+    """Decodes the shared reply shape; a malformed reply is a ScriptError (a bug)."""
+    try:
+        fields = iter([_text(v) for v in raw])
+        now_ms = int(next(fields))
+        budgets = [
+            BudgetRecord.from_fields(c) for c in _chunks(fields, int(next(fields)), RECORD_WIDTH)
+        ]
+        entries = [
+            EntryRecord.from_fields(c) for c in _chunks(fields, int(next(fields)), ENTRY_WIDTH)
+        ]
+        events = [
+            EventRecord.from_fields(c) for c in _chunks(fields, int(next(fields)), EVENT_WIDTH)
+        ]
+    except (StopIteration, ValueError, TypeError) as error:
+        raise ScriptError(f"malformed script reply: {error}") from error
+    return Reply(now_ms, budgets, entries, events)
+
+
+def parse_entries(raw: Any) -> list[EntryRecord]:
+    """Decodes ledger.lua's reply: a count, then ENTRY_WIDTH fields per entry."""
+    try:
+        fields = iter([_text(v) for v in raw])
+        return [EntryRecord.from_fields(c) for c in _chunks(fields, int(next(fields)), ENTRY_WIDTH)]
+    except (StopIteration, ValueError, TypeError) as error:
+        raise ScriptError(f"malformed ledger reply: {error}") from error

@@ -1,0 +1,299 @@
+-- _lib.lua: shared prelude, prepended by the Python runtime to every operation script.
+-- Not an operation itself (the leading underscore keeps it out of the script registry).
+--
+-- Budget hash fields (all strings; amounts are integer micro-units, times integer ms):
+--   id org st sid cur     identity: budget id, organization, subject type (wire), subject id, currency
+--   lim soft bal held     limit (>0), soft limit spent-amount ('' = none), balance, outstanding holds
+--   wf                    warn fraction in parts per million, 0..1000000
+--   period pk ps pu       period JSON as given ('' = none); kind 'd' (seconds ps) or 'c' (unit pu)
+--   pstart                start of the current period in ms ('' = no period)
+--   meta                  metadata JSON ('' = none)
+--   status op ack wz      status; operator pause 0/1; soft limit acknowledged 0/1; in warning zone 0/1
+--   created updated       ms
+-- Reply shape shared by every script that returns budgets (see budgetkit/replies.py):
+--   { now_ms, n_budgets, n_budgets * REC_WIDTH record fields,
+--     n_entries, n_entries * 9 ledger fields, n_events, n_events * 9 event fields }
+-- Errors are raised as 'BK_<CODE> <message>' and always before the first write.
+
+local MAX_MICROS = 9007199254740991
+local PPM = 1000000
+local MS_PER_DAY = 86400000
+local ENTRIES_PER_CALL_MAX = 255
+
+local function fail(code, message)
+  return redis.error_reply('BK_' .. code .. ' ' .. message)
+end
+
+-- Aborts the script with a BK_ error (a plain string: fakeredis loses error tables).
+local function raise(code, message)
+  error('BK_' .. code .. ' ' .. message)
+end
+
+local function fmt(n)
+  return string.format('%d', n)
+end
+
+-- An integer argument in [lo, hi], or a BK_INVALID error naming it.
+local function arg_int(value, name, lo, hi)
+  local n = tonumber(value)
+  if n == nil or n ~= math.floor(n) or n < lo or n > hi then
+    raise('INVALID', name .. ' must be an integer in [' .. fmt(lo) .. ', ' .. fmt(hi) .. ']')
+  end
+  return n
+end
+
+local function now_ms(arg)
+  if arg ~= nil and arg ~= '' then
+    return arg_int(arg, 'now_ms', 0, MAX_MICROS)
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Calendar arithmetic (UTC, proleptic Gregorian), after H. Hinnant's civil-date algorithms.
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- Start (ms) of the UTC calendar bucket holding t_ms.
+local function bucket_start(t_ms, unit)
+  local days = math.floor(t_ms / MS_PER_DAY)
+  if unit == 'hour' then return math.floor(t_ms / 3600000) * 3600000 end
+  if unit == 'day' then return days * MS_PER_DAY end
+  if unit == 'week' then return (days - (days + 3) % 7) * MS_PER_DAY end
+  local y, m = civil_from_days(days)
+  if unit == 'month' then return days_from_civil(y, m, 1) * MS_PER_DAY end
+  return days_from_civil(y, 1, 1) * MS_PER_DAY
+end
+
+local function period_start_at(b, t_ms)
+  if b.pk == 'c' then return bucket_start(t_ms, b.pu) end
+  if b.pk == 'd' then return t_ms end
+  return nil
+end
+
+local STATUSES = { active = true, paused = true, exhausted = true, disabled = true }
+local CAL_UNITS = { hour = true, day = true, week = true, month = true, year = true }
+
+local function corrupt(key, field)
+  raise('CORRUPT', key .. ' field ' .. field)
+end
+
+local function stored_int(h, key, field, lo, hi)
+  local n = tonumber(h[field])
+  if n == nil or n ~= math.floor(n) or n < lo or n > hi then corrupt(key, field) end
+  return n
+end
+
+-- Reads and validates one budget hash; nil when the key does not exist.
+local function load_budget(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local h = {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  local b = { key = key, id = h.id, org = h.org, st = h.st, sid = h.sid, cur = h.cur,
+    period = h.period or '', pk = h.pk or '', pu = h.pu or '', meta = h.meta or '',
+    status = h.status }
+  for _, f in ipairs({ 'id', 'org', 'st', 'sid', 'cur' }) do
+    if type(h[f]) ~= 'string' or h[f] == '' then corrupt(key, f) end
+  end
+  if not STATUSES[b.status or ''] then corrupt(key, 'status') end
+  b.lim = stored_int(h, key, 'lim', 1, MAX_MICROS)
+  b.bal = stored_int(h, key, 'bal', -MAX_MICROS, MAX_MICROS)
+  b.held = stored_int(h, key, 'held', 0, MAX_MICROS)
+  b.wf = stored_int(h, key, 'wf', 0, PPM)
+  b.op = stored_int(h, key, 'op', 0, 1)
+  b.ack = stored_int(h, key, 'ack', 0, 1)
+  b.wz = stored_int(h, key, 'wz', 0, 1)
+  b.created = stored_int(h, key, 'created', 0, MAX_MICROS)
+  b.updated = stored_int(h, key, 'updated', 0, MAX_MICROS)
+  if h.soft ~= nil and h.soft ~= '' then
+    b.soft = stored_int(h, key, 'soft', 1, b.lim)
+  end
+  if b.pk == 'd' then
+    b.ps = stored_int(h, key, 'ps', 1, MAX_MICROS)
+  elseif b.pk == 'c' then
+    if not CAL_UNITS[b.pu] then corrupt(key, 'pu') end
+  elseif b.pk ~= '' then
+    corrupt(key, 'pk')
+  end
+  if b.pk ~= '' then b.pstart = stored_int(h, key, 'pstart', 0, MAX_MICROS) end
+  return b
+end
+
+-- Warning threshold floor(wf * lim / 1e6), exact for lim <= 2^53 (split to stay below 2^53).
+local function warn_at(b)
+  local hi = math.floor(b.lim / PPM)
+  local lo = b.lim - hi * PPM
+  return b.wf * hi + math.floor(b.wf * lo / PPM)
+end
+
+-- Status from the balance, the soft limit and the operator pause (SPEC §4).
+local function derive_status(b)
+  if b.status == 'disabled' then return 'disabled' end
+  if b.bal <= 0 then return 'exhausted' end
+  if b.op == 1 then return 'paused' end
+  if b.soft ~= nil and b.ack == 0 and b.lim - b.bal >= b.soft then return 'paused' end
+  return 'active'
+end
+
+-- Per-call accumulator: ledger entries and events to write, budgets to save, ids to hand out.
+local function new_batch(prefix, now, id_base)
+  return { prefix = prefix, now = now, id_base = id_base, entries = {}, events = {}, dirty = {},
+    order = {} }
+end
+
+local function next_entry_id(batch)
+  local n = #batch.entries
+  if n >= ENTRIES_PER_CALL_MAX then raise('INVALID', 'too many ledger entries in one call') end
+  if batch.id_base == nil or string.len(batch.id_base) ~= 37 then
+    raise('INVALID', 'ledger id base must be ledger_ + 30 hex digits')
+  end
+  return batch.id_base .. string.format('%02x', n)
+end
+
+local function add_entry(batch, b, amount, source, ref_type, ref_id, session, description)
+  local e = { id = next_entry_id(batch), bid = b.id, amt = amount, src = source,
+    rt = ref_type or '', ri = ref_id or '', sess = session or '', desc = description or '',
+    ts = batch.now, key = batch.prefix .. 'l:' .. b.id }
+  table.insert(batch.entries, e)
+  return e
+end
+
+local function mark_dirty(batch, b)
+  if not batch.dirty[b.id] then
+    batch.dirty[b.id] = b
+    table.insert(batch.order, b)
+  end
+end
+
+local function add_event(batch, b, event_type)
+  table.insert(batch.events, { type = event_type, b = b, bal = b.bal, lim = b.lim,
+    soft = b.soft, ack = b.ack })
+end
+
+-- Re-derives the status after a mutation and records the edge-triggered events (SPEC §9).
+local function settle(batch, b, old_status, old_wz)
+  if b.status ~= 'disabled' then b.status = derive_status(b) end
+  b.wz = (b.bal <= warn_at(b)) and 1 or 0
+  local s = b.status
+  if old_wz == 0 and b.wz == 1 and s ~= 'exhausted' and s ~= 'disabled' then
+    add_event(batch, b, 'budget.warning')
+  end
+  if s == 'paused' and old_status ~= 'paused' then add_event(batch, b, 'budget.paused') end
+  if s == 'exhausted' and old_status ~= 'exhausted' then add_event(batch, b, 'budget.exhausted') end
+  if s == 'active' and (old_status == 'paused' or old_status == 'exhausted') then
+    add_event(batch, b, 'budget.resumed')
+  end
+  b.updated = batch.now
+  mark_dirty(batch, b)
+end
+
+-- Applies an elapsed period: balance back to the limit, aligned start, a period_reset entry.
+local function rollover(batch, b)
+  if b.pk == '' or batch.now < b.pstart then return end
+  local start
+  if b.pk == 'd' then
+    local len = b.ps * 1000
+    if batch.now - b.pstart < len then return end
+    start = b.pstart + math.floor((batch.now - b.pstart) / len) * len
+  else
+    start = bucket_start(batch.now, b.pu)
+    if start <= b.pstart then return end
+  end
+  local old_status, old_wz = b.status, b.wz
+  add_entry(batch, b, b.bal - b.lim, 'period_reset', 'period', fmt(b.pstart), nil, nil)
+  b.bal = b.lim
+  b.ack = 0
+  b.pstart = start
+  settle(batch, b, old_status, old_wz)
+end
+
+local function opt(n)
+  if n == nil then return '' end
+  return fmt(n)
+end
+
+-- Persists every dirty budget, ledger entry and event of the batch (the only write path).
+local function flush(batch, events_key)
+  for _, b in ipairs(batch.order) do
+    redis.call('HSET', b.key, 'lim', fmt(b.lim), 'soft', opt(b.soft), 'bal', fmt(b.bal),
+      'held', fmt(b.held), 'wf', fmt(b.wf), 'period', b.period, 'pk', b.pk, 'ps', opt(b.ps),
+      'pu', b.pu, 'pstart', opt(b.pstart), 'meta', b.meta, 'status', b.status,
+      'op', fmt(b.op), 'ack', fmt(b.ack), 'wz', fmt(b.wz), 'updated', fmt(b.updated))
+  end
+  for _, e in ipairs(batch.entries) do
+    redis.call('XADD', e.key, '*', 'id', e.id, 'bid', e.bid, 'amt', fmt(e.amt), 'src', e.src,
+      'rt', e.rt, 'ri', e.ri, 'sess', e.sess, 'desc', e.desc, 'ts', fmt(e.ts))
+  end
+  for _, ev in ipairs(batch.events) do
+    ev.sid = redis.call('XADD', events_key, '*', 'type', ev.type, 'bid', ev.b.id,
+      'bal', fmt(ev.bal), 'lim', fmt(ev.lim), 'cur', ev.b.cur, 'soft', opt(ev.soft),
+      'ack', fmt(ev.ack), 'ts', fmt(batch.now))
+  end
+end
+
+local function push_record(out, b)
+  local fields = { b.id, b.org, b.st, b.sid, b.cur, fmt(b.lim), opt(b.soft), fmt(b.bal),
+    fmt(b.held), fmt(b.wf), b.period, opt(b.pstart), b.meta, b.status, fmt(b.op),
+    fmt(b.ack), fmt(b.created), fmt(b.updated) }
+  for _, v in ipairs(fields) do table.insert(out, v) end
+end
+
+-- The shared reply: budgets (in the given order), then entries, then events.
+local function reply(batch, budgets)
+  local out = { fmt(batch.now), fmt(#budgets) }
+  for _, b in ipairs(budgets) do push_record(out, b) end
+  table.insert(out, fmt(#batch.entries))
+  for _, e in ipairs(batch.entries) do
+    for _, v in ipairs({ e.id, e.bid, fmt(e.amt), e.src, e.rt, e.ri, e.sess, e.desc, fmt(e.ts) }) do
+      table.insert(out, v)
+    end
+  end
+  table.insert(out, fmt(#batch.events))
+  for _, ev in ipairs(batch.events) do
+    for _, v in ipairs({ ev.sid or '', ev.type, ev.b.id, fmt(ev.bal), fmt(ev.lim), ev.b.cur,
+      opt(ev.soft), fmt(ev.ack), fmt(batch.now) }) do
+      table.insert(out, v)
+    end
+  end
+  return out
+end
+
+-- Budgets of the scope's subject index sets, most specific level first, each level's budgets in
+-- id order (ids are time-ordered), with their elapsed periods rolled over.
+local function load_scope(batch, subject_keys, include_disabled)
+  local budgets = {}
+  for _, skey in ipairs(subject_keys) do
+    local ids = redis.call('SMEMBERS', skey)
+    table.sort(ids)
+    for _, id in ipairs(ids) do
+      local b = load_budget(batch.prefix .. 'b:' .. id)
+      if b == nil or b.id ~= id then corrupt(skey, id) end
+      if include_disabled or b.status ~= 'disabled' then table.insert(budgets, b) end
+    end
+  end
+  for _, b in ipairs(budgets) do rollover(batch, b) end
+  return budgets
+end
+

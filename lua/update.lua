@@ -1,0 +1,86 @@
+-- update.lua: change a budget's limit, soft limit, status, period, warn fraction or metadata.
+-- KEYS[1]   budget hash            bk:{org}:b:<budget_id>
+-- KEYS[2]   events stream          bk:{org}:events
+-- ARGV[1]   key prefix of the org  bk:{org}:
+-- ARGV[2]   now_ms ('' = Redis TIME)
+-- ARGV[3]   ledger id base (ledger_ + 30 hex)
+-- ARGV[4,5]   limit given 0/1, limit_micros 1..2^53-1
+-- ARGV[6,7]   soft limit given 0/1, soft_limit_micros ('' = clear)
+-- ARGV[8,9]   status given 0/1, status 'active' | 'paused' | 'disabled'
+-- ARGV[10..14] period given 0/1, period JSON ('' = clear), kind, seconds, calendar unit
+-- ARGV[15,16] warn fraction given 0/1, ppm 0..1e6
+-- ARGV[17,18] metadata given 0/1, metadata JSON ('' = clear)
+-- Returns   the shared reply with the budget
+-- Errors    BK_NOT_FOUND, BK_LIMIT, BK_STATUS, BK_INVALID, BK_CORRUPT
+-- Invariants 0 < soft <= limit holds for the result; a limit change moves the balance by the
+--            same delta and writes a limit_change entry (amount = -delta); status re-derived
+local budget_key, events_key = KEYS[1], KEYS[2]
+local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
+local lim_given, soft_given, status_given = ARGV[4] == '1', ARGV[6] == '1', ARGV[8] == '1'
+local period_given, wf_given, meta_given = ARGV[10] == '1', ARGV[15] == '1', ARGV[17] == '1'
+
+local b = load_budget(budget_key)
+if b == nil then return fail('NOT_FOUND', budget_key) end
+rollover(batch, b)  -- in memory only until flush, like every change below
+
+local lim = b.lim
+if lim_given then
+  lim = tonumber(ARGV[5])
+  if lim == nil or lim ~= math.floor(lim) or lim <= 0 or lim > MAX_MICROS then
+    return fail('LIMIT', 'Limit must be positive')
+  end
+end
+local soft = b.soft
+if soft_given then
+  soft = nil
+  if ARGV[7] ~= '' then soft = tonumber(ARGV[7]) end
+  if ARGV[7] ~= '' and soft == nil then return fail('LIMIT', 'Soft limit must be a number') end
+end
+if soft ~= nil and (soft ~= math.floor(soft) or soft <= 0 or soft > lim) then
+  return fail('LIMIT', 'Soft limit must be between 0 and limit')
+end
+local status = ARGV[9]
+if status_given and status ~= 'active' and status ~= 'paused' and status ~= 'disabled' then
+  return fail('STATUS', 'status can be set to active, paused or disabled')
+end
+local wf = b.wf
+if wf_given then wf = arg_int(ARGV[16], 'warn_fraction_ppm', 0, PPM) end
+local pk, ps, pu = ARGV[12], nil, ARGV[14]
+if period_given then
+  if pk == 'd' then
+    ps = arg_int(ARGV[13], 'period seconds', 1, MAX_MICROS)
+  elseif pk == 'c' then
+    if not CAL_UNITS[pu] then return fail('INVALID', 'unknown calendar unit') end
+  elseif pk ~= '' then
+    return fail('INVALID', 'unknown period kind')
+  end
+end
+local delta = lim - b.lim
+if b.bal + delta > MAX_MICROS or b.bal + delta < -MAX_MICROS then
+  return fail('LIMIT', 'balance would leave the representable range')
+end
+
+-- Everything is valid: apply the change.
+local old_status, old_wz = b.status, b.wz
+if delta ~= 0 then
+  add_entry(batch, b, -delta, 'limit_change', 'limit_change', nil, nil, nil)
+  b.bal = b.bal + delta
+end
+if delta ~= 0 or soft ~= b.soft then b.ack = 0 end
+b.lim, b.soft, b.wf = lim, soft, wf
+if period_given and ARGV[11] ~= b.period then
+  b.period, b.pk, b.ps, b.pu = ARGV[11], pk, ps, pu
+  b.pstart = period_start_at(b, batch.now)
+end
+if meta_given then b.meta = ARGV[18] end
+if status_given then
+  if status == 'disabled' then
+    b.status = 'disabled'
+  else
+    b.op = (status == 'paused') and 1 or 0
+    b.status = 'active'
+  end
+end
+settle(batch, b, old_status, old_wz)
+flush(batch, events_key)
+return reply(batch, { b })

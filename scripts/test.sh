@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The one test command (README and .ci/run call it):
+#   install the package with dev extras, make sure redis-server exists, lint + type-check,
+#   start ONE private redis-server on a free loopback port (never 6379) in a temp dir,
+#   run pytest against it (extra args are passed to pytest), and stop the server on exit.
+# Exits with pytest's status (5 = no tests collected counts as a failure).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# --- 1. install ---------------------------------------------------------------------------
+log "installing budgetkit with dev extras"
+PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    "$PY" -m pip install -q -e '.[dev]'
+
+# --- 2. redis-server ------------------------------------------------------------------------
+redis_pids() { pgrep -x redis-server 2>/dev/null | sort || true; }
+
+install_redis() {
+    # Keep the package's init scripts from starting a system redis on 6379 (standard Debian
+    # policy-rc.d mechanism; only when no policy is in place already, removed right after).
+    local policy=/usr/sbin/policy-rc.d made_policy=0 before after pid
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    before="$(redis_pids)"
+    local rc=0
+    { apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools; } || rc=$?
+    if [[ "$made_policy" == 1 ]]; then rm -f "$policy"; trap - EXIT; fi
+    # Stop a system redis only if this install started it (pid absent before the install).
+    after="$(redis_pids)"
+    for pid in $after; do
+        if ! grep -qx "$pid" <<<"$before" \
+            && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q ':6379'; then
+            log "stopping redis-server pid $pid started by the package install"
+            if command -v service >/dev/null 2>&1; then
+                service redis-server stop >/dev/null 2>&1 || true
+            fi
+            kill "$pid" 2>/dev/null || true
+        fi
+    done
+    return "$rc"
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "redis-server not found: installing Debian's redis-server package"
+        install_redis
+    else
+        echo "error: redis-server is not on PATH. Install it first, e.g." >&2
+        echo "  sudo apt-get install -y redis-server    # Debian/Ubuntu" >&2
+        echo "  brew install redis                      # macOS" >&2
+        exit 1
+    fi
+fi
+command -v redis-server >/dev/null 2>&1 || { echo "error: redis-server still missing" >&2; exit 1; }
+log "$(redis-server --version)"
+
+# --- 3. lint and types ----------------------------------------------------------------------
+log "ruff check"
+"$PY" -m ruff check .
+log "ruff format --check"
+"$PY" -m ruff format --check .
+log "mypy --strict"
+"$PY" -m mypy --strict
+
+# --- 4. private redis-server ----------------------------------------------------------------
+tmpdir="$(mktemp -d "${TMPDIR:-/tmp}/budgetkit-test.XXXXXX")"
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    "$PY" scripts/redis_server.py stop --dir "$tmpdir" >/dev/null 2>&1 || true
+    rm -rf "$tmpdir"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+BUDGETKIT_TEST_REDIS_URL="$("$PY" scripts/redis_server.py start --dir "$tmpdir")"
+export BUDGETKIT_TEST_REDIS_URL
+# Fixtures must fail, never skip, when they cannot get a real redis-server.
+export BUDGETKIT_TEST_REQUIRE_REDIS=1
+log "private redis-server at $BUDGETKIT_TEST_REDIS_URL"
+
+# --- 5. tests -------------------------------------------------------------------------------
+status=0
+"$PY" -m pytest -q -ra "$@" || status=$?
+if [[ "$status" == 5 ]]; then
+    echo "error: pytest collected no tests (exit 5)" >&2
+fi
+exit "$status"

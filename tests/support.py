@@ -1,0 +1,45 @@
+"""Test helpers shared by the behaviour tests: a manual clock and the invariant check."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import budgetkit as bk
+
+
+class ManualClock:
+    """A test clock: starts at ``start`` and moves only when told to."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+    def set(self, when: datetime) -> None:
+        self.now = when
+
+
+async def all_entries(kit: bk.BudgetKit, org: str, budget_id: str) -> list[bk.LedgerEntry]:
+    """Every ledger entry of a budget, newest first (pages through the whole ledger)."""
+    out: list[bk.LedgerEntry] = []
+    while True:
+        page = await kit.ledger(org, budget_id, limit=1000, offset=len(out))
+        out += page
+        if len(page) < 1000:
+            return out
+
+
+def micros(value: float) -> int:
+    return round(value * 1_000_000)
+
+
+async def assert_invariant(kit: bk.BudgetKit, org: str, budget_id: str, initial_limit: float) -> None:
+    """balance == initial limit − Σ ledger amounts, exactly (in micros)."""
+    budget = await kit.get_budget(org, budget_id)
+    entries = await all_entries(kit, org, budget_id)
+    total = sum(micros(e.amount) for e in entries)
+    assert micros(budget.balance) == micros(initial_limit) - total, (budget, len(entries))
