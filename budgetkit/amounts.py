@@ -8,8 +8,10 @@ Bounds: every amount, limit and balance has a magnitude of at most ``MAX_MICROS`
 micro-units, about 9.007 × 10⁹ units), so Lua's doubles represent every value exactly.
 
 Precision out: ``from_micros`` returns the float nearest to the exact value. Below 2³³ units
-(about 8.59 × 10⁹) that float reads back (``to_micros``) as the same micros; above it, adjacent
-micro values can share a float, so a float read back may differ by one micro-unit.
+(about 8.59 × 10⁹) that float reads back (``to_micros``) as the same micros. Above it floats are
+coarser than a micro-unit, so a float read back may differ by one micro-unit, and
+``from_micros(MAX_MICROS)`` reads back as ``MAX_MICROS + 1`` (rejected). Exact values travel as
+integer micros; the floats are for display and the seed's wire format.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ MICROS_PER_UNIT = 1_000_000
 
 #: Largest magnitude of any amount, limit or balance, in micro-units (2⁵³−1, exact in a double).
 MAX_MICROS = 2**53 - 1
+
+#: ``MAX_MICROS`` in currency units, exactly (the float ``MAX_MICROS / 10**6`` rounds up).
+_MAX_UNITS_TEXT = "9007199254.740991"
 
 #: Decimal places an amount given to the API may carry (log10 of ``MICROS_PER_UNIT``).
 _DECIMALS_MAX = 6
@@ -88,7 +93,7 @@ def _check_magnitude(value: Decimal, *, field: str) -> None:
     """
     if not value.is_zero() and value.adjusted() > _ADJUSTED_MAX:
         raise InvalidAmount(
-            f"{field} is too large: {_show(value)} exceeds {from_micros(MAX_MICROS)} "
+            f"{field} is too large: {_show(value)} exceeds {_MAX_UNITS_TEXT} "
             f"(at most {MAX_MICROS} micro-units)"
         )
 
@@ -102,7 +107,7 @@ def _check_bounds(micros: int, value: object, *, field: str) -> None:
     """Reject micros whose magnitude exceeds ``MAX_MICROS``."""
     if abs(micros) > MAX_MICROS:
         raise InvalidAmount(
-            f"{field} is too large: {_show(value)} exceeds {from_micros(MAX_MICROS)} "
+            f"{field} is too large: {_show(value)} exceeds {_MAX_UNITS_TEXT} "
             f"(at most {MAX_MICROS} micro-units)"
         )
 

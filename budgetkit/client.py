@@ -5,6 +5,7 @@ Data flows one way: caller → validate and convert → one EVALSHA → Lua → 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -56,6 +57,8 @@ LIST_PAGE_MAX = 1000
 TEXT_BYTES_MAX = 1024
 CURRENCIES_PER_DEBIT_MAX = 64
 EVENTS_BATCH_MAX = 100
+DEFAULT_IDEMPOTENCY_TTL_S = 86_400
+IDEMPOTENCY_TTL_S_MAX = 30 * 86_400
 UNAVAILABLE_CODE = "budget_unavailable"
 
 
@@ -165,9 +168,14 @@ class BudgetKit:
         prefix: str = "bk",
         clock: Clock | None = None,
         failure_policy: FailurePolicy = "fail_closed",
+        idempotency_ttl_seconds: int = DEFAULT_IDEMPOTENCY_TTL_S,
     ) -> None:
         if failure_policy not in ("fail_closed", "fail_open"):
             raise InvalidInput("failure_policy must be 'fail_closed' or 'fail_open'")
+        ttl = idempotency_ttl_seconds
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= IDEMPOTENCY_TTL_S_MAX:
+            raise InvalidInput(f"idempotency_ttl_seconds must be in [1, {IDEMPOTENCY_TTL_S_MAX}]")
+        self._idempotency_ttl_ms = ttl * 1000
         self._client = client
         self._keys = Keyspace(prefix)
         self._clock = clock
@@ -215,6 +223,24 @@ class BudgetKit:
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Reply:
         return parse_reply(await self._runtime.call(name, keys, args))
+
+    def _idempotency(
+        self, organization_id: str, operation: str, key: object, request: object
+    ) -> tuple[str, list[ScriptArg]]:
+        """The record key and the (fingerprint, ttl_ms) script args of an idempotent call.
+
+        Records are scoped per organization and operation kind; the fingerprint is a SHA-256
+        of the canonical request, so the same key with another request is detected.
+        """
+        if key is None:
+            return self._keys.idempotency(organization_id, operation, "-"), ["", self._idempotency_ttl_ms]
+        name = validate_identifier(key, field="idempotency_key")
+        canonical = json.dumps([operation, request], sort_keys=True, separators=(",", ":"))
+        fingerprint = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        return self._keys.idempotency(organization_id, operation, name), [
+            fingerprint,
+            self._idempotency_ttl_ms,
+        ]
 
     def _scope_keys(self, scope: Scope, only: tuple[str, ...] | None = None) -> list[str]:
         if not isinstance(scope, Scope):
@@ -351,8 +377,10 @@ class BudgetKit:
         """Credits ``amount`` (> 0, currency units) to the balance; may exceed the limit."""
         org, bid, key = self._budget_keys(organization_id, budget_id)
         micros = to_micros(amount, field="amount", allow_zero=False)
-        args = [*self._common_args(org), str(micros), _text(description, field="description")]
-        reply = await self._run("top_up", [key, self._keys.events(org)], args)
+        text = _text(description, field="description")
+        idem_key, idem_args = self._idempotency(org, "top_up", idempotency_key, [bid, micros, text])
+        args = [*self._common_args(org), *idem_args, str(micros), text]
+        reply = await self._run("top_up", [key, self._keys.events(org), idem_key], args)
         return reply.budgets[0].to_budget()
 
     # -- enforcement ------------------------------------------------------------------------
@@ -400,19 +428,21 @@ class BudgetKit:
         """Charges every non-disabled budget of the scope its currency's amount, atomically."""
         micros = _amounts_micros(amounts)
         keys = self._scope_keys(scope)
-        args = [
-            *self._common_args(scope.organization_id),
+        org = scope.organization_id
+        fields = [
             _text(meter_source, field="meter_source", required=True),
             _text(ref_type, field="ref_type"),
             _text(ref_id, field="ref_id"),
             scope.session_id or "",
             _text(description, field="description"),
-            str(len(micros)),
         ]
+        request = [keys[:-1], fields, sorted(micros.items())]
+        idem_key, idem_args = self._idempotency(org, "debit", idempotency_key, request)
+        args: list[ScriptArg] = [*self._common_args(org), *idem_args, *fields, str(len(micros))]
         for currency, amount in micros.items():
             args += [currency, str(amount)]
-        reply = await self._run("debit", keys, args)
-        return self._debit_result(scope.organization_id, reply)
+        reply = await self._run("debit", [*keys[:-1], idem_key, keys[-1]], args)
+        return self._debit_result(org, reply)
 
     @staticmethod
     def _debit_result(organization_id: str, reply: Reply) -> DebitResult:
@@ -420,6 +450,7 @@ class BudgetKit:
             check=check_result([b.snapshot() for b in reply.budgets]),
             entries=[e.to_entry() for e in reply.entries],
             events=[e.to_event(organization_id) for e in reply.events],
+            replayed=reply.replayed,
         )
 
     async def resume(self, scope: Scope, levels: Sequence[str] = ("session",)) -> list[Budget]:

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-from budgetkit.models import BudgetCheckResult, BudgetSummary, BudgetToolResponse, ErrorFields
+from budgetkit.models import (
+    ACTION_SEVERITY,
+    ActionKind,
+    BudgetCheckResult,
+    BudgetSummary,
+    BudgetToolResponse,
+    ErrorFields,
+    SummaryStatus,
+)
 
 __all__ = [
     "DEFAULT_WARN_FRACTION_PPM",
     "NO_BUDGETS_HINT",
     "PPM",
-    "Action",
     "BudgetSnapshot",
     "Decision",
-    "SummaryStatus",
-    "ToolStatus",
     "budget_action",
     "check_result",
     "event_message",
@@ -33,10 +37,6 @@ __all__ = [
     "severity",
     "tool_response",
 ]
-
-Action = Literal["continue", "warn", "pause", "stop"]
-SummaryStatus = Literal["active", "warning", "paused", "exhausted"]
-ToolStatus = Literal["active", "warning", "paused", "exhausted", "no_budgets"]
 
 #: Micro-units per currency unit, and parts per million of a fraction.
 MICROS_PER_UNIT = 1_000_000
@@ -50,15 +50,14 @@ NO_BUDGETS_HINT = (
 #: Below this percent remaining (in tenths of a percent) the active hint nudges towards completion.
 LOW_PERCENT_TENTHS = 500
 
-_SEVERITY: dict[Action, int] = {"continue": 0, "warn": 1, "pause": 2, "stop": 3}
-_SUMMARY_STATUS: dict[Action, SummaryStatus] = {
+_SUMMARY_STATUS: dict[ActionKind, SummaryStatus] = {
     "continue": "active",
     "warn": "warning",
     "pause": "paused",
     "stop": "exhausted",
 }
 _SNAPSHOT_STATUSES = frozenset({"active", "paused", "exhausted"})
-_EVENT_ACTIONS: dict[str, Action | None] = {
+_EVENT_ACTIONS: dict[str, ActionKind | None] = {
     "budget.exhausted": "stop",
     "budget.paused": "pause",
     "budget.warning": "warn",
@@ -104,16 +103,16 @@ class BudgetSnapshot:
 class Decision:
     """What one budget says: its action, and the message and error details that go with it."""
 
-    kind: Action
+    kind: ActionKind
     message: str | None
     error_code: str | None
     error_fields: ErrorFields | None
     snapshot: BudgetSnapshot
 
 
-def severity(kind: Action) -> int:
+def severity(kind: ActionKind) -> int:
     """Rank of an action, most restrictive highest: continue 0, warn 1, pause 2, stop 3."""
-    return _SEVERITY[kind]
+    return ACTION_SEVERITY[kind]
 
 
 def format_amount_2dp(micros: int) -> str:
@@ -162,7 +161,7 @@ def _reached(spent_micros: int, bound_micros: int) -> str:
 
 
 def message_for(
-    kind: Action,
+    kind: ActionKind,
     limit_micros: int,
     balance_micros: int,
     soft_limit_micros: int | None,
@@ -225,7 +224,7 @@ def event_message(
     )
 
 
-def _rule_action(s: BudgetSnapshot) -> Action:
+def _rule_action(s: BudgetSnapshot) -> ActionKind:
     if s.status == "exhausted" or s.balance_micros <= 0:
         return "stop"
     if s.status == "paused":
@@ -238,7 +237,7 @@ def _rule_action(s: BudgetSnapshot) -> Action:
     return "continue"
 
 
-def _error_details(kind: Action, s: BudgetSnapshot) -> tuple[str | None, ErrorFields | None]:
+def _error_details(kind: ActionKind, s: BudgetSnapshot) -> tuple[str | None, ErrorFields | None]:
     spent = s.spent_micros / MICROS_PER_UNIT
     if kind == "stop":
         fields = ErrorFields(

@@ -13,6 +13,7 @@ Layout (``P`` = prefix, default ``bk``):
     P:{org}:all                    zset    ids of all the org's budgets, score = created ms
     P:{org}:l:<budget_id>          stream  the budget's ledger
     P:{org}:events                 stream  the org's budget events
+    P:{org}:idem:<operation>:<key> list    idempotency record: fingerprint, expiry ms, reply
 """
 
 from __future__ import annotations
@@ -51,3 +52,6 @@ class Keyspace:
 
     def events(self, organization_id: str) -> str:
         return f"{self.org(organization_id)}events"
+
+    def idempotency(self, organization_id: str, operation: str, key: str) -> str:
+        return f"{self.org(organization_id)}idem:{operation}:{key}"

@@ -239,8 +239,12 @@ class BudgetSubjectType(StrEnum):
             return cls.ORGANIZATION
         if isinstance(value, str) and value in cls._value2member_map_:
             return cls(value)
-        accepted = ", ".join(["org", *(member.value for member in cls)])
+        accepted = ", ".join(_SUBJECT_TYPE_NAMES)
         raise InvalidInput(f"unknown subject type {_show(value)}; accepted: {accepted}")
+
+
+#: Every string ``BudgetSubjectType.parse`` accepts, in the seed's order.
+_SUBJECT_TYPE_NAMES = ("session", "agent", "user", "org", "organization", "app", "app_channel")
 
 
 def _parse_status(value: object) -> BudgetStatus:

@@ -242,6 +242,7 @@ class Reply:
     budgets: list[BudgetRecord]
     entries: list[EntryRecord]
     events: list[EventRecord]
+    replayed: bool = False
 
 
 def _chunks(fields: Iterator[str], count: int, width: int) -> list[list[str]]:
@@ -251,7 +252,9 @@ def _chunks(fields: Iterator[str], count: int, width: int) -> list[list[str]]:
 def parse_reply(raw: Any) -> Reply:
     """Decodes the shared reply shape; a malformed reply is a ScriptError (a bug)."""
     try:
-        fields = iter([_text(v) for v in raw])
+        texts = [_text(v) for v in raw]
+        replayed = bool(texts) and texts[0] == "replayed"
+        fields = iter(texts[1:] if replayed else texts)
         now_ms = int(next(fields))
         budgets = [
             BudgetRecord.from_fields(c) for c in _chunks(fields, int(next(fields)), RECORD_WIDTH)
@@ -264,7 +267,7 @@ def parse_reply(raw: Any) -> Reply:
         ]
     except (StopIteration, ValueError, TypeError) as error:
         raise ScriptError(f"malformed script reply: {error}") from error
-    return Reply(now_ms, budgets, entries, events)
+    return Reply(now_ms, budgets, entries, events, replayed)
 
 
 def parse_entries(raw: Any) -> list[EntryRecord]:

@@ -297,3 +297,31 @@ local function load_scope(batch, subject_keys, include_disabled)
   return budgets
 end
 
+
+-- Idempotency records: a list [fingerprint, expires_ms, reply...] under a declared key.
+-- A record is judged expired by the operation clock (batch.now); the key TTL only reclaims memory.
+local IDEM_PUSH_CHUNK = 500
+
+-- The stored reply of an earlier call with this key, or nil; BK_IDEMPOTENCY_CONFLICT when the
+-- key was used for a different request. fingerprint '' = the call carries no key.
+local function idem_replay(key, fingerprint, now)
+  if fingerprint == '' then return nil end
+  local stored = redis.call('LRANGE', key, 0, -1)
+  if #stored < 2 or tonumber(stored[2]) == nil or tonumber(stored[2]) <= now then return nil end
+  if stored[1] ~= fingerprint then
+    raise('IDEMPOTENCY_CONFLICT', 'the idempotency key was used for a different request')
+  end
+  local out = { 'replayed' }
+  for i = 3, #stored do table.insert(out, stored[i]) end
+  return out
+end
+
+local function idem_store(key, fingerprint, now, ttl_ms, out)
+  if fingerprint == '' then return end
+  redis.call('DEL', key)
+  redis.call('RPUSH', key, fingerprint, fmt(now + ttl_ms))
+  for i = 1, #out, IDEM_PUSH_CHUNK do
+    redis.call('RPUSH', key, unpack(out, i, math.min(i + IDEM_PUSH_CHUNK - 1, #out)))
+  end
+  redis.call('PEXPIRE', key, ttl_ms)
+end

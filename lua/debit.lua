@@ -1,28 +1,35 @@
 -- debit.lua: atomically charge every non-disabled budget of a scope in its own currency.
--- KEYS[1..n-1] subject index sets of the scope, most specific first (bk:{org}:s:<type>:<id>)
+-- KEYS[1..n-2] subject index sets of the scope, most specific first (bk:{org}:s:<type>:<id>)
+-- KEYS[n-1]    idempotency record  bk:{org}:idem:debit:<key> (untouched without a fingerprint)
 -- KEYS[n]      events stream       bk:{org}:events
 -- ARGV[1]   key prefix of the org  bk:{org}:
 -- ARGV[2]   now_ms ('' = Redis TIME)
 -- ARGV[3]   ledger id base (ledger_ + 30 hex)
--- ARGV[4]   meter_source, ARGV[5] ref_type, ARGV[6] ref_id, ARGV[7] session id, ARGV[8] description
---           ('' = none for 5..8)
--- ARGV[9]   number of currencies k (0..64), then k pairs: currency, amount_micros 0..2^53-1
+-- ARGV[4]   request fingerprint ('' = no idempotency key), ARGV[5] record TTL ms
+-- ARGV[6]   meter_source, ARGV[7] ref_type, ARGV[8] ref_id, ARGV[9] session id,
+--           ARGV[10] description ('' = none for 7..10)
+-- ARGV[11]  number of currencies k (0..64), then k pairs: currency, amount_micros 0..2^53-1
 -- Returns   the shared reply: the scope's non-disabled budgets after the debit, the entries
---           written (resets and debits), the events emitted
--- Errors    BK_INVALID (arguments, balance range), BK_CORRUPT <key field>
+--           written (resets and debits), the events emitted; a replay of a stored reply is
+--           the same prefixed with 'replayed' (and writes nothing)
+-- Errors    BK_INVALID (arguments, balance range), BK_CORRUPT <key field>,
+--           BK_IDEMPOTENCY_CONFLICT (same key, different request)
 -- Invariants all or nothing: every budget is validated before the first write; a budget whose
 --            currency amount is missing or zero is untouched (but still rolled over); paused
 --            and exhausted budgets are charged too (usage is never dropped from the books)
-local events_key = KEYS[#KEYS]
+local events_key, idem_key = KEYS[#KEYS], KEYS[#KEYS - 1]
 local subject_keys = {}
-for i = 1, #KEYS - 1 do subject_keys[i] = KEYS[i] end
+for i = 1, #KEYS - 2 do subject_keys[i] = KEYS[i] end
 local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
-local source, ref_type, ref_id, session, description = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local n_currencies = arg_int(ARGV[9], 'currency count', 0, 64)
+local fingerprint, idem_ttl_ms = ARGV[4], arg_int(ARGV[5], 'idempotency ttl', 1, MAX_MICROS)
+local source, ref_type, ref_id, session, description = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local n_currencies = arg_int(ARGV[11], 'currency count', 0, 64)
 local amounts = {}
 for i = 1, n_currencies do
-  amounts[ARGV[8 + 2 * i]] = arg_int(ARGV[9 + 2 * i], 'amount_micros', 0, MAX_MICROS)
+  amounts[ARGV[10 + 2 * i]] = arg_int(ARGV[11 + 2 * i], 'amount_micros', 0, MAX_MICROS)
 end
+local replay = idem_replay(idem_key, fingerprint, batch.now)
+if replay ~= nil then return replay end
 
 local budgets = load_scope(batch, subject_keys, false)
 for _, b in ipairs(budgets) do
@@ -41,4 +48,6 @@ for _, b in ipairs(budgets) do
   end
 end
 flush(batch, events_key)
-return reply(batch, budgets)
+local out = reply(batch, budgets)
+idem_store(idem_key, fingerprint, batch.now, idem_ttl_ms, out)
+return out

@@ -10,7 +10,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 import budgetkit as bk
-from tests.support import ManualClock, all_entries, assert_invariant
+from support import ManualClock, all_entries, assert_invariant
 
 ORG = "org_1"
 
@@ -461,3 +461,37 @@ async def test_noscript_after_flush_is_recovered(kit: bk.BudgetKit, redis: Redis
     await kit.debit(session_scope(), {"usd": 1})
     assert kit.runtime.reloads == 1
     assert (await kit.check(session_scope())).action == "continue"
+
+
+# -- idempotency ------------------------------------------------------------------------------
+
+
+async def test_idempotent_debit_replays(
+    kit: bk.BudgetKit, redis: Redis, redis_snapshot: object, clock: ManualClock
+) -> None:
+    b = await make(kit, 10)
+    scope = session_scope()
+    first = await kit.debit(scope, {"usd": 2}, idempotency_key="call-1")
+    state = await redis_snapshot(redis)  # type: ignore[operator]
+    again = await kit.debit(scope, {"usd": 2}, idempotency_key="call-1")
+    assert again.replayed and not first.replayed
+    assert again.entries == first.entries and again.check == first.check
+    assert await redis_snapshot(redis) == state  # type: ignore[operator]
+    with pytest.raises(bk.IdempotencyConflict):
+        await kit.debit(scope, {"usd": 3}, idempotency_key="call-1")
+    assert await redis_snapshot(redis) == state  # type: ignore[operator]
+    other_org = bk.Scope(organization_id="org_2", session_id="session_a")
+    assert not (await kit.debit(other_org, {"usd": 3}, idempotency_key="call-1")).replayed
+    clock.advance(hours=25)  # past the default 24 h record TTL, judged by the same clock
+    assert not (await kit.debit(scope, {"usd": 2}, idempotency_key="call-1")).replayed
+    assert (await kit.get_budget(ORG, b.id)).balance == 6
+
+
+async def test_idempotent_top_up(kit: bk.BudgetKit) -> None:
+    b = await make(kit, 10)
+    await kit.top_up(ORG, b.id, 1, idempotency_key="t1")
+    await kit.top_up(ORG, b.id, 1, idempotency_key="t1")
+    assert (await kit.get_budget(ORG, b.id)).balance == 11
+    with pytest.raises(bk.IdempotencyConflict):
+        await kit.top_up(ORG, b.id, 2, idempotency_key="t1")
+    await assert_invariant(kit, ORG, b.id, 10)

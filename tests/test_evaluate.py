@@ -26,6 +26,11 @@ M = 1_000_000  # micros per unit
 MAX_MICROS = 2**53 - 1
 
 
+def bid(n: int) -> str:
+    """A well-formed budget id (check results validate ``bdgt_<32 hex>``)."""
+    return f"bdgt_{n:032x}"
+
+
 def snap(
     limit: float | int = 100,
     balance: float | int = 100,
@@ -79,9 +84,9 @@ def test_warn_boundary_is_exact_integer_comparison() -> None:
     assert budget_action(snap(100, 20.000001)).kind == "continue"
     assert budget_action(snap(100, 20)).kind == "warn"
     # 1/3 limit, warn fraction 0.2: 0.2 x 0.333333 = 0.0666666 → 0.066666 warns, 0.066667 does not
-    limit = BudgetSnapshot("b", "usd", 333_333, 66_666, None, "active", False, 200_000)
+    limit = BudgetSnapshot(bid(11), "usd", 333_333, 66_666, None, "active", False, 200_000)
     assert budget_action(limit).kind == "warn"
-    limit = BudgetSnapshot("b", "usd", 333_333, 66_667, None, "active", False, 200_000)
+    limit = BudgetSnapshot(bid(11), "usd", 333_333, 66_667, None, "active", False, 200_000)
     assert budget_action(limit).kind == "continue"
 
 
@@ -116,7 +121,7 @@ def test_acknowledged_soft_limit_skips_pause_but_warn_and_stop_apply() -> None:
 )
 def test_impossible_snapshot_is_rejected(kwargs: dict[str, object], error: str) -> None:
     base: dict[str, object] = {
-        "budget_id": "b",
+        "budget_id": bid(11),
         "currency": "usd",
         "limit_micros": M,
         "balance_micros": M,
@@ -134,7 +139,7 @@ def test_impossible_snapshot_is_rejected(kwargs: dict[str, object], error: str) 
 
 
 def test_stop_message_and_error_fields() -> None:
-    s = snap(50, -2, currency="tokens", budget_id="bdgt_x")
+    s = snap(50, -2, currency="tokens", budget_id=bid(1))
     r = check_result([s])
     assert r.message == (
         "Budget exhausted. 52.00 tokens spent exceeded the 50.00 tokens limit. "
@@ -143,11 +148,11 @@ def test_stop_message_and_error_fields() -> None:
     assert r.model_dump(mode="json", exclude_none=True) == {
         "action": "stop",
         "message": r.message,
-        "budget_id": "bdgt_x",
+        "budget_id": bid(1),
         "balance": -2.0,
         "currency": "tokens",
         "error_code": "budget_exhausted",
-        "error_fields": {"budget_id": "bdgt_x", "currency": "tokens", "limit": 50.0, "spent": 52.0},
+        "error_fields": {"budget_id": bid(1), "currency": "tokens", "limit": 50.0, "spent": 52.0},
     }
     assert r.should_stop()
 
@@ -165,7 +170,7 @@ def test_stop_message_reached_at_exactly_zero() -> None:
 
 
 def test_soft_pause_message_and_error_fields() -> None:
-    r = check_result([snap(10, 2, 8, budget_id="bdgt_y")])
+    r = check_result([snap(10, 2, 8, budget_id=bid(2))])
     assert r.message == (
         "Budget paused. 8.00 usd spent reached the 8.00 usd soft limit. "
         "Increase or resume the budget to continue."
@@ -173,11 +178,11 @@ def test_soft_pause_message_and_error_fields() -> None:
     assert r.model_dump(mode="json", exclude_none=True) == {
         "action": "pause",
         "message": r.message,
-        "budget_id": "bdgt_y",
+        "budget_id": bid(2),
         "balance": 2.0,
         "currency": "usd",
         "error_code": "budget_paused",
-        "error_fields": {"budget_id": "bdgt_y", "currency": "usd", "soft_limit": 8.0, "spent": 8.0},
+        "error_fields": {"budget_id": bid(2), "currency": "usd", "soft_limit": 8.0, "spent": 8.0},
     }
     assert r.should_pause()
     r = check_result([snap(10, 1.5, 8)])
@@ -188,14 +193,14 @@ def test_soft_pause_message_and_error_fields() -> None:
 
 
 def test_operator_pause_message_and_error_fields() -> None:
-    r = check_result([snap(10, 7, status="paused", budget_id="bdgt_z")])
+    r = check_result([snap(10, 7, status="paused", budget_id=bid(3))])
     assert (
         r.message == "Budget paused with 3.00 usd spent. Increase or resume the budget to continue."
     )
     assert r.error_code == "budget_paused"
     assert r.error_fields is not None
     assert r.error_fields.model_dump(mode="json", exclude_none=True) == {
-        "budget_id": "bdgt_z",
+        "budget_id": bid(3),
         "currency": "usd",
         "spent": 3.0,
     }
@@ -219,11 +224,11 @@ def test_operator_pause_message_and_error_fields() -> None:
 
 
 def test_warn_message_has_no_error_code() -> None:
-    r = check_result([snap(100, 15, budget_id="bdgt_w", currency="credits")])
+    r = check_result([snap(100, 15, budget_id=bid(4), currency="credits")])
     assert r.model_dump(mode="json", exclude_none=True) == {
         "action": "warn",
         "message": "Budget running low. 15.00 credits remaining of 100.00 credits limit.",
-        "budget_id": "bdgt_w",
+        "budget_id": bid(4),
         "balance": 15.0,
         "currency": "credits",
     }
@@ -236,11 +241,11 @@ def test_continue_and_empty_are_bare() -> None:
 
 
 def test_stop_error_fields_json_of_fractional_amounts() -> None:
-    s = BudgetSnapshot("b", "usd", 100_000, -200_000, None, "active", False, 200_000)
+    s = BudgetSnapshot(bid(11), "usd", 100_000, -200_000, None, "active", False, 200_000)
     r = check_result([s])
     assert r.error_fields is not None
     assert r.error_fields.model_dump(mode="json", exclude_none=True) == {
-        "budget_id": "b",
+        "budget_id": bid(11),
         "currency": "usd",
         "limit": 0.1,
         "spent": 0.3,
@@ -328,40 +333,40 @@ def test_format_percent(tenths: int, text: str) -> None:
 
 
 def test_tie_break_smallest_fraction_remaining_across_currencies() -> None:
-    usd = snap(10, 1.5, budget_id="b_usd", currency="usd")  # 15 % remaining
-    tokens = snap(1000, 100, budget_id="b_tok", currency="tokens")  # 10 % remaining
+    usd = snap(10, 1.5, budget_id=bid(5), currency="usd")  # 15 % remaining
+    tokens = snap(1000, 100, budget_id=bid(6), currency="tokens")  # 10 % remaining
     # raw balances would pick usd (1.5 < 100); the fraction picks tokens
-    assert check_result([usd, tokens]).budget_id == "b_tok"
-    assert check_result([tokens, usd]).budget_id == "b_tok"
+    assert check_result([usd, tokens]).budget_id == bid(6)
+    assert check_result([tokens, usd]).budget_id == bid(6)
 
 
 def test_tie_break_equal_fraction_first_wins() -> None:
-    a = snap(10, 1, budget_id="a", currency="usd")
-    b = snap(1000, 100, budget_id="b", currency="tokens")
-    assert check_result([a, b]).budget_id == "a"
-    assert check_result([b, a]).budget_id == "b"
+    a = snap(10, 1, budget_id=bid(10), currency="usd")
+    b = snap(1000, 100, budget_id=bid(11), currency="tokens")
+    assert check_result([a, b]).budget_id == bid(10)
+    assert check_result([b, a]).budget_id == bid(11)
 
 
 def test_most_restrictive_action_wins() -> None:
-    warn = snap(100, 1, budget_id="warn")  # 1 % remaining
-    pause = snap(100, 90, status="paused", budget_id="pause")
-    stop = snap(100, 0, budget_id="stop")
-    cont = snap(100, 90, budget_id="cont")
-    assert check_result([cont, warn]).budget_id == "warn"
-    assert check_result([cont, warn, pause]).budget_id == "pause"
-    assert check_result([pause, warn, stop, cont]).budget_id == "stop"
+    warn = snap(100, 1, budget_id=bid(20))  # 1 % remaining
+    pause = snap(100, 90, status="paused", budget_id=bid(21))
+    stop = snap(100, 0, budget_id=bid(22))
+    cont = snap(100, 90, budget_id=bid(23))
+    assert check_result([cont, warn]).budget_id == bid(20)
+    assert check_result([cont, warn, pause]).budget_id == bid(21)
+    assert check_result([pause, warn, stop, cont]).budget_id == bid(22)
 
 
 def test_stop_tie_break_most_negative_fraction() -> None:
-    a = snap(100, -5, budget_id="a")
-    b = snap(10, -1, budget_id="b")  # -10 % beats -5 %
-    assert check_result([a, b]).budget_id == "b"
+    a = snap(100, -5, budget_id=bid(10))
+    b = snap(10, -1, budget_id=bid(11))  # -10 % beats -5 %
+    assert check_result([a, b]).budget_id == bid(11)
 
 
 snapshots_st = st.lists(
     st.builds(
         BudgetSnapshot,
-        budget_id=st.sampled_from(["a", "b", "c", "d"]),
+        budget_id=st.sampled_from([bid(i) for i in range(4)]),
         currency=st.sampled_from(["usd", "tokens"]),
         limit_micros=st.integers(min_value=1, max_value=MAX_MICROS),
         balance_micros=st.integers(min_value=-MAX_MICROS, max_value=MAX_MICROS),
