@@ -1,14 +1,14 @@
 """Exact fixed-point amounts: every amount is an integer number of micro-units.
 
 Amounts cross the API as ``int | float | Decimal`` and leave it as ``float`` (the seed's f64), but
-inside budgetkit and Redis they are integers of micro-units (10⁻⁶ of a currency unit), so that
+inside budgetkit and Redis they are integers of micro-units (10**-6 of a currency unit), so that
 ``0.1 + 0.2`` debits leave exactly ``0.3`` spent and the ledger invariant holds with zero error.
 
-Bounds: every amount, limit and balance has a magnitude of at most ``MAX_MICROS`` (2⁵³−1
-micro-units, about 9.007 × 10⁹ units), so Lua's doubles represent every value exactly.
+Bounds: every amount, limit and balance has a magnitude of at most ``MAX_MICROS`` (2**53 - 1
+micro-units, about 9.007e9 units), so Lua's doubles represent every value exactly.
 
-Precision out: ``from_micros`` returns the float nearest to the exact value. Below 2³³ units
-(about 8.59 × 10⁹) that float reads back (``to_micros``) as the same micros. Above it floats are
+Precision out: ``from_micros`` returns the float nearest to the exact value. Below 2**33 units
+(about 8.59e9) that float reads back (``to_micros``) as the same micros. Above it floats are
 coarser than a micro-unit, so a float read back may differ by one micro-unit, and
 ``from_micros(MAX_MICROS)`` reads back as ``MAX_MICROS + 1`` (rejected). Exact values travel as
 integer micros; the floats are for display and the seed's wire format.
@@ -29,10 +29,10 @@ __all__ = [
     "to_micros",
 ]
 
-#: Micro-units per currency unit (the fixed-point scale, 10⁶).
+#: Micro-units per currency unit (the fixed-point scale, 10**6).
 MICROS_PER_UNIT = 1_000_000
 
-#: Largest magnitude of any amount, limit or balance, in micro-units (2⁵³−1, exact in a double).
+#: Largest magnitude of any amount, limit or balance, in micro-units (2**53 - 1, exact in a double).
 MAX_MICROS = 2**53 - 1
 
 #: ``MAX_MICROS`` in currency units, exactly (the float ``MAX_MICROS / 10**6`` rounds up).
@@ -45,7 +45,7 @@ _DECIMALS_MAX = 6
 _MICRO_STEP = Decimal(1).scaleb(-_DECIMALS_MAX)
 
 #: Largest ``Decimal.adjusted()`` (power of ten of the leading digit) a bounded value can have:
-#: MAX_MICROS / 10⁶ ≈ 9.007 × 10⁹, so anything at or above 10¹⁰ units is out of range.
+#: MAX_MICROS / 10**6 ≈ 9.007e9, so anything at or above 1e10 units is out of range.
 _ADJUSTED_MAX = 9
 
 #: Decimal context for quantize(): bounded values have at most 16 significant digits.

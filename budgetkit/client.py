@@ -173,7 +173,11 @@ class BudgetKit:
         if failure_policy not in ("fail_closed", "fail_open"):
             raise InvalidInput("failure_policy must be 'fail_closed' or 'fail_open'")
         ttl = idempotency_ttl_seconds
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= IDEMPOTENCY_TTL_S_MAX:
+        if (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, int)
+            or not 1 <= ttl <= IDEMPOTENCY_TTL_S_MAX
+        ):
             raise InvalidInput(f"idempotency_ttl_seconds must be in [1, {IDEMPOTENCY_TTL_S_MAX}]")
         self._idempotency_ttl_ms = ttl * 1000
         self._client = client
@@ -233,7 +237,10 @@ class BudgetKit:
         of the canonical request, so the same key with another request is detected.
         """
         if key is None:
-            return self._keys.idempotency(organization_id, operation, "-"), ["", self._idempotency_ttl_ms]
+            return self._keys.idempotency(organization_id, operation, "-"), [
+                "",
+                self._idempotency_ttl_ms,
+            ]
         name = validate_identifier(key, field="idempotency_key")
         canonical = json.dumps([operation, request], sort_keys=True, separators=(",", ":"))
         fingerprint = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -342,7 +349,7 @@ class BudgetKit:
         org, _, key = self._budget_keys(organization_id, budget_id)
         args = self._common_args(org)
         limit_micros = None if limit is UNSET else _limit_micros(limit)
-        given = [
+        given: list[tuple[object, Callable[[Any], str]]] = [
             (limit, lambda _: str(limit_micros)),
             (soft_limit, lambda v: _soft_micros(v, limit_micros)),
             (status, self._settable_status),
@@ -350,7 +357,9 @@ class BudgetKit:
         for value, convert in given:
             args += ["0", ""] if value is UNSET else ["1", convert(value)]
         args += ["0", "", "", "", ""] if period is UNSET else ["1", *_period_args(period)]
-        args += ["0", ""] if warn_fraction is UNSET else ["1", str(_warn_fraction_ppm(warn_fraction))]
+        args += (
+            ["0", ""] if warn_fraction is UNSET else ["1", str(_warn_fraction_ppm(warn_fraction))]
+        )
         args += ["0", ""] if metadata is UNSET else ["1", _metadata_json(metadata)]
         reply = await self._run("update", [key, self._keys.events(org)], args)
         return reply.budgets[0].to_budget()
@@ -411,8 +420,9 @@ class BudgetKit:
         """The check_budget tool's response for an agent (one round trip)."""
         reply = await self._check_reply(scope)
         if isinstance(reply, BudgetCheckResult):
-            status = "active" if reply.action == "continue" else "exhausted"
-            return BudgetToolResponse(status=status, budgets=[], hint=reply.message)
+            if reply.action == "continue":
+                return BudgetToolResponse(status="active", budgets=[], hint=reply.message)
+            return BudgetToolResponse(status="exhausted", budgets=[], hint=reply.message)
         return tool_response([b.snapshot() for b in reply.budgets])
 
     async def debit(
@@ -488,7 +498,9 @@ class BudgetKit:
         last = after or "0-0"
         while True:
             block = block_ms if follow else None
-            batches = await self._client.xread({key: last}, count=EVENTS_BATCH_MAX, block=block)
+            batches: Any = await self._client.xread(
+                {key: last}, count=EVENTS_BATCH_MAX, block=block
+            )
             if not batches:
                 if follow:
                     continue

@@ -4,7 +4,7 @@ Ids budgetkit creates are ``<prefix>_<32 lowercase hex>`` of a UUIDv7, so they s
 time: budget ``bdgt``, ledger entry ``ledger``, reservation ``hold``.
 
 Ids callers supply (organization, subject, session, idempotency keys) are opaque strings, checked
-only so that they cannot break a Redis key: 1–256 UTF-8 bytes, printable, no whitespace or control
+only so that they cannot break a Redis key: 1-256 UTF-8 bytes, printable, no whitespace or control
 characters, no ``{`` or ``}`` (they delimit Redis Cluster hash tags).
 """
 
@@ -209,7 +209,7 @@ def validate_identifier(value: object, *, field: str) -> str:
 
     Why: organization, subject, session ids and idempotency keys become parts of Redis keys; an
     id with whitespace, control characters or braces could break a hash tag or alias another key.
-    Rules: a str of 1–256 UTF-8 bytes; every character printable; no whitespace; no ``{`` ``}``.
+    Rules: a str of 1-256 UTF-8 bytes; every character printable; no whitespace; no ``{`` ``}``.
     ``field`` names the argument in the error message.
     """
     if not isinstance(value, str):
@@ -234,7 +234,7 @@ def normalize_currency(value: object) -> str:
     """Return a currency code lower-cased, or raise InvalidIdentifier.
 
     Why: currencies are case-insensitive (``USD`` and ``usd`` are one currency) and name keys,
-    so they are stored in one canonical form. Rule: 1–32 characters of ``a-z 0-9 _`` after
+    so they are stored in one canonical form. Rule: 1-32 characters of ``a-z 0-9 _`` after
     lower-casing; only ASCII letters are lower-cased (``'\\u212a'``, the Kelvin sign, is no ``k``).
     """
     if not isinstance(value, str):

@@ -70,7 +70,7 @@ __all__ = [
     "parse_timestamp",
 ]
 
-#: Longest period of a duration or rolling budget, in seconds (2⁵³, exact in a Lua double).
+#: Longest period of a duration or rolling budget, in seconds (2**53, exact in a Lua double).
 PERIOD_SECONDS_MAX = 2**53
 
 #: Longest repr of a rejected value quoted in an error message, in characters.
@@ -115,8 +115,8 @@ def parse_timestamp(text: str) -> datetime:
         raise ValueError(f"invalid RFC 3339 timestamp {_show(text)}")
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
     micros = int((fraction or "")[:_FRACTION_DIGITS_MAX].ljust(_FRACTION_DIGITS_MAX, "0"))
-    tz = UTC if zulu else _rfc3339_offset(sign, off_h, off_m)
     try:
+        tz = UTC if zulu else _rfc3339_offset(sign, off_h, off_m)
         parsed = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second), micros, tz
         )
@@ -310,7 +310,7 @@ assert get_args(CalendarUnit) == CALENDAR_UNITS, "CalendarUnit must list periods
 class DurationPeriod(_WireModel):
     """A fixed-length period of ``seconds`` from ``period_started_at``; ``{"type":"duration",...}``.
 
-    ``seconds``: 1..2⁵³.
+    ``seconds``: 1..2**53.
     """
 
     type: Literal["duration"] = "duration"
@@ -324,7 +324,7 @@ class DurationPeriod(_WireModel):
 class RollingPeriod(_WireModel):
     """A period given as shorthand (``"5h"``, ``"30d"``); ``{"type":"rolling","window":"5h"}``.
 
-    The window is kept exactly as given; it must parse to 1..2⁵³ seconds (deviation: the seed
+    The window is kept exactly as given; it must parse to 1..2**53 seconds (deviation: the seed
     accepts an unparsable window and never resets).
     """
 
@@ -334,7 +334,7 @@ class RollingPeriod(_WireModel):
     @field_validator("window")
     @classmethod
     def _check_window(cls, window: str) -> str:
-        """Reject a window that does not parse, or parses to 0 or more than 2⁵³ seconds."""
+        """Reject a window that does not parse, or parses to 0 or more than 2**53 seconds."""
         seconds = parse_rolling_window(window)
         if seconds is None:
             raise InvalidPeriod(
@@ -430,9 +430,9 @@ class Budget(_WireModel):
 
 
 class LedgerEntry(_WireModel):
-    """One immutable change of a budget's balance: + debit (consumption), − credit (top-up).
+    """One immutable change of a budget's balance: + debit (consumption), - credit (top-up).
 
-    ``balance == initial limit − Σ amount`` over a budget's entries, exactly (SPEC §2).
+    ``balance == initial limit - sum(amount)`` over a budget's entries, exactly (SPEC §2).
     """
 
     id: LedgerId

@@ -57,7 +57,7 @@ def parse_rolling_window(window: str) -> int | None:
     Why: a port of the seed's ``parse_rolling_window``, so budgetkit reads every window exactly
     as the reference does: trim; leading ASCII digits (none → None); the rest, trimmed and
     ASCII-lower-cased, is a unit (s/m/h/d/w and spellings; none means seconds); a result above
-    2⁶⁴−1 (u64) → None. Returns seconds in ``[0, 2**64 - 1]`` or None.
+    2**64 - 1 (u64) → None. Returns seconds in ``[0, 2**64 - 1]`` or None.
     """
     trimmed = window.strip(_RUST_WHITESPACE)
     digits_len = len(trimmed) - len(trimmed.lstrip(_ASCII_DIGITS))
@@ -116,7 +116,7 @@ def bucket_start_ms(now_ms: int, unit: str) -> int:
 def aligned_period_start_ms(started_ms: int, now_ms: int, seconds: int) -> int:
     """Return the start (unix ms) of the current period of a duration or rolling budget.
 
-    Why: on rollover the period start is aligned to ``started + k × period`` (the largest k ≥ 0
+    Why: on rollover the period start is aligned to ``started + k * period`` (the largest k ≥ 0
     with that ≤ now) so periods never drift (SPEC §7). A start in the future is returned
     unchanged: it never triggers a reset. ``seconds``: the period length, > 0.
     """

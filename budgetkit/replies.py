@@ -109,7 +109,9 @@ class BudgetRecord:
             subject_id=self.subject_id,
             currency=self.currency,
             limit=from_micros(self.limit_micros),
-            soft_limit=None if self.soft_limit_micros is None else from_micros(self.soft_limit_micros),
+            soft_limit=None
+            if self.soft_limit_micros is None
+            else from_micros(self.soft_limit_micros),
             balance=from_micros(self.balance_micros),
             period=period,
             period_started_at=None if started is None else ms_to_datetime(started),

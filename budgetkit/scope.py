@@ -29,8 +29,14 @@ class Scope:
 
     def __post_init__(self) -> None:
         validate_identifier(self.organization_id, field="organization_id")
-        for name in ("session_id", "root_session_id", "app_channel_id", "app_id", "agent_id",
-                     "user_id"):
+        for name in (
+            "session_id",
+            "root_session_id",
+            "app_channel_id",
+            "app_id",
+            "agent_id",
+            "user_id",
+        ):
             value = getattr(self, name)
             if value is not None:
                 validate_identifier(value, field=name)

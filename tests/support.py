@@ -37,7 +37,9 @@ def micros(value: float) -> int:
     return round(value * 1_000_000)
 
 
-async def assert_invariant(kit: bk.BudgetKit, org: str, budget_id: str, initial_limit: float) -> None:
+async def assert_invariant(
+    kit: bk.BudgetKit, org: str, budget_id: str, initial_limit: float
+) -> None:
     """balance == initial limit − Σ ledger amounts, exactly (in micros)."""
     budget = await kit.get_budget(org, budget_id)
     entries = await all_entries(kit, org, budget_id)

@@ -136,7 +136,9 @@ async def test_operator_pause_and_disable(kit: bk.BudgetKit) -> None:
     assert paused.status == bk.BudgetStatus.PAUSED
     r = await kit.check(scope)
     assert r.action == "pause"
-    assert r.message == "Budget paused with 0.00 usd spent. Increase or resume the budget to continue."
+    assert (
+        r.message == "Budget paused with 0.00 usd spent. Increase or resume the budget to continue."
+    )
     await kit.debit(scope, {"usd": 1})
     assert (await kit.get_budget(ORG, b.id)).status == bk.BudgetStatus.PAUSED
     await kit.update_budget(ORG, b.id, status="disabled")
@@ -185,7 +187,9 @@ async def _events(kit: bk.BudgetKit) -> AsyncIterator[bk.BudgetEvent]:
         (100, 80, "stop"),
     ],
 )
-async def test_rule_examples(kit: bk.BudgetKit, spend: float, soft: float | None, action: str) -> None:
+async def test_rule_examples(
+    kit: bk.BudgetKit, spend: float, soft: float | None, action: str
+) -> None:
     await make(kit, 100, soft_limit=soft)
     result = await kit.debit(session_scope(), {"usd": spend})
     assert result.check.action == action
@@ -276,8 +280,13 @@ async def test_hierarchy_debit_is_per_currency_and_pools_on_root(kit: bk.BudgetK
         root_session_id="session_root",
         user_id="usr_1",
     )
-    result = await kit.debit(scope, {"usd": 1.5, "tokens": 200}, meter_source="llm_tokens",
-                             ref_type="llm_generation", ref_id="gen_1")
+    result = await kit.debit(
+        scope,
+        {"usd": 1.5, "tokens": 200},
+        meter_source="llm_tokens",
+        ref_type="llm_generation",
+        ref_id="gen_1",
+    )
     assert [e.budget_id for e in result.entries] == [root.id, user.id, org.id]
     assert all(e.session_id == "session_child" for e in result.entries)
     assert result.entries[0].ref_id == "gen_1" and result.entries[0].meter_source == "llm_tokens"
@@ -401,7 +410,9 @@ async def test_future_period_start_never_resets(kit: bk.BudgetKit, clock: Manual
 
 async def test_server_clock_is_default(redis: Redis) -> None:
     kit = bk.BudgetKit(redis)
-    b = await kit.create_budget(ORG, "session", "s", "usd", 1, period={"type": "calendar", "unit": "day"})
+    b = await kit.create_budget(
+        ORG, "session", "s", "usd", 1, period={"type": "calendar", "unit": "day"}
+    )
     delta = abs((b.created_at - datetime.now(UTC)).total_seconds())
     assert delta < 60
     assert b.period_started_at is not None and b.period_started_at.hour == 0

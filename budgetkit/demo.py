@@ -1,0 +1,143 @@
+"""`budgetkit demo`: a small fleet of agent workers spending through the real API.
+
+Several concurrent sessions share stacked session / user / org budgets (some periodic); every
+worker checks before each simulated LLM call and debits after it. Events are printed as they
+fire; the run ends with a table of budgets and a reconciliation line (balance == limit − Σ
+ledger, exactly). Time is simulated (a clock that advances per call), so periodic budgets reset
+within seconds. With no Redis URL it runs on an in-process fakeredis server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from redis.asyncio import Redis
+
+from budgetkit.amounts import MICROS_PER_UNIT
+from budgetkit.client import BudgetKit
+from budgetkit.ids import uuid7_hex
+from budgetkit.models import Budget, BudgetEvent
+from budgetkit.scope import Scope
+
+WORKERS = 6
+CALLS_PER_WORKER_MAX = 40
+SIM_STEP = timedelta(minutes=1)
+USD_PER_MTOK_IN, USD_PER_MTOK_OUT = 2.0, 8.0
+EVENT_DRAIN_TIMEOUT_S = 2.0
+
+
+@dataclass
+class SimClock:
+    """Simulated time: starts now (UTC) and advances by SIM_STEP on every tick."""
+
+    now: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def tick(self) -> None:
+        self.now += SIM_STEP
+
+
+async def _setup(kit: BudgetKit, org: str) -> list[Budget]:
+    made = [
+        await kit.create_budget(org, "org", org, "usd", 3, warn_fraction=0.25),
+        await kit.create_budget(org, "user", "usr_alice", "usd", 1.5, soft_limit=1),
+        await kit.create_budget(
+            org, "user", "usr_bob", "tokens", 120_000, period={"type": "calendar", "unit": "hour"}
+        ),
+    ]
+    for i in range(WORKERS):
+        made.append(await kit.create_budget(org, "session", f"session_{i}", "usd", 0.5))
+    return made
+
+
+async def _worker(
+    kit: BudgetKit, clock: SimClock, scope: Scope, rng: random.Random, say: Callable[[str], None]
+) -> int:
+    calls = 0
+    for _ in range(CALLS_PER_WORKER_MAX):
+        verdict = await kit.check(scope)
+        if verdict.should_stop() and verdict.currency == "tokens":
+            clock.tick()  # the hourly token budget: wait for the next period
+            await asyncio.sleep(0)
+            continue
+        if verdict.should_stop():
+            say(f"  {scope.session_id}: stops ({verdict.currency} budget {verdict.budget_id})")
+            return calls
+        if verdict.should_pause():
+            say(f"  {scope.session_id}: paused, operator resumes the user budget")
+            await kit.resume(scope, levels=("user",))
+        tokens_in, tokens_out = rng.randint(500, 8000), rng.randint(100, 2000)
+        usd = round((tokens_in * USD_PER_MTOK_IN + tokens_out * USD_PER_MTOK_OUT) / 1e6, 6)
+        await kit.debit(
+            scope,
+            {"usd": usd, "tokens": tokens_in + tokens_out},
+            meter_source="llm_tokens",
+            ref_type="llm_generation",
+            ref_id=f"gen_{uuid7_hex()[:12]}",
+        )
+        clock.tick()
+        calls += 1
+        await asyncio.sleep(0)
+    return calls
+
+
+async def _print_events(kit: BudgetKit, org: str, say: Callable[[str], None]) -> None:
+    async for event in kit.events(org, block_ms=100):
+        say(_event_line(event))
+
+
+def _event_line(event: BudgetEvent) -> str:
+    d = event.data
+    text = d.message or f"balance {d.balance:.2f} {d.currency}"
+    return f"  event {event.type:<17} {d.budget_id[-8:]}  {text}"
+
+
+async def run_demo(client: Redis, say: Callable[[str], None] = print, seed: int = 7) -> bool:
+    """Runs the demo on ``client``; returns True when every budget reconciles exactly."""
+    clock = SimClock()
+    kit = BudgetKit(client, prefix="bkdemo", clock=clock)
+    org = f"demo_{uuid7_hex()[-12:]}"
+    budgets = await _setup(kit, org)
+    say(f"budgetkit demo: org {org}, {len(budgets)} budgets, {WORKERS} concurrent workers")
+    printer = asyncio.create_task(_print_events(kit, org, say))
+    rng = random.Random(seed)
+    users = ["usr_alice", "usr_bob"]
+    scopes = [
+        Scope(organization_id=org, session_id=f"session_{i}", user_id=users[i % 2])
+        for i in range(WORKERS)
+    ]
+    calls = await asyncio.gather(*(_worker(kit, clock, s, rng, say) for s in scopes))
+    await asyncio.sleep(0.3)
+    printer.cancel()
+    await asyncio.gather(printer, return_exceptions=True)
+    say(f"{sum(calls)} metered LLM calls over {clock.now - budgets[0].created_at} simulated")
+    return await _report(kit, org, say)
+
+
+async def _report(kit: BudgetKit, org: str, say: Callable[[str], None]) -> bool:
+    rows = await kit.list_budgets(org, limit=100)
+    say(f"{'budget':<12} {'subject':<20} {'cur':<7} {'limit':>12} {'balance':>14} status")
+    drift_micros = 0
+    for b in sorted(rows, key=lambda r: (r.subject_type.value, r.subject_id)):
+        entries = await kit.ledger(org, b.id, limit=1000)
+        spent = sum(round(e.amount * MICROS_PER_UNIT) for e in entries)
+        initial = b.limit + sum(e.amount for e in entries if e.meter_source == "limit_change")
+        drift_micros += abs(
+            round(initial * MICROS_PER_UNIT) - spent - round(b.balance * MICROS_PER_UNIT)
+        )
+        subject = f"{b.subject_type.as_wire()}:{b.subject_id}"
+        say(
+            f"{b.id[-10:]:<12} {subject[:20]:<20} {b.currency:<7} {b.limit:>12.2f} "
+            f"{b.balance:>14.6f} {b.status.value}"
+        )
+    say(
+        f"reconciliation: {len(rows)} budgets, balance == limit - sum(ledger) for all: "
+        f"{'yes' if drift_micros == 0 else 'NO'} (drift {drift_micros} micro-units)"
+    )
+    return drift_micros == 0
