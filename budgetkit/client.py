@@ -480,6 +480,35 @@ class BudgetKit:
         raw = await self._runtime.call("ledger", keys, [str(page_size), str(skip)])
         return [record.to_entry() for record in parse_entries(raw)]
 
+    async def trim_history(
+        self,
+        organization_id: str,
+        *,
+        events_max_len: int | None = None,
+        ledger_max_len: int | None = None,
+    ) -> int:
+        """Caps the organization's event stream and every budget's ledger (oldest dropped).
+
+        Off by default: everything is kept. Trimmed ledger entries are gone from Redis, so the
+        invariant balance == limit - Σ ledger can then only be checked against exported books.
+        Returns the number of stream entries removed. Bounded: one XTRIM per budget.
+        """
+        org = validate_identifier(organization_id, field="organization_id")
+        removed = 0
+        pipe = self._client.pipeline(transaction=False)
+        if events_max_len is not None:
+            pipe.xtrim(self._keys.events(org), maxlen=_cap(events_max_len), approximate=False)
+        if ledger_max_len is not None:
+            ids: list[Any] = await self._client.zrange(self._keys.org_index(org), 0, -1)
+            for raw in ids:
+                bid = _decode(raw)
+                pipe.xtrim(
+                    self._keys.ledger(org, bid), maxlen=_cap(ledger_max_len), approximate=False
+                )
+        for count in await pipe.execute():
+            removed += int(count)
+        return removed
+
     async def events(
         self,
         organization_id: str,
@@ -509,6 +538,12 @@ class BudgetKit:
                 fields = {_decode(k): _decode(v) for k, v in raw_fields.items()}
                 last = _decode(raw_id)
                 yield EventRecord.from_stream(last, fields).to_event(org)
+
+
+def _cap(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput("a stream cap must be a non-negative integer")
+    return value
 
 
 def _decode(value: Any) -> str:

@@ -2,7 +2,7 @@
 
 Several concurrent sessions share stacked session / user / org budgets (some periodic); every
 worker checks before each simulated LLM call and debits after it. Events are printed as they
-fire; the run ends with a table of budgets and a reconciliation line (balance == limit − Σ
+fire; the run ends with a table of budgets and a reconciliation line (balance == limit - Σ
 ledger, exactly). Time is simulated (a clock that advances per call), so periodic budgets reset
 within seconds. With no Redis URL it runs on an in-process fakeredis server.
 """

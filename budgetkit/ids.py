@@ -168,7 +168,9 @@ def parse_budget_id(value: object) -> str:
 
 
 def parse_ledger_id(value: object) -> str:
-    """Return ``value`` if it is a ledger id (``ledger_<32 lowercase hex>``); else InvalidIdentifier.
+    """Return ``value`` if it is a ledger entry id (``ledger_<32 lowercase hex>``), else raise.
+
+    Raises InvalidIdentifier.
 
     Why: a malformed id is a caller error, reported clearly instead of as "not found".
     """

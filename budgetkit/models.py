@@ -28,7 +28,6 @@ from pydantic import (
     Field,
     JsonValue,
     PlainSerializer,
-    SerializerFunctionWrapHandler,
     Strict,
     TypeAdapter,
     ValidationError,
@@ -188,6 +187,10 @@ Currency: TypeAlias = Annotated[str, Strict(), AfterValidator(normalize_currency
 # ============================================================================
 
 
+#: Every string ``BudgetSubjectType.parse`` accepts, in the seed's order.
+_SUBJECT_TYPE_NAMES = ("session", "agent", "user", "org", "organization", "app", "app_channel")
+
+
 class BudgetStatus(StrEnum):
     """Budget status; JSON ``active | paused | exhausted | disabled``."""
 
@@ -212,8 +215,11 @@ class BudgetStatus(StrEnum):
 
 
 class BudgetSubjectType(StrEnum):
-    """What a budget constrains; JSON (serde) form ``session agent user organization app
-    app_channel``, storage ("wire") form ``org`` for ORGANIZATION (see ``as_wire``)."""
+    """What a budget constrains: session, agent, user, organization, app or app channel.
+
+    The value is the serde JSON form (``organization``); ``as_wire()`` is the storage form
+    (``org``). ``parse`` accepts both.
+    """
 
     SESSION = "session"
     AGENT = "agent"
@@ -228,8 +234,9 @@ class BudgetSubjectType(StrEnum):
 
     @classmethod
     def parse(cls, value: object) -> BudgetSubjectType:
-        """Return the subject type named ``value`` (JSON or wire form, so ``org`` and
-        ``organization`` both work), or raise InvalidInput listing the accepted values.
+        """Return the subject type named ``value`` (JSON or wire form), or raise InvalidInput.
+
+        ``org`` and ``organization`` both name ORGANIZATION; the error lists accepted values.
 
         Why (deviation): the seed maps an unknown string to ``session``; budgetkit rejects it.
         """
@@ -241,10 +248,6 @@ class BudgetSubjectType(StrEnum):
             return cls(value)
         accepted = ", ".join(_SUBJECT_TYPE_NAMES)
         raise InvalidInput(f"unknown subject type {_show(value)}; accepted: {accepted}")
-
-
-#: Every string ``BudgetSubjectType.parse`` accepts, in the seed's order.
-_SUBJECT_TYPE_NAMES = ("session", "agent", "user", "org", "organization", "app", "app_channel")
 
 
 def _parse_status(value: object) -> BudgetStatus:

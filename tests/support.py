@@ -40,7 +40,7 @@ def micros(value: float) -> int:
 async def assert_invariant(
     kit: bk.BudgetKit, org: str, budget_id: str, initial_limit: float
 ) -> None:
-    """balance == initial limit − Σ ledger amounts, exactly (in micros)."""
+    """balance == initial limit - Σ ledger amounts, exactly (in micros)."""
     budget = await kit.get_budget(org, budget_id)
     entries = await all_entries(kit, org, budget_id)
     total = sum(micros(e.amount) for e in entries)

@@ -224,12 +224,14 @@ def test_round_trip_known_limit_at_max() -> None:
         to_micros(from_micros(MAX_MICROS), field="x")
 
 
-@given(st.decimals(min_value=-10**9, max_value=10**9, places=6, allow_nan=False))
+@given(st.decimals(min_value=-(10**9), max_value=10**9, places=6, allow_nan=False))
 def test_decimal_with_six_places_is_exact(value: Decimal) -> None:
     assert to_micros(value, field="x", allow_negative=True) == int(value * MICROS_PER_UNIT)
 
 
-@given(st.integers(min_value=0, max_value=MAX_MICROS), st.integers(min_value=0, max_value=MAX_MICROS))
+@given(
+    st.integers(min_value=0, max_value=MAX_MICROS), st.integers(min_value=0, max_value=MAX_MICROS)
+)
 def test_sums_are_exact(a_micros: int, b_micros: int) -> None:
     a = Decimal(a_micros).scaleb(-6)
     b = Decimal(b_micros).scaleb(-6)

@@ -1,12 +1,12 @@
 """Concurrency (SPEC §2, §4 debit, §9): many OS processes debiting shared budgets at once.
 
-4 spawned processes × 32 asyncio tasks each run 51,200 debits against one organization's
+4 spawned processes x 32 asyncio tasks each run 51,200 debits against one organization's
 hierarchy (org → user → root session, some through child sessions), on the real Redis server
 and its clock, without periods so every number is exact. Every worker tallies what it debited,
 in integer micros, per (subject, currency); the parent then checks, for every budget:
 
-- no lost update: ``limit − balance == Σ debited by the workers`` on that budget;
-- the books: ``balance == limit − Σ ledger amounts`` and one ledger entry per debit that hit it
+- no lost update: ``limit - balance == Σ debited by the workers`` on that budget;
+- the books: ``balance == limit - Σ ledger amounts`` and one ledger entry per debit that hit it
   (paused and exhausted budgets are charged too);
 - the status is the one derived from the final balance, and each edge-triggered event
   (warning, paused, exhausted) exists exactly once iff the budget crossed into that state.
@@ -35,7 +35,7 @@ USER = "usr_load"
 METER = "load_test"
 PROCESSES = 4
 TASKS_PER_PROCESS = 32
-DEBITS_PER_TASK = 400  # 4 × 32 × 400 = 51,200 debits
+DEBITS_PER_TASK = 400  # 4 x 32 x 400 = 51,200 debits
 WORKER_DEADLINE_S = 120.0  # a worker gives up (and fails the test) after this long
 POOL_TIMEOUT_S = 180.0  # the parent stops waiting (and kills the pool) after this long
 BARRIER_TIMEOUT_S = 60.0
@@ -101,11 +101,11 @@ async def _debit_task(
             root_session_id=root if child else None,
             user_id=USER,
         )
-        roll = rng.random()
+        roll = rng.random()  # 80%: usd and tokens; 10%: usd only; 10%: tokens only
         amounts: dict[str, int] = {}
         if roll < 0.9:
             amounts["usd"] = rng.randint(1, USD_MAX_MICROS)
-        if roll >= 0.8:
+        if roll < 0.8 or roll >= 0.9:
             amounts["tokens"] = rng.randint(1, TOKENS_MAX_MICROS)
         await kit.debit(scope, {c: m / 1e6 for c, m in amounts.items()}, meter_source=METER)
         for currency, amount in amounts.items():
@@ -211,7 +211,7 @@ async def test_concurrent_debits_are_exact(real_redis: Redis, redis_server_url: 
     total_entries = 0
     exhausted = paused = 0
     lines = []
-    for bid, (spec, created) in budgets.items():
+    for bid, (spec, _created) in budgets.items():
         tag = f"{spec.subject_type}:{spec.subject_id}:{spec.currency} seed={seed}"
         raw = await real_redis.hgetall(kit.keys.budget(ORG, bid))
         balance = int(raw[b"bal"])
@@ -222,7 +222,7 @@ async def test_concurrent_debits_are_exact(real_redis: Redis, redis_server_url: 
         debited, hits = said[_tally_key(spec.subject_type, spec.subject_id, spec.currency)]
         assert spec.limit - balance == debited, tag
 
-        # The books: one entry per debit that hit the budget, summing to limit − balance.
+        # The books: one entry per debit that hit the budget, summing to limit - balance.
         entries = await _ledger(real_redis, kit.keys.ledger(ORG, bid))
         assert len(entries) == hits, tag
         assert spec.limit - sum(int(e[b"amt"]) for e in entries) == balance, tag
@@ -254,7 +254,7 @@ async def test_concurrent_debits_are_exact(real_redis: Redis, redis_server_url: 
     assert len(entry_ids) == total_entries  # ledger ids are unique across the whole run
     assert exhausted >= 3 and paused >= 2  # the run did exercise charging past the limits
     print(
-        f"\n{debits} debits from {PROCESSES} processes × {TASKS_PER_PROCESS} tasks in "
+        f"\n{debits} debits from {PROCESSES} processes x {TASKS_PER_PROCESS} tasks in "
         f"{window:.2f} s of debiting ({debits / window:,.0f} debits/s; {wall:.2f} s with "
         f"process start-up); {total_entries} ledger entries, {len(events)} events; seed {seed}"
     )

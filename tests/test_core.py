@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
+from support import ManualClock, all_entries, assert_invariant
 
 import budgetkit as bk
-from support import ManualClock, all_entries, assert_invariant
 
 ORG = "org_1"
 
@@ -506,3 +506,15 @@ async def test_idempotent_top_up(kit: bk.BudgetKit) -> None:
     with pytest.raises(bk.IdempotencyConflict):
         await kit.top_up(ORG, b.id, 2, idempotency_key="t1")
     await assert_invariant(kit, ORG, b.id, 10)
+
+
+async def test_trim_history_caps_streams(kit: bk.BudgetKit) -> None:
+    b = await make(kit, 10)
+    for _ in range(12):
+        await kit.debit(session_scope(), {"usd": 1})
+    removed = await kit.trim_history(ORG, events_max_len=1, ledger_max_len=5)
+    assert removed == 7 + 1  # 12 entries → 5; 2 events (warning, exhausted) → 1
+    assert len(await all_entries(kit, ORG, b.id)) == 5
+    assert len([e async for e in _events(kit)]) == 1
+    with pytest.raises(bk.InvalidInput):
+        await kit.trim_history(ORG, events_max_len=-1)

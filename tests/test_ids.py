@@ -273,7 +273,19 @@ def test_currency_normalized(value: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["", "a" * 33, "us d", "usd ", "us-d", "€", "usd\n", "\u212a", "ｕｓｄ", "us.d", "{usd}"],
+    [
+        "",
+        "a" * 33,
+        "us d",
+        "usd ",
+        "us-d",
+        "€",
+        "usd\n",
+        "\u212a",
+        "\uff55\uff53\uff44",
+        "us.d",
+        "{usd}",
+    ],
 )
 def test_currency_rejected(value: str) -> None:
     with pytest.raises(InvalidIdentifier, match="currency"):

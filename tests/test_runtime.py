@@ -7,10 +7,10 @@ import sys
 from typing import Any
 
 import pytest
+from redis import exceptions as redis_errors
 
 import budgetkit as bk
 from budgetkit.scripts import load_scripts, lua_dir, translate_response_error
-from redis import exceptions as redis_errors
 
 
 def test_every_script_has_a_contract_header() -> None:
