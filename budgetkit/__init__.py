@@ -43,7 +43,7 @@ from budgetkit.models import (
     parse_period,
 )
 from budgetkit.periods import parse_rolling_window
-from budgetkit.results import DebitResult
+from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
 
 __version__ = "0.1.0"
@@ -80,6 +80,7 @@ __all__ = [
     "InvalidStatus",
     "LedgerEntry",
     "OutcomeUnknown",
+    "Reservation",
     "RollingPeriod",
     "Scope",
     "ScriptError",

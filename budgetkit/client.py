@@ -17,12 +17,14 @@ from redis.asyncio import Redis
 
 from budgetkit.amounts import to_micros
 from budgetkit.errors import BudgetUnavailable, InvalidInput, InvalidLimit
-from budgetkit.evaluate import check_result, tool_response
+from budgetkit.evaluate import check_result, insufficient_result, tool_response
 from budgetkit.ids import (
     new_budget_id,
+    new_hold_id,
     new_ledger_id,
     normalize_currency,
     parse_budget_id,
+    parse_hold_id,
     validate_identifier,
 )
 from budgetkit.keys import Keyspace
@@ -38,8 +40,8 @@ from budgetkit.models import (
     LedgerEntry,
     parse_period,
 )
-from budgetkit.replies import EventRecord, Reply, parse_entries, parse_reply
-from budgetkit.results import DebitResult
+from budgetkit.replies import EventRecord, Reply, ms_to_datetime, parse_entries, parse_reply
+from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
 from budgetkit.scripts import ScriptArg, ScriptRuntime
 from budgetkit.urls import client_from_url
@@ -59,6 +61,7 @@ CURRENCIES_PER_DEBIT_MAX = 64
 EVENTS_BATCH_MAX = 100
 DEFAULT_IDEMPOTENCY_TTL_S = 86_400
 IDEMPOTENCY_TTL_S_MAX = 30 * 86_400
+HOLD_TTL_S_MAX = 7 * 86_400
 UNAVAILABLE_CODE = "budget_unavailable"
 
 
@@ -463,6 +466,113 @@ class BudgetKit:
             replayed=reply.replayed,
         )
 
+    async def reserve(
+        self,
+        scope: Scope,
+        amounts: Mapping[str, Amount],
+        ttl_seconds: float = 60,
+        idempotency_key: str | None = None,
+    ) -> Reservation:
+        """Holds ``amounts`` on every budget of the scope, or denies and writes nothing.
+
+        Granted iff every non-disabled budget with an amount in its currency is neither
+        exhausted nor paused and can cover it from its available balance (balance minus the
+        holds already outstanding). The hold expires after ``ttl_seconds`` (0 < ttl ≤ 7 days).
+        """
+        micros = _amounts_micros(amounts)
+        ttl_ms = _ttl_ms(ttl_seconds)
+        keys = self._scope_keys(scope)
+        org = scope.organization_id
+        hold_id = new_hold_id()
+        request = [keys[:-1], sorted(micros.items()), ttl_ms, scope.session_id]
+        idem_key, idem_args = self._idempotency(org, "reserve", idempotency_key, request)
+        args: list[ScriptArg] = [
+            *self._common_args(org),
+            *idem_args,
+            hold_id,
+            str(ttl_ms),
+            scope.session_id or "",
+            str(len(micros)),
+        ]
+        for currency, amount in micros.items():
+            args += [currency, str(amount)]
+        hold_key = self._keys.hold(org, hold_id)
+        raw = await self._runtime.call("reserve", [*keys[:-1], hold_key, idem_key, keys[-1]], args)
+        reply = parse_reply(raw, tags=3)
+        verdict, ident, expires = reply.tags
+        snapshots = [b.snapshot() for b in reply.budgets]
+        if verdict == "denied":
+            denied = next(s for s in snapshots if s.budget_id == ident)
+            check = insufficient_result(denied, micros[denied.currency])
+            return Reservation(granted=False, scope=scope, amounts_micros=micros, check=check)
+        return Reservation(
+            granted=True,
+            id=ident,
+            scope=scope,
+            amounts_micros=micros,
+            expires_at=ms_to_datetime(int(expires)),
+            check=check_result(snapshots),
+            replayed=reply.replayed,
+        )
+
+    async def commit(
+        self,
+        hold: Reservation,
+        actual: Mapping[str, Amount],
+        meter_source: str = "manual",
+        ref_type: str | None = None,
+        ref_id: str | None = None,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> DebitResult:
+        """Settles a granted hold: debits ``actual`` (may exceed the hold) and drops the hold.
+
+        Raises HoldNotFound when the hold was already committed or released, HoldExpired after
+        its TTL — then record the usage with ``debit``.
+        """
+        hold_id = self._granted_hold(hold)
+        scope = hold.scope
+        micros = _amounts_micros(actual)
+        keys = self._scope_keys(scope)
+        org = scope.organization_id
+        fields = [
+            _text(meter_source, field="meter_source", required=True),
+            _text(ref_type, field="ref_type"),
+            _text(ref_id, field="ref_id"),
+            scope.session_id or "",
+            _text(description, field="description"),
+        ]
+        request = [hold_id, fields, sorted(micros.items())]
+        idem_key, idem_args = self._idempotency(org, "commit", idempotency_key, request)
+        args: list[ScriptArg] = [
+            *self._common_args(org),
+            *idem_args,
+            hold_id,
+            *fields,
+            str(len(micros)),
+        ]
+        for currency, amount in micros.items():
+            args += [currency, str(amount)]
+        hold_key = self._keys.hold(org, hold_id)
+        reply = await self._run("commit", [*keys[:-1], hold_key, idem_key, keys[-1]], args)
+        return self._debit_result(org, reply)
+
+    async def release(self, hold: Reservation) -> list[Budget]:
+        """Drops a granted hold; returns the budgets it was on (with their new holds)."""
+        hold_id = self._granted_hold(hold)
+        org = hold.scope.organization_id
+        keys = [self._keys.hold(org, hold_id), self._keys.events(org)]
+        reply = await self._run("release", keys, [*self._common_args(org), hold_id])
+        return [record.to_budget() for record in reply.budgets]
+
+    @staticmethod
+    def _granted_hold(hold: object) -> str:
+        if not isinstance(hold, Reservation):
+            raise InvalidInput("hold must be a Reservation returned by reserve()")
+        if not hold.granted or hold.id is None:
+            raise InvalidInput("this reservation was denied: there is nothing to commit or release")
+        return parse_hold_id(hold.id)
+
     async def resume(self, scope: Scope, levels: Sequence[str] = ("session",)) -> list[Budget]:
         """Resumes the paused budgets of the scope's given levels; returns those resumed."""
         wanted = tuple(BudgetSubjectType.parse(level).as_wire() for level in levels)
@@ -538,6 +648,18 @@ class BudgetKit:
                 fields = {_decode(k): _decode(v) for k, v in raw_fields.items()}
                 last = _decode(raw_id)
                 yield EventRecord.from_stream(last, fields).to_event(org)
+
+
+def _ttl_ms(ttl_seconds: object) -> int:
+    """A hold TTL in ms: a positive number of seconds (at most 7 days, ms precision)."""
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int | float | Decimal):
+        raise InvalidInput("ttl_seconds must be a number")
+    ttl_ms = int(
+        Decimal(repr(ttl_seconds) if isinstance(ttl_seconds, float) else ttl_seconds) * 1000
+    )
+    if not 1 <= ttl_ms <= HOLD_TTL_S_MAX * 1000:
+        raise InvalidInput(f"ttl_seconds must be in (0, {HOLD_TTL_S_MAX}]")
+    return ttl_ms
 
 
 def _cap(value: object) -> int:

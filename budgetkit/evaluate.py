@@ -32,6 +32,7 @@ __all__ = [
     "event_message",
     "format_amount_2dp",
     "format_percent",
+    "insufficient_result",
     "message_for",
     "percent_remaining_tenths",
     "severity",
@@ -344,3 +345,38 @@ def tool_response(snapshots: Sequence[BudgetSnapshot]) -> BudgetToolResponse:
     else:
         hint = best.message  # the check result's message: set for warn, pause and stop
     return BudgetToolResponse(status=status, budgets=[summary for summary, _ in pairs], hint=hint)
+
+
+INSUFFICIENT_CODE = "budget_insufficient"
+
+
+def insufficient_result(s: BudgetSnapshot, requested_micros: int) -> BudgetCheckResult:
+    """Why a reservation was denied on budget ``s`` (SPEC §4 reserve).
+
+    The budget's own stop or pause when it is exhausted or paused; otherwise a stop with
+    error_code ``budget_insufficient``: the amount exceeds the available balance.
+    """
+    own = budget_action(s)
+    if own.kind in ("stop", "pause"):
+        return check_result([s])
+    cur = s.currency
+    message = (
+        f"Budget insufficient. {format_amount_2dp(requested_micros)} {cur} requested, "
+        f"{format_amount_2dp(s.balance_micros)} {cur} available of the "
+        f"{format_amount_2dp(s.limit_micros)} {cur} limit."
+    )
+    fields = ErrorFields(
+        budget_id=s.budget_id,
+        currency=cur,
+        limit=s.limit_micros / MICROS_PER_UNIT,
+        spent=s.spent_micros / MICROS_PER_UNIT,
+    )
+    return BudgetCheckResult(
+        action="stop",
+        message=message,
+        budget_id=s.budget_id,
+        balance=s.balance_micros / MICROS_PER_UNIT,
+        currency=cur,
+        error_code=INSUFFICIENT_CODE,
+        error_fields=fields,
+    )

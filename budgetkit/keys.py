@@ -14,6 +14,9 @@ Layout (``P`` = prefix, default ``bk``):
     P:{org}:l:<budget_id>          stream  the budget's ledger
     P:{org}:events                 stream  the org's budget events
     P:{org}:idem:<operation>:<key> list    idempotency record: fingerprint, expiry ms, reply
+    P:{org}:h:<hold_id>            hash    a reservation: exp (ms), sess, b:<budget_id> amounts
+    P:{org}:hz:<budget_id>         zset    a budget's outstanding holds, score = expiry ms
+    P:{org}:ha:<budget_id>         hash    a budget's outstanding holds: hold id -> amount
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class Keyspace:
 
     def events(self, organization_id: str) -> str:
         return f"{self.org(organization_id)}events"
+
+    def hold(self, organization_id: str, hold_id: str) -> str:
+        return f"{self.org(organization_id)}h:{hold_id}"
 
     def idempotency(self, organization_id: str, operation: str, key: str) -> str:
         return f"{self.org(organization_id)}idem:{operation}:{key}"

@@ -245,18 +245,21 @@ class Reply:
     entries: list[EntryRecord]
     events: list[EventRecord]
     replayed: bool = False
+    tags: tuple[str, ...] = ()
 
 
 def _chunks(fields: Iterator[str], count: int, width: int) -> list[list[str]]:
     return [[next(fields) for _ in range(width)] for _ in range(count)]
 
 
-def parse_reply(raw: Any) -> Reply:
-    """Decodes the shared reply shape; a malformed reply is a ScriptError (a bug)."""
+def parse_reply(raw: Any, tags: int = 0) -> Reply:
+    """Decodes the shared reply shape, after an optional 'replayed' marker and ``tags`` leading
+    tag fields (reserve.lua's verdict); a malformed reply is a ScriptError (a bug)."""
     try:
         texts = [_text(v) for v in raw]
         replayed = bool(texts) and texts[0] == "replayed"
         fields = iter(texts[1:] if replayed else texts)
+        leading = tuple(next(fields) for _ in range(tags))
         now_ms = int(next(fields))
         budgets = [
             BudgetRecord.from_fields(c) for c in _chunks(fields, int(next(fields)), RECORD_WIDTH)
@@ -269,7 +272,7 @@ def parse_reply(raw: Any) -> Reply:
         ]
     except (StopIteration, ValueError, TypeError) as error:
         raise ScriptError(f"malformed script reply: {error}") from error
-    return Reply(now_ms, budgets, entries, events, replayed)
+    return Reply(now_ms, budgets, entries, events, replayed, leading)
 
 
 def parse_entries(raw: Any) -> list[EntryRecord]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from budgetkit.models import BudgetCheckResult, BudgetEvent, LedgerEntry
+from budgetkit.scope import Scope
 
 
 class DebitResult(BaseModel):
@@ -19,4 +22,23 @@ class DebitResult(BaseModel):
     check: BudgetCheckResult
     entries: list[LedgerEntry] = Field(default_factory=list)
     events: list[BudgetEvent] = Field(default_factory=list)
+    replayed: bool = False
+
+
+class Reservation(BaseModel):
+    """A hold on a scope's budgets (two-phase: reserve, then commit or release).
+
+    ``granted`` False means nothing was held and nothing written; ``check`` explains why. A
+    granted hold counts against the available balance of every budget it is on until it is
+    committed, released, or expires at ``expires_at`` (by the same clock as periods).
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    granted: bool
+    id: str | None = None
+    scope: Scope
+    amounts_micros: dict[str, int] = Field(default_factory=dict)
+    expires_at: datetime | None = None
+    check: BudgetCheckResult
     replayed: bool = False

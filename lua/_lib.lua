@@ -160,7 +160,7 @@ end
 -- Per-call accumulator: ledger entries and events to write, budgets to save, ids to hand out.
 local function new_batch(prefix, now, id_base)
   return { prefix = prefix, now = now, id_base = id_base, entries = {}, events = {}, dirty = {},
-    order = {} }
+    order = {}, holds = {}, unholds = {} }
 end
 
 local function next_entry_id(batch)
@@ -229,6 +229,46 @@ local function rollover(batch, b)
   settle(batch, b, old_status, old_wz)
 end
 
+-- Outstanding holds of a budget: zset hold id -> expiry ms, hash hold id -> amount_micros.
+local HOLDS_PURGE_MAX = 1000
+
+local function hold_index_keys(batch, budget_id)
+  return batch.prefix .. 'hz:' .. budget_id, batch.prefix .. 'ha:' .. budget_id
+end
+
+-- Releases up to HOLDS_PURGE_MAX expired holds of a budget (in memory; flush writes them).
+local function purge_expired_holds(batch, b)
+  if b.held == 0 then return end
+  local zkey, akey = hold_index_keys(batch, b.id)
+  local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', batch.now, 'LIMIT', 0, HOLDS_PURGE_MAX)
+  if #expired == 0 then return end
+  local amounts = redis.call('HMGET', akey, unpack(expired))
+  for i, hold_id in ipairs(expired) do
+    b.held = b.held - (tonumber(amounts[i]) or 0)
+    table.insert(batch.unholds, { zkey, akey, hold_id })
+  end
+  if b.held < 0 then corrupt(b.key, 'held') end
+  mark_dirty(batch, b)
+end
+
+-- Brings a budget up to date: elapsed period rolled over, expired holds released.
+local function refresh(batch, b)
+  rollover(batch, b)
+  purge_expired_holds(batch, b)
+end
+
+-- Takes one hold off a budget (in memory); false when the budget no longer carries it.
+local function unhold(batch, b, hold_id)
+  local zkey, akey = hold_index_keys(batch, b.id)
+  local amount = tonumber(redis.call('HGET', akey, hold_id))
+  if amount == nil then return false end
+  b.held = b.held - amount
+  if b.held < 0 then corrupt(b.key, 'held') end
+  table.insert(batch.unholds, { zkey, akey, hold_id })
+  mark_dirty(batch, b)
+  return true
+end
+
 local function opt(n)
   if n == nil then return '' end
   return fmt(n)
@@ -241,6 +281,14 @@ local function flush(batch, events_key)
       'held', fmt(b.held), 'wf', fmt(b.wf), 'period', b.period, 'pk', b.pk, 'ps', opt(b.ps),
       'pu', b.pu, 'pstart', opt(b.pstart), 'meta', b.meta, 'status', b.status,
       'op', fmt(b.op), 'ack', fmt(b.ack), 'wz', fmt(b.wz), 'updated', fmt(b.updated))
+  end
+  for _, u in ipairs(batch.unholds) do
+    redis.call('ZREM', u[1], u[3])
+    redis.call('HDEL', u[2], u[3])
+  end
+  for _, h in ipairs(batch.holds) do
+    redis.call('ZADD', h[1], h[4], h[3])
+    redis.call('HSET', h[2], h[3], fmt(h[5]))
   end
   for _, e in ipairs(batch.entries) do
     redis.call('XADD', e.key, '*', 'id', e.id, 'bid', e.bid, 'amt', fmt(e.amt), 'src', e.src,
@@ -293,8 +341,82 @@ local function load_scope(batch, subject_keys, include_disabled)
       if include_disabled or b.status ~= 'disabled' then table.insert(budgets, b) end
     end
   end
-  for _, b in ipairs(budgets) do rollover(batch, b) end
+  for _, b in ipairs(budgets) do refresh(batch, b) end
   return budgets
+end
+
+-- k (currency, amount_micros) pairs starting at ARGV[first]; k = ARGV[first - 1] (0..64).
+local function read_amounts(first)
+  local n = arg_int(ARGV[first - 1], 'currency count', 0, 64)
+  local amounts = {}
+  for i = 0, n - 1 do
+    amounts[ARGV[first + 2 * i]] = arg_int(ARGV[first + 2 * i + 1], 'amount_micros', 0, MAX_MICROS)
+  end
+  return amounts
+end
+
+-- Charges each budget the amount of its currency (validated for range first), in memory.
+local function charge(batch, budgets, amounts, source, ref_type, ref_id, session, description)
+  for _, b in ipairs(budgets) do
+    local amount = amounts[b.cur]
+    if amount ~= nil and b.bal - amount < -MAX_MICROS then
+      raise('INVALID', 'balance of ' .. b.id .. ' would leave the representable range')
+    end
+  end
+  for _, b in ipairs(budgets) do
+    local amount = amounts[b.cur]
+    if amount ~= nil and amount > 0 then
+      local old_status, old_wz = b.status, b.wz
+      add_entry(batch, b, amount, source, ref_type, ref_id, session, description)
+      b.bal = b.bal - amount
+      settle(batch, b, old_status, old_wz)
+    end
+  end
+end
+
+-- Hold records outlive their TTL by this grace period, so a late commit is told HOLD_EXPIRED
+-- (not HOLD_NOT_FOUND) for that long.
+local HOLD_RECORD_GRACE_MS = 3600000
+
+-- A hold record as {budget id -> amount_micros}; errors when unknown, resolved or expired.
+local function load_hold(hold_key, hold_id, now)
+  local flat = redis.call('HGETALL', hold_key)
+  if #flat == 0 then raise('HOLD_NOT_FOUND', hold_id .. ' is unknown or already resolved') end
+  local h, amounts = {}, {}
+  for i = 1, #flat, 2 do
+    h[flat[i]] = flat[i + 1]
+    if string.sub(flat[i], 1, 2) == 'b:' then amounts[string.sub(flat[i], 3)] = flat[i + 1] end
+  end
+  local expires = tonumber(h.exp)
+  if expires == nil then corrupt(hold_key, 'exp') end
+  if expires <= now then raise('HOLD_EXPIRED', hold_id .. ' expired; record the usage with debit') end
+  return amounts
+end
+
+-- Takes the hold off every budget it is on (loading those not in ``budgets``); returns them.
+local function release_hold(batch, held, budgets, hold_id)
+  local by_id, touched = {}, {}
+  for _, b in ipairs(budgets) do by_id[b.id] = b end
+  local ids = {}
+  for bid, _ in pairs(held) do table.insert(ids, bid) end
+  table.sort(ids)
+  for _, bid in ipairs(ids) do
+    local b = by_id[bid]
+    if b == nil then
+      b = load_budget(batch.prefix .. 'b:' .. bid)
+      if b ~= nil then refresh(batch, b) end
+    end
+    if b ~= nil and unhold(batch, b, hold_id) then table.insert(touched, b) end
+  end
+  return touched
+end
+
+-- Prefixes tags to a reply (e.g. 'granted', a hold id): the client reads them before the shape.
+local function tagged(tags, out)
+  local result = {}
+  for _, t in ipairs(tags) do table.insert(result, t) end
+  for _, v in ipairs(out) do table.insert(result, v) end
+  return result
 end
 
 

@@ -23,30 +23,12 @@ for i = 1, #KEYS - 2 do subject_keys[i] = KEYS[i] end
 local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
 local fingerprint, idem_ttl_ms = ARGV[4], arg_int(ARGV[5], 'idempotency ttl', 1, MAX_MICROS)
 local source, ref_type, ref_id, session, description = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local n_currencies = arg_int(ARGV[11], 'currency count', 0, 64)
-local amounts = {}
-for i = 1, n_currencies do
-  amounts[ARGV[10 + 2 * i]] = arg_int(ARGV[11 + 2 * i], 'amount_micros', 0, MAX_MICROS)
-end
+local amounts = read_amounts(12)
 local replay = idem_replay(idem_key, fingerprint, batch.now)
 if replay ~= nil then return replay end
 
 local budgets = load_scope(batch, subject_keys, false)
-for _, b in ipairs(budgets) do
-  local amount = amounts[b.cur]
-  if amount ~= nil and b.bal - amount < -MAX_MICROS then
-    return fail('INVALID', 'balance of ' .. b.id .. ' would leave the representable range')
-  end
-end
-for _, b in ipairs(budgets) do
-  local amount = amounts[b.cur]
-  if amount ~= nil and amount > 0 then
-    local old_status, old_wz = b.status, b.wz
-    add_entry(batch, b, amount, source, ref_type, ref_id, session, description)
-    b.bal = b.bal - amount
-    settle(batch, b, old_status, old_wz)
-  end
-end
+charge(batch, budgets, amounts, source, ref_type, ref_id, session, description)
 flush(batch, events_key)
 local out = reply(batch, budgets)
 idem_store(idem_key, fingerprint, batch.now, idem_ttl_ms, out)

@@ -11,6 +11,6 @@ local budget_key, events_key = KEYS[1], KEYS[2]
 local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
 local b = load_budget(budget_key)
 if b == nil then return fail('NOT_FOUND', budget_key) end
-rollover(batch, b)
+refresh(batch, b)
 flush(batch, events_key)
 return reply(batch, { b })

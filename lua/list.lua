@@ -29,6 +29,6 @@ for _, id in ipairs(ids) do
     if skipped < offset then skipped = skipped + 1 else table.insert(page, b) end
   end
 end
-for _, b in ipairs(page) do rollover(batch, b) end
+for _, b in ipairs(page) do refresh(batch, b) end
 flush(batch, events_key)
 return reply(batch, page)

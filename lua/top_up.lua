@@ -19,7 +19,7 @@ local replay = idem_replay(idem_key, fingerprint, batch.now)
 if replay ~= nil then return replay end
 local b = load_budget(budget_key)
 if b == nil then return fail('NOT_FOUND', budget_key) end
-rollover(batch, b)
+refresh(batch, b)
 if b.bal + amount > MAX_MICROS then
   return fail('INVALID', 'balance would exceed the largest amount')
 end

@@ -21,7 +21,7 @@ local period_given, wf_given, meta_given = ARGV[10] == '1', ARGV[15] == '1', ARG
 
 local b = load_budget(budget_key)
 if b == nil then return fail('NOT_FOUND', budget_key) end
-rollover(batch, b)  -- in memory only until flush, like every change below
+refresh(batch, b)  -- in memory only until flush, like every change below
 
 local lim = b.lim
 if lim_given then
