@@ -16,6 +16,7 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 
 from budgetkit.amounts import to_micros
+from budgetkit.batching import ScriptBatcher
 from budgetkit.errors import BudgetUnavailable, InvalidInput, InvalidLimit
 from budgetkit.evaluate import check_result, insufficient_result, tool_response
 from budgetkit.ids import (
@@ -161,7 +162,9 @@ class BudgetKit:
     ``clock``: None uses the Redis server's TIME (every replica agrees); tests pass a callable
     returning an aware UTC datetime. ``prefix`` namespaces every key. ``failure_policy``:
     ``fail_closed`` (default) makes check say stop when Redis is unreachable; ``fail_open`` says
-    continue, flagged with ``fail_open=True``.
+    continue, flagged with ``fail_open=True``. ``idempotency_ttl_seconds``: how long idempotency
+    records are kept (1 s .. 30 days). ``batching`` (default on): concurrent calls of this client
+    share round trips (see budgetkit.batching); each call keeps its own atomicity and result.
     """
 
     def __init__(
@@ -172,6 +175,7 @@ class BudgetKit:
         clock: Clock | None = None,
         failure_policy: FailurePolicy = "fail_closed",
         idempotency_ttl_seconds: int = DEFAULT_IDEMPOTENCY_TTL_S,
+        batching: bool = True,
     ) -> None:
         if failure_policy not in ("fail_closed", "fail_open"):
             raise InvalidInput("failure_policy must be 'fail_closed' or 'fail_open'")
@@ -188,6 +192,8 @@ class BudgetKit:
         self._clock = clock
         self._policy = failure_policy
         self._runtime = ScriptRuntime(client)
+        self._batcher = ScriptBatcher(client, self._runtime) if batching else None
+        self._call = self._batcher.call if self._batcher is not None else self._runtime.call
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> BudgetKit:
@@ -205,6 +211,11 @@ class BudgetKit:
     @property
     def runtime(self) -> ScriptRuntime:
         return self._runtime
+
+    @property
+    def batcher(self) -> ScriptBatcher | None:
+        """The auto-batcher (None when batching=False); its counters show how calls coalesce."""
+        return self._batcher
 
     async def __aenter__(self) -> BudgetKit:
         return self
@@ -229,7 +240,7 @@ class BudgetKit:
         return [self._keys.org(organization_id), self._now_arg(), new_ledger_id()[:37]]
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Reply:
-        return parse_reply(await self._runtime.call(name, keys, args))
+        return parse_reply(await self._call(name, keys, args))
 
     def _idempotency(
         self, organization_id: str, operation: str, key: object, request: object
@@ -497,7 +508,7 @@ class BudgetKit:
         for currency, amount in micros.items():
             args += [currency, str(amount)]
         hold_key = self._keys.hold(org, hold_id)
-        raw = await self._runtime.call("reserve", [*keys[:-1], hold_key, idem_key, keys[-1]], args)
+        raw = await self._call("reserve", [*keys[:-1], hold_key, idem_key, keys[-1]], args)
         reply = parse_reply(raw, tags=3)
         verdict, ident, expires = reply.tags
         snapshots = [b.snapshot() for b in reply.budgets]
@@ -587,7 +598,7 @@ class BudgetKit:
         org, bid, key = self._budget_keys(organization_id, budget_id)
         page_size, skip = _page(limit, offset, LEDGER_PAGE_MAX)
         keys = [key, self._keys.ledger(org, bid)]
-        raw = await self._runtime.call("ledger", keys, [str(page_size), str(skip)])
+        raw = await self._call("ledger", keys, [str(page_size), str(skip)])
         return [record.to_entry() for record in parse_entries(raw)]
 
     async def trim_history(

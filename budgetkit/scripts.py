@@ -93,8 +93,7 @@ class ScriptRuntime:
         """Runs one script atomically; returns its raw reply."""
         script = self._scripts[name]
         for attempt in range(NOSCRIPT_RETRIES_MAX + 1):
-            if script.sha not in self._loaded:
-                await self._load(script)
+            await self.ensure_loaded(name)
             try:
                 return await self._client.evalsha(script.sha, len(keys), *keys, *args)
             except redis_errors.NoScriptError:
@@ -105,8 +104,16 @@ class ScriptRuntime:
             except redis_errors.ResponseError as error:
                 raise translate_response_error(error) from None
             except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
+                if "connecting to" in str(error):  # redis-py's wording for a failed connect
+                    raise BudgetUnavailable(f"cannot reach Redis: {error}") from error
                 raise OutcomeUnknown(f"{name}: connection lost after sending: {error}") from error
         raise AssertionError("unreachable")
+
+    async def ensure_loaded(self, name: str) -> None:
+        """Registers the script on the server unless this runtime already did."""
+        script = self._scripts[name]
+        if script.sha not in self._loaded:
+            await self._load(script)
 
     async def _load(self, script: Script) -> None:
         try:

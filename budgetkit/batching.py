@@ -1,0 +1,111 @@
+"""Auto-batching: concurrent script calls of one process share round trips.
+
+Calls made in the same event-loop iteration are queued and sent together as one non-transactional
+pipeline of EVALSHAs (at most BATCH_SIZE_MAX per pipeline). Each script still runs atomically on
+its own, in the order the calls were made, and each caller gets exactly the reply or error it
+would have got alone: batching changes round trips, not results. A lone call skips the pipeline.
+The wait is zero: nothing is delayed to fill a batch, batches form from calls that are already
+concurrent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from budgetkit.errors import OutcomeUnknown
+from budgetkit.scripts import ScriptArg, ScriptRuntime, translate_response_error
+
+BATCH_SIZE_MAX = 256
+
+
+@dataclass(slots=True)
+class _Call:
+    name: str
+    keys: Sequence[str]
+    args: Sequence[ScriptArg]
+    future: asyncio.Future[Any] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class ScriptBatcher:
+    """Coalesces concurrent ``ScriptRuntime.call``s into pipelines."""
+
+    def __init__(self, client: Redis, runtime: ScriptRuntime, batch_size_max: int = BATCH_SIZE_MAX):
+        self._client = client
+        self._runtime = runtime
+        self._batch_size_max = batch_size_max
+        self._queue: list[_Call] = []
+        self._scheduled = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.batches = 0
+        self.batched_calls = 0
+
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        """Same contract as ScriptRuntime.call."""
+        pending = _Call(name, keys, args)
+        self._queue.append(pending)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+        return await pending.future
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        queue, self._queue = self._queue, []
+        for start in range(0, len(queue), self._batch_size_max):
+            task = asyncio.ensure_future(self._send(queue[start : start + self._batch_size_max]))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _send(self, calls: list[_Call]) -> None:
+        if len(calls) == 1:
+            await self._send_alone(calls[0])
+            return
+        self.batches += 1
+        self.batched_calls += len(calls)
+        try:
+            for name in {c.name for c in calls}:
+                await self._runtime.ensure_loaded(name)
+            pipe = self._client.pipeline(transaction=False)
+            for c in calls:
+                pipe.evalsha(self._runtime.scripts[c.name].sha, len(c.keys), *c.keys, *c.args)
+            results = await pipe.execute(raise_on_error=False)
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
+            for c in calls:
+                _settle(c, exception=OutcomeUnknown(f"{c.name}: connection lost: {error}"))
+            return
+        except Exception as error:  # e.g. BudgetUnavailable while loading: every caller sees it
+            for c in calls:
+                _settle(c, exception=error)
+            return
+        for c, result in zip(calls, results, strict=True):
+            if isinstance(result, redis_errors.NoScriptError):
+                await self._send_alone(c)  # the runtime reloads and retries once
+            elif isinstance(result, redis_errors.ResponseError):
+                _settle(c, exception=translate_response_error(result))
+            elif isinstance(result, Exception):
+                _settle(c, exception=result)
+            else:
+                _settle(c, result=result)
+
+    async def _send_alone(self, c: _Call) -> None:
+        try:
+            _settle(c, result=await self._runtime.call(c.name, c.keys, c.args))
+        except Exception as error:
+            _settle(c, exception=error)
+
+
+def _settle(c: _Call, *, result: Any = None, exception: BaseException | None = None) -> None:
+    if c.future.done():  # the caller was cancelled
+        return
+    if exception is not None:
+        c.future.set_exception(exception)
+    else:
+        c.future.set_result(result)

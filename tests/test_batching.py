@@ -1,0 +1,67 @@
+"""Auto-batching: concurrent calls coalesce into pipelines without changing any result."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+from support import assert_invariant
+
+import budgetkit as bk
+
+ORG = "org_b"
+
+
+async def test_concurrent_debits_coalesce_and_stay_exact(redis: Redis) -> None:
+    kit = bk.BudgetKit(redis)
+    b = await kit.create_budget(ORG, "session", "s1", "usd", 100)
+    scope = bk.Scope(organization_id=ORG, session_id="s1")
+    results = await asyncio.gather(*(kit.debit(scope, {"usd": 0.5}) for _ in range(300)))
+    assert kit.batcher is not None and kit.batcher.batches >= 1
+    assert kit.batcher.batched_calls >= 256
+    balances = sorted(r.check.balance or 0 for r in results if r.check.balance is not None)
+    assert (await kit.get_budget(ORG, b.id)).balance == -50
+    assert len({e.id for r in results for e in r.entries}) == 300
+    assert balances[0] == -50  # the last debit saw the final balance
+    await assert_invariant(kit, ORG, b.id, 100)
+
+
+async def test_errors_stay_with_their_call(redis: Redis) -> None:
+    kit = bk.BudgetKit(redis)
+    b = await kit.create_budget(ORG, "session", "s1", "usd", 10)
+    scope = bk.Scope(organization_id=ORG, session_id="s1")
+    await kit.debit(scope, {"usd": 1}, idempotency_key="k")
+    outcomes = await asyncio.gather(
+        kit.debit(scope, {"usd": 1}),
+        kit.debit(scope, {"usd": 2}, idempotency_key="k"),  # conflict
+        kit.get_budget(ORG, "bdgt_" + "0" * 32),  # not found
+        kit.check(scope),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], bk.DebitResult)
+    assert isinstance(outcomes[1], bk.IdempotencyConflict)
+    assert isinstance(outcomes[2], bk.BudgetNotFound)
+    assert isinstance(outcomes[3], bk.BudgetCheckResult)
+    assert (await kit.get_budget(ORG, b.id)).balance == 8
+
+
+async def test_noscript_inside_a_batch_is_recovered(redis: Redis) -> None:
+    kit = bk.BudgetKit(redis)
+    await kit.create_budget(ORG, "session", "s1", "usd", 10)
+    scope = bk.Scope(organization_id=ORG, session_id="s1")
+    await asyncio.gather(*(kit.debit(scope, {"usd": 0.1}) for _ in range(4)))
+    await redis.script_flush()
+    results = await asyncio.gather(*(kit.debit(scope, {"usd": 0.1}) for _ in range(4)))
+    assert len(results) == 4
+    assert kit.runtime.reloads >= 1
+    assert (await kit.check_tool(scope)).budgets[0].balance == pytest.approx(9.2)
+
+
+async def test_batching_can_be_switched_off(redis: Redis) -> None:
+    kit = bk.BudgetKit(redis, batching=False)
+    assert kit.batcher is None
+    await kit.create_budget(ORG, "session", "s1", "usd", 10)
+    scope = bk.Scope(organization_id=ORG, session_id="s1")
+    await asyncio.gather(*(kit.debit(scope, {"usd": 1}) for _ in range(5)))
+    assert (await kit.check_tool(scope)).budgets[0].balance == 5
