@@ -9,7 +9,7 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -48,6 +48,7 @@ from budgetkit.scripts import ScriptArg, ScriptRuntime
 from budgetkit.urls import client_from_url
 
 log = logging.getLogger("budgetkit")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Amount = int | float | Decimal
 Clock = Callable[[], datetime]
@@ -234,7 +235,7 @@ class BudgetKit:
         now = self._clock()
         if now.tzinfo is None:
             raise InvalidInput("the clock must return a timezone-aware datetime")
-        return str(int(now.timestamp() * 1000))
+        return str((now - EPOCH) // timedelta(milliseconds=1))  # exact: no float on the way
 
     def _common_args(self, organization_id: str) -> list[ScriptArg]:
         return [self._keys.org(organization_id), self._now_arg(), new_ledger_id()[:37]]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import random
 import time
 from collections import Counter, defaultdict
@@ -128,6 +129,7 @@ async def _worker_main(url: str, index: int, seed: int) -> dict[str, Any]:
     return {
         "totals": {k: tuple(v) for k, v in totals.items()},
         "debits": TASKS_PER_PROCESS * DEBITS_PER_TASK,
+        "pid": os.getpid(),
         "started": started,
         "finished": finished,
     }
@@ -195,6 +197,7 @@ async def test_concurrent_debits_are_exact(real_redis: Redis, redis_server_url: 
     results = await asyncio.to_thread(_run_workers, redis_server_url, seed)
     wall = time.perf_counter() - began
 
+    assert len({r["pid"] for r in results} | {os.getpid()}) == PROCESSES + 1
     debits = sum(r["debits"] for r in results)
     assert debits >= 50_000
     window = max(r["finished"] for r in results) - min(r["started"] for r in results)
