@@ -356,8 +356,7 @@ def insufficient_result(s: BudgetSnapshot, requested_micros: int) -> BudgetCheck
     The budget's own stop or pause when it is exhausted or paused; otherwise a stop with
     error_code ``budget_insufficient``: the amount exceeds the available balance.
     """
-    own = budget_action(s)
-    if own.kind in ("stop", "pause"):
+    if s.status in ("exhausted", "paused"):  # the stored status, not the rules on available
         return check_result([s])
     cur = s.currency
     message = (

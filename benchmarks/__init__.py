@@ -1,0 +1,1 @@
+"""``python -m benchmarks``: the benchmark suite (implemented in ``budgetkit.bench``)."""

@@ -1,0 +1,8 @@
+"""``python -m benchmarks ARGS`` = ``budgetkit bench ARGS``."""
+
+import sys
+
+from budgetkit.bench import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,83 @@
+"""What every workload shares: the Redis URL, an admin connection, the key prefix, the timing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from budgetkit.bench.measure import Measurement, Op, run_timed
+from budgetkit.bench.progress import Progress
+from budgetkit.client import BudgetKit
+
+SOCKET_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 5.0
+POOL_HEADROOM = 4
+UNLINK_BATCH_SIZE = 500
+
+
+@dataclass(slots=True)
+class Settings:
+    """Timing and shape of a run (from the command line)."""
+
+    warmup_s: float
+    duration_s: float
+    spread: bool
+    batching: bool = True
+
+
+class BenchContext:
+    """One run's Redis (``url``), its admin connection and the prefix of every benchmark key.
+
+    Every key a workload writes starts with ``prefix`` so ``cleanup`` can remove it, also from a
+    Redis given with ``--redis-url`` that holds other data.
+    """
+
+    def __init__(
+        self, url: str, admin: Redis, prefix: str, settings: Settings, progress: Progress
+    ) -> None:
+        self.url = url
+        self.admin = admin
+        self.prefix = prefix
+        self.settings = settings
+        self.progress = progress
+
+    @property
+    def mode(self) -> str:
+        return "spread" if self.settings.spread else "hot"
+
+    def client(self, concurrency: int) -> Redis:
+        """A client whose pool has a connection for every task (redis-py raises beyond it)."""
+        return Redis.from_url(
+            self.url,
+            max_connections=concurrency + POOL_HEADROOM,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    def kit(self, client: Redis) -> BudgetKit:
+        return BudgetKit(client, prefix=self.prefix, batching=self.settings.batching)
+
+    def key(self, *parts: str) -> str:
+        """A key of a baseline, under the benchmark prefix."""
+        return ":".join([self.prefix, *parts])
+
+    async def measure(self, ops: Sequence[Op]) -> Measurement:
+        return await run_timed(ops, self.settings.warmup_s, self.settings.duration_s, self.admin)
+
+    async def cleanup(self) -> int:
+        """Unlinks every key under the prefix; returns how many."""
+        removed = 0
+        batch: list[bytes | str] = []
+        async for key in self.admin.scan_iter(match=f"{self.prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= UNLINK_BATCH_SIZE:
+                removed += int(await self.admin.unlink(*batch))
+                batch.clear()
+        if batch:
+            removed += int(await self.admin.unlink(*batch))
+        return removed
