@@ -149,6 +149,31 @@ def _amounts_micros(amounts: Mapping[str, Amount]) -> dict[str, int]:
     return out
 
 
+def _amount_args(micros: Mapping[str, int]) -> list[ScriptArg]:
+    """The script form of per-currency amounts: a count, then currency, amount pairs."""
+    args: list[ScriptArg] = [str(len(micros))]
+    for currency, amount in micros.items():
+        args += [currency, str(amount)]
+    return args
+
+
+def _usage_fields(
+    scope: Scope,
+    meter_source: object,
+    ref_type: object,
+    ref_id: object,
+    description: object,
+) -> list[ScriptArg]:
+    """meter_source, ref_type, ref_id, session id, description of a ledger entry ('' = none)."""
+    return [
+        _text(meter_source, field="meter_source", required=True),
+        _text(ref_type, field="ref_type"),
+        _text(ref_id, field="ref_id"),
+        scope.session_id or "",
+        _text(description, field="description"),
+    ]
+
+
 def _page(limit: object, offset: object, limit_max: int) -> tuple[int, int]:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= limit_max:
         raise InvalidInput(f"limit must be an integer in [1, {limit_max}]")
@@ -454,18 +479,10 @@ class BudgetKit:
         micros = _amounts_micros(amounts)
         keys = self._scope_keys(scope)
         org = scope.organization_id
-        fields = [
-            _text(meter_source, field="meter_source", required=True),
-            _text(ref_type, field="ref_type"),
-            _text(ref_id, field="ref_id"),
-            scope.session_id or "",
-            _text(description, field="description"),
-        ]
+        fields = _usage_fields(scope, meter_source, ref_type, ref_id, description)
         request = [keys[:-1], fields, sorted(micros.items())]
         idem_key, idem_args = self._idempotency(org, "debit", idempotency_key, request)
-        args: list[ScriptArg] = [*self._common_args(org), *idem_args, *fields, str(len(micros))]
-        for currency, amount in micros.items():
-            args += [currency, str(amount)]
+        args = [*self._common_args(org), *idem_args, *fields, *_amount_args(micros)]
         reply = await self._run("debit", [*keys[:-1], idem_key, keys[-1]], args)
         return self._debit_result(org, reply)
 
@@ -504,10 +521,8 @@ class BudgetKit:
             hold_id,
             str(ttl_ms),
             scope.session_id or "",
-            str(len(micros)),
+            *_amount_args(micros),
         ]
-        for currency, amount in micros.items():
-            args += [currency, str(amount)]
         hold_key = self._keys.hold(org, hold_id)
         raw = await self._call("reserve", [*keys[:-1], hold_key, idem_key, keys[-1]], args)
         reply = parse_reply(raw, tags=3)
@@ -547,24 +562,10 @@ class BudgetKit:
         micros = _amounts_micros(actual)
         keys = self._scope_keys(scope)
         org = scope.organization_id
-        fields = [
-            _text(meter_source, field="meter_source", required=True),
-            _text(ref_type, field="ref_type"),
-            _text(ref_id, field="ref_id"),
-            scope.session_id or "",
-            _text(description, field="description"),
-        ]
+        fields = _usage_fields(scope, meter_source, ref_type, ref_id, description)
         request = [hold_id, fields, sorted(micros.items())]
         idem_key, idem_args = self._idempotency(org, "commit", idempotency_key, request)
-        args: list[ScriptArg] = [
-            *self._common_args(org),
-            *idem_args,
-            hold_id,
-            *fields,
-            str(len(micros)),
-        ]
-        for currency, amount in micros.items():
-            args += [currency, str(amount)]
+        args = [*self._common_args(org), *idem_args, hold_id, *fields, *_amount_args(micros)]
         hold_key = self._keys.hold(org, hold_id)
         reply = await self._run("commit", [*keys[:-1], hold_key, idem_key, keys[-1]], args)
         return self._debit_result(org, reply)
