@@ -277,10 +277,15 @@ end
 -- Persists every dirty budget, ledger entry and event of the batch (the only write path).
 local function flush(batch, events_key)
   for _, b in ipairs(batch.order) do
-    redis.call('HSET', b.key, 'lim', fmt(b.lim), 'soft', opt(b.soft), 'bal', fmt(b.bal),
-      'held', fmt(b.held), 'wf', fmt(b.wf), 'period', b.period, 'pk', b.pk, 'ps', opt(b.ps),
-      'pu', b.pu, 'pstart', opt(b.pstart), 'meta', b.meta, 'status', b.status,
-      'op', fmt(b.op), 'ack', fmt(b.ack), 'wz', fmt(b.wz), 'updated', fmt(b.updated))
+    -- The hot path (debit, holds, rollover) changes only the balance-state fields; create and
+    -- update set b.config to write the configuration too.
+    redis.call('HSET', b.key, 'bal', fmt(b.bal), 'held', fmt(b.held), 'pstart', opt(b.pstart),
+      'status', b.status, 'op', fmt(b.op), 'ack', fmt(b.ack), 'wz', fmt(b.wz),
+      'updated', fmt(b.updated))
+    if b.config then
+      redis.call('HSET', b.key, 'lim', fmt(b.lim), 'soft', opt(b.soft), 'wf', fmt(b.wf),
+        'period', b.period, 'pk', b.pk, 'ps', opt(b.ps), 'pu', b.pu, 'meta', b.meta)
+    end
   end
   for _, u in ipairs(batch.unholds) do
     redis.call('ZREM', u[1], u[3])

@@ -49,7 +49,8 @@ end
 
 local b = { key = budget_key, id = id, org = org, st = st, sid = sid, cur = cur, lim = lim,
   soft = soft, bal = lim, held = 0, wf = wf, period = period, pk = pk, ps = ps, pu = pu,
-  meta = meta, status = 'active', op = 0, ack = 0, wz = 0, created = now, updated = now }
+  meta = meta, status = 'active', op = 0, ack = 0, wz = 0, created = now, updated = now,
+  config = true }
 b.pstart = period_start_at(b, now)
 local batch = new_batch(prefix, now, nil)
 redis.call('HSET', budget_key, 'id', id, 'org', org, 'st', st, 'sid', sid, 'cur', cur,

@@ -81,6 +81,7 @@ if status_given then
     b.status = 'active'
   end
 end
+b.config = true
 settle(batch, b, old_status, old_wz)
 flush(batch, events_key)
 return reply(batch, { b })
