@@ -87,9 +87,17 @@ async def _worker(
     return calls
 
 
+EVENT_POLL_S = 0.05
+
+
 async def _print_events(kit: BudgetKit, org: str, say: Callable[[str], None]) -> None:
-    async for event in kit.events(org, block_ms=100):
-        say(_event_line(event))
+    """Prints events as they fire; polls without a blocking XREAD so cancelling is always prompt."""
+    after: str | None = None
+    while True:
+        async for event in kit.events(org, after=after, follow=False):
+            say(_event_line(event))
+            after = event.id
+        await asyncio.sleep(EVENT_POLL_S)
 
 
 def _event_line(event: BudgetEvent) -> str:
