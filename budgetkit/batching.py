@@ -3,7 +3,8 @@
 Calls made in the same event-loop iteration are queued and sent together as one non-transactional
 pipeline of EVALSHAs (at most BATCH_SIZE_MAX per pipeline). Each script still runs atomically on
 its own, in the order the calls were made, and each caller gets exactly the reply or error it
-would have got alone: batching changes round trips, not results. A lone call skips the pipeline.
+would have got alone: batching changes round trips, not results. A call made while nothing else
+is queued or in flight goes straight out (no queue, no task): a lone worker pays nothing.
 The wait is zero: nothing is delayed to fill a batch, batches form from calls that are already
 concurrent.
 """
@@ -44,17 +45,27 @@ class ScriptBatcher:
         self._queue: list[_Call] = []
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._alone = 0  # lone calls in progress on the fast path
         self.batches = 0
         self.batched_calls = 0
 
     async def call(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         """Same contract as ScriptRuntime.call."""
+        if not self._queue and not self._in_flight and not self._alone:
+            return await self._call_alone(name, keys, args)  # nothing to coalesce with
         pending = _Call(name, keys, args)
         self._queue.append(pending)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._dispatch)
         return await pending.future
+
+    async def _call_alone(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        self._alone += 1
+        try:
+            return await self._runtime.call(name, keys, args)
+        finally:
+            self._alone -= 1
 
     def _dispatch(self) -> None:
         self._scheduled = False

@@ -265,8 +265,10 @@ class BudgetKit:
     def _common_args(self, organization_id: str) -> list[ScriptArg]:
         return [self._keys.org(organization_id), self._now_arg(), new_ledger_id()[:37]]
 
-    async def _run(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Reply:
-        return parse_reply(await self._call(name, keys, args))
+    async def _run(
+        self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], snapshots: bool = False
+    ) -> Reply:
+        return parse_reply(await self._call(name, keys, args), snapshots=snapshots)
 
     def _idempotency(
         self, organization_id: str, operation: str, key: object, request: object
@@ -437,7 +439,8 @@ class BudgetKit:
     async def _check_reply(self, scope: Scope) -> Reply | BudgetCheckResult:
         keys = self._scope_keys(scope)
         try:
-            return await self._run("check", keys, self._common_args(scope.organization_id))
+            args = self._common_args(scope.organization_id)
+            return await self._run("check", keys, args, snapshots=True)
         except BudgetUnavailable as error:
             log.warning("budget store unavailable (%s): %s", self._policy, error)
             if self._policy == "fail_open":
@@ -454,7 +457,7 @@ class BudgetKit:
         reply = await self._check_reply(scope)
         if isinstance(reply, BudgetCheckResult):
             return reply
-        return check_result([b.snapshot() for b in reply.budgets])
+        return check_result(reply.snapshots)
 
     async def check_tool(self, scope: Scope) -> BudgetToolResponse:
         """The check_budget tool's response for an agent (one round trip)."""
@@ -463,7 +466,7 @@ class BudgetKit:
             if reply.action == "continue":
                 return BudgetToolResponse(status="active", budgets=[], hint=reply.message)
             return BudgetToolResponse(status="exhausted", budgets=[], hint=reply.message)
-        return tool_response([b.snapshot() for b in reply.budgets])
+        return tool_response(reply.snapshots)
 
     async def debit(
         self,
@@ -483,13 +486,13 @@ class BudgetKit:
         request = [keys[:-1], fields, sorted(micros.items())]
         idem_key, idem_args = self._idempotency(org, "debit", idempotency_key, request)
         args = [*self._common_args(org), *idem_args, *fields, *_amount_args(micros)]
-        reply = await self._run("debit", [*keys[:-1], idem_key, keys[-1]], args)
+        reply = await self._run("debit", [*keys[:-1], idem_key, keys[-1]], args, snapshots=True)
         return self._debit_result(org, reply)
 
     @staticmethod
     def _debit_result(organization_id: str, reply: Reply) -> DebitResult:
         return DebitResult(
-            check=check_result([b.snapshot() for b in reply.budgets]),
+            check=check_result(reply.snapshots),
             entries=[e.to_entry() for e in reply.entries],
             events=[e.to_event(organization_id) for e in reply.events],
             replayed=reply.replayed,
@@ -525,9 +528,9 @@ class BudgetKit:
         ]
         hold_key = self._keys.hold(org, hold_id)
         raw = await self._call("reserve", [*keys[:-1], hold_key, idem_key, keys[-1]], args)
-        reply = parse_reply(raw, tags=3)
+        reply = parse_reply(raw, tags=3, snapshots=True)
         verdict, ident, expires = reply.tags
-        snapshots = [b.snapshot() for b in reply.budgets]
+        snapshots = reply.snapshots
         if verdict == "denied":
             denied = next(s for s in snapshots if s.budget_id == ident)
             check = insufficient_result(denied, micros[denied.currency])
@@ -567,7 +570,8 @@ class BudgetKit:
         idem_key, idem_args = self._idempotency(org, "commit", idempotency_key, request)
         args = [*self._common_args(org), *idem_args, hold_id, *fields, *_amount_args(micros)]
         hold_key = self._keys.hold(org, hold_id)
-        reply = await self._run("commit", [*keys[:-1], hold_key, idem_key, keys[-1]], args)
+        commit_keys = [*keys[:-1], hold_key, idem_key, keys[-1]]
+        reply = await self._run("commit", commit_keys, args, snapshots=True)
         return self._debit_result(org, reply)
 
     async def release(self, hold: Reservation) -> list[Budget]:

@@ -1,7 +1,8 @@
 """Decodes the flat replies of the Lua scripts (see the reply shape in lua/_lib.lua).
 
-Scripts reply with strings only (integers formatted with ``%d``), in a fixed shape, so decoding
-is positional and every integer is exact. Nothing here talks to Redis.
+Replies have a fixed shape, so decoding is positional. Numbers arrive as integer replies (or, in
+full budget records and replayed idempotency records, as ``%d``-formatted strings): both decode
+exactly with ``int``. Text fields arrive as bytes. Nothing here talks to Redis.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ from budgetkit.models import (
 )
 
 RECORD_WIDTH = 18
+SNAPSHOT_WIDTH = 9
 ENTRY_WIDTH = 9
 EVENT_WIDTH = 9
+
+#: One decoded reply field: text, or an exact integer.
+Field = str | int
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -40,12 +45,32 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _opt_int(text: str) -> int | None:
-    return int(text) if text else None
+def _decode_all(raw: Any) -> list[Field]:
+    """Bytes become str; integer replies stay int."""
+    return [v.decode("utf-8") if type(v) is bytes else v for v in raw]
 
 
-def _opt_text(text: str) -> str | None:
-    return text or None
+def _opt_int(value: Field) -> int | None:
+    return None if value == "" else int(value)
+
+
+def _opt_text(value: Field) -> str | None:
+    return str(value) if value != "" else None
+
+
+def snapshot_from_fields(f: Sequence[Field]) -> BudgetSnapshot:
+    """A check snapshot from SNAPSHOT_WIDTH fields: id, currency, limit, balance, holds, soft
+    limit ('' = none), status, soft acknowledged, warn ppm. Its balance is the available one."""
+    return BudgetSnapshot(
+        budget_id=str(f[0]),
+        currency=str(f[1]),
+        limit_micros=int(f[2]),
+        balance_micros=int(f[3]) - int(f[4]),
+        soft_limit_micros=_opt_int(f[5]),
+        status=str(f[6]),
+        soft_acknowledged=int(f[7]) == 1,
+        warn_fraction_ppm=int(f[8]),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,24 +97,24 @@ class BudgetRecord:
     updated_ms: int
 
     @classmethod
-    def from_fields(cls, f: Sequence[str]) -> BudgetRecord:
+    def from_fields(cls, f: Sequence[Field]) -> BudgetRecord:
         return cls(
-            id=f[0],
-            organization_id=f[1],
-            subject_type_wire=f[2],
-            subject_id=f[3],
-            currency=f[4],
+            id=str(f[0]),
+            organization_id=str(f[1]),
+            subject_type_wire=str(f[2]),
+            subject_id=str(f[3]),
+            currency=str(f[4]),
             limit_micros=int(f[5]),
             soft_limit_micros=_opt_int(f[6]),
             balance_micros=int(f[7]),
             held_micros=int(f[8]),
             warn_fraction_ppm=int(f[9]),
-            period_json=f[10],
+            period_json=str(f[10]),
             period_started_ms=_opt_int(f[11]),
-            metadata_json=f[12],
-            status=f[13],
-            operator_paused=f[14] == "1",
-            soft_acknowledged=f[15] == "1",
+            metadata_json=str(f[12]),
+            status=str(f[13]),
+            operator_paused=int(f[14]) == 1,
+            soft_acknowledged=int(f[15]) == 1,
             created_ms=int(f[16]),
             updated_ms=int(f[17]),
         )
@@ -149,12 +174,12 @@ class EntryRecord:
     created_ms: int
 
     @classmethod
-    def from_fields(cls, f: Sequence[str]) -> EntryRecord:
+    def from_fields(cls, f: Sequence[Field]) -> EntryRecord:
         return cls(
-            id=f[0],
-            budget_id=f[1],
+            id=str(f[0]),
+            budget_id=str(f[1]),
             amount_micros=int(f[2]),
-            meter_source=f[3],
+            meter_source=str(f[3]),
             ref_type=_opt_text(f[4]),
             ref_id=_opt_text(f[5]),
             session_id=_opt_text(f[6]),
@@ -191,16 +216,16 @@ class EventRecord:
     created_ms: int
 
     @classmethod
-    def from_fields(cls, f: Sequence[str]) -> EventRecord:
+    def from_fields(cls, f: Sequence[Field]) -> EventRecord:
         return cls(
-            stream_id=f[0],
-            type=f[1],
-            budget_id=f[2],
+            stream_id=str(f[0]),
+            type=str(f[1]),
+            budget_id=str(f[2]),
             balance_micros=int(f[3]),
             limit_micros=int(f[4]),
-            currency=f[5],
+            currency=str(f[5]),
             soft_limit_micros=_opt_int(f[6]),
-            soft_acknowledged=f[7] == "1",
+            soft_acknowledged=int(f[7]) == 1,
             created_ms=int(f[8]),
         )
 
@@ -238,32 +263,39 @@ class EventRecord:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The shared reply: the budgets, the ledger entries written, the events emitted."""
+    """The shared reply: the budgets (full records, or check snapshots from the scope scripts),
+    the ledger entries written, the events emitted."""
 
     now_ms: int
     budgets: list[BudgetRecord]
+    snapshots: list[BudgetSnapshot]
     entries: list[EntryRecord]
     events: list[EventRecord]
     replayed: bool = False
     tags: tuple[str, ...] = ()
 
 
-def _chunks(fields: Iterator[str], count: int, width: int) -> list[list[str]]:
+def _chunks(fields: Iterator[Field], count: int, width: int) -> list[list[Field]]:
     return [[next(fields) for _ in range(width)] for _ in range(count)]
 
 
-def parse_reply(raw: Any, tags: int = 0) -> Reply:
+def parse_reply(raw: Any, tags: int = 0, snapshots: bool = False) -> Reply:
     """Decodes the shared reply shape, after an optional 'replayed' marker and ``tags`` leading
-    tag fields (reserve.lua's verdict); a malformed reply is a ScriptError (a bug)."""
+    tag fields (reserve.lua's verdict); ``snapshots`` for the scope scripts' budget shape. A
+    malformed reply is a ScriptError (a bug)."""
     try:
-        texts = [_text(v) for v in raw]
-        replayed = bool(texts) and texts[0] == "replayed"
-        fields = iter(texts[1:] if replayed else texts)
-        leading = tuple(next(fields) for _ in range(tags))
+        values = _decode_all(raw)
+        replayed = bool(values) and values[0] == "replayed"
+        fields = iter(values[1:] if replayed else values)
+        leading = tuple(str(next(fields)) for _ in range(tags))
         now_ms = int(next(fields))
-        budgets = [
-            BudgetRecord.from_fields(c) for c in _chunks(fields, int(next(fields)), RECORD_WIDTH)
-        ]
+        count = int(next(fields))
+        records: list[BudgetRecord] = []
+        snaps: list[BudgetSnapshot] = []
+        if snapshots:
+            snaps = [snapshot_from_fields(c) for c in _chunks(fields, count, SNAPSHOT_WIDTH)]
+        else:
+            records = [BudgetRecord.from_fields(c) for c in _chunks(fields, count, RECORD_WIDTH)]
         entries = [
             EntryRecord.from_fields(c) for c in _chunks(fields, int(next(fields)), ENTRY_WIDTH)
         ]
@@ -272,13 +304,13 @@ def parse_reply(raw: Any, tags: int = 0) -> Reply:
         ]
     except (StopIteration, ValueError, TypeError) as error:
         raise ScriptError(f"malformed script reply: {error}") from error
-    return Reply(now_ms, budgets, entries, events, replayed, leading)
+    return Reply(now_ms, records, snaps, entries, events, replayed, leading)
 
 
 def parse_entries(raw: Any) -> list[EntryRecord]:
     """Decodes ledger.lua's reply: a count, then ENTRY_WIDTH fields per entry."""
     try:
-        fields = iter([_text(v) for v in raw])
+        fields = iter(_decode_all(raw))
         return [EntryRecord.from_fields(c) for c in _chunks(fields, int(next(fields)), ENTRY_WIDTH)]
     except (StopIteration, ValueError, TypeError) as error:
         raise ScriptError(f"malformed ledger reply: {error}") from error

@@ -11,8 +11,9 @@
 --   status op ack wz      status; operator pause 0/1; soft limit acknowledged 0/1; in warning zone 0/1
 --   created updated       ms
 -- Reply shape shared by every script that returns budgets (see budgetkit/replies.py):
---   { now_ms, n_budgets, n_budgets * REC_WIDTH record fields,
+--   { now_ms, n_budgets, n_budgets * (18 record | 9 snapshot) fields,
 --     n_entries, n_entries * 9 ledger fields, n_events, n_events * 9 event fields }
+--   Scope scripts (check, debit, reserve, commit) send snapshots; the others full records.
 -- Errors are raised as 'BK_<CODE> <message>' and always before the first write.
 
 local MAX_MICROS = 9007199254740991
@@ -313,20 +314,29 @@ local function push_record(out, b)
   for _, v in ipairs(fields) do table.insert(out, v) end
 end
 
--- The shared reply: budgets (in the given order), then entries, then events.
-local function reply(batch, budgets)
-  local out = { fmt(batch.now), fmt(#budgets) }
-  for _, b in ipairs(budgets) do push_record(out, b) end
-  table.insert(out, fmt(#batch.entries))
+-- What a check needs of a budget (SNAPSHOT_WIDTH = 9 fields; numbers as integer replies).
+local function push_snapshot(out, b)
+  local fields = { b.id, b.cur, b.lim, b.bal, b.held, b.soft or '', b.status, b.ack, b.wf }
+  for i = 1, 9 do table.insert(out, fields[i]) end
+end
+
+-- The shared reply: budgets (in the given order, each pushed by push_budget: push_record by
+-- default, push_snapshot for the scope scripts), then entries, then events. Counts, amounts and
+-- times are integer replies (exact below 2^53), text fields are strings.
+local function reply(batch, budgets, push_budget)
+  push_budget = push_budget or push_record
+  local out = { batch.now, #budgets }
+  for _, b in ipairs(budgets) do push_budget(out, b) end
+  table.insert(out, #batch.entries)
   for _, e in ipairs(batch.entries) do
-    for _, v in ipairs({ e.id, e.bid, fmt(e.amt), e.src, e.rt, e.ri, e.sess, e.desc, fmt(e.ts) }) do
+    for _, v in ipairs({ e.id, e.bid, e.amt, e.src, e.rt, e.ri, e.sess, e.desc, e.ts }) do
       table.insert(out, v)
     end
   end
-  table.insert(out, fmt(#batch.events))
+  table.insert(out, #batch.events)
   for _, ev in ipairs(batch.events) do
-    for _, v in ipairs({ ev.sid or '', ev.type, ev.b.id, fmt(ev.bal), fmt(ev.lim), ev.b.cur,
-      opt(ev.soft), fmt(ev.ack), fmt(batch.now) }) do
+    for _, v in ipairs({ ev.sid or '', ev.type, ev.b.id, ev.bal, ev.lim, ev.b.cur,
+      opt(ev.soft), ev.ack, batch.now }) do
       table.insert(out, v)
     end
   end
@@ -447,8 +457,10 @@ local function idem_store(key, fingerprint, now, ttl_ms, out)
   if fingerprint == '' then return end
   redis.call('DEL', key)
   redis.call('RPUSH', key, fingerprint, fmt(now + ttl_ms))
-  for i = 1, #out, IDEM_PUSH_CHUNK do
-    redis.call('RPUSH', key, unpack(out, i, math.min(i + IDEM_PUSH_CHUNK - 1, #out)))
+  local texts = {}
+  for i, v in ipairs(out) do texts[i] = type(v) == 'number' and fmt(v) or v end
+  for i = 1, #texts, IDEM_PUSH_CHUNK do
+    redis.call('RPUSH', key, unpack(texts, i, math.min(i + IDEM_PUSH_CHUNK - 1, #texts)))
   end
   redis.call('PEXPIRE', key, ttl_ms)
 end

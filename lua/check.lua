@@ -4,7 +4,7 @@
 -- ARGV[1]   key prefix of the org  bk:{org}:
 -- ARGV[2]   now_ms ('' = Redis TIME)
 -- ARGV[3]   ledger id base (ledger_ + 30 hex) for period_reset entries
--- Returns   the shared reply; the decision (SPEC §4-5) is taken by budgetkit/evaluate.py from it
+-- Returns   the shared reply with budget snapshots; budgetkit/evaluate.py decides (SPEC §4-5)
 -- Errors    BK_CORRUPT <key field>
 -- Invariants writes only rollovers, each with its ledger entry and events
 local events_key = KEYS[#KEYS]
@@ -13,4 +13,4 @@ for i = 1, #KEYS - 1 do subject_keys[i] = KEYS[i] end
 local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
 local budgets = load_scope(batch, subject_keys, false)
 flush(batch, events_key)
-return reply(batch, budgets)
+return reply(batch, budgets, push_snapshot)

@@ -10,7 +10,7 @@
 -- ARGV[6]   hold id, ARGV[7] meter_source, ARGV[8] ref_type, ARGV[9] ref_id, ARGV[10] session id,
 --           ARGV[11] description ('' = none for 8..11)
 -- ARGV[12]  number of currencies k (0..64), then k pairs: currency, amount_micros 0..2^53-1
--- Returns   the shared reply, like debit.lua ('replayed' + the stored reply on a replay)
+-- Returns   the shared reply with snapshots, like debit.lua ('replayed' + the stored reply on a replay)
 -- Errors    BK_HOLD_NOT_FOUND (unknown or already resolved), BK_HOLD_EXPIRED, BK_INVALID,
 --           BK_CORRUPT, BK_IDEMPOTENCY_CONFLICT
 -- Invariants a hold resolves at most once; the actual amounts may exceed the hold and are
@@ -32,6 +32,6 @@ release_hold(batch, held, budgets, hold_id)
 charge(batch, budgets, amounts, source, ref_type, ref_id, session, description)
 redis.call('DEL', hold_key)
 flush(batch, events_key)
-local out = reply(batch, budgets)
+local out = reply(batch, budgets, push_snapshot)
 idem_store(idem_key, fingerprint, batch.now, idem_ttl_ms, out)
 return out

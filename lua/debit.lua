@@ -9,7 +9,7 @@
 -- ARGV[6]   meter_source, ARGV[7] ref_type, ARGV[8] ref_id, ARGV[9] session id,
 --           ARGV[10] description ('' = none for 7..10)
 -- ARGV[11]  number of currencies k (0..64), then k pairs: currency, amount_micros 0..2^53-1
--- Returns   the shared reply: the scope's non-disabled budgets after the debit, the entries
+-- Returns   the shared reply: snapshots of the scope's non-disabled budgets after the debit, the entries
 --           written (resets and debits), the events emitted; a replay of a stored reply is
 --           the same prefixed with 'replayed' (and writes nothing)
 -- Errors    BK_INVALID (arguments, balance range), BK_CORRUPT <key field>,
@@ -30,6 +30,6 @@ if replay ~= nil then return replay end
 local budgets = load_scope(batch, subject_keys, false)
 charge(batch, budgets, amounts, source, ref_type, ref_id, session, description)
 flush(batch, events_key)
-local out = reply(batch, budgets)
+local out = reply(batch, budgets, push_snapshot)
 idem_store(idem_key, fingerprint, batch.now, idem_ttl_ms, out)
 return out

@@ -9,7 +9,7 @@
 -- ARGV[4]   request fingerprint ('' = no idempotency key), ARGV[5] record TTL ms
 -- ARGV[6]   hold id (hold_ + 32 hex), ARGV[7] hold TTL ms 1..2^53-1, ARGV[8] session id ('' = none)
 -- ARGV[9]   number of currencies k (0..64), then k pairs: currency, amount_micros 0..2^53-1
--- Returns   { 'granted', hold id, expires ms, shared reply } or
+-- Returns   { 'granted', hold id, expires ms, shared reply with snapshots } or
 --           { 'denied', budget id that cannot cover its amount, '', shared reply } (nothing written)
 -- Errors    BK_INVALID, BK_CORRUPT <key field>, BK_IDEMPOTENCY_CONFLICT
 -- Invariants granted iff for every non-disabled budget with an amount in its currency:
@@ -31,7 +31,7 @@ for _, b in ipairs(budgets) do
   local amount = amounts[b.cur]
   if amount ~= nil and amount > 0 then
     if b.status == 'exhausted' or b.status == 'paused' or amount > b.bal - b.held then
-      return tagged({ 'denied', b.id, '' }, reply(batch, budgets))
+      return tagged({ 'denied', b.id, '' }, reply(batch, budgets, push_snapshot))
     end
   end
 end
@@ -49,6 +49,6 @@ for _, b in ipairs(budgets) do
 end
 redis.call('PEXPIRE', hold_key, ttl_ms + HOLD_RECORD_GRACE_MS)
 flush(batch, events_key)
-local out = tagged({ 'granted', hold_id, fmt(expires) }, reply(batch, budgets))
+local out = tagged({ 'granted', hold_id, fmt(expires) }, reply(batch, budgets, push_snapshot))
 idem_store(idem_key, fingerprint, batch.now, idem_ttl_ms, out)
 return out
