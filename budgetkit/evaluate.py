@@ -272,23 +272,26 @@ def budget_action(s: BudgetSnapshot) -> Decision:
     return Decision(kind, message, error_code, error_fields, s)
 
 
-def _more_restrictive(candidate: Decision, best: Decision) -> bool:
-    """True iff candidate strictly beats best: higher severity, then smaller fraction remaining."""
-    c_rank, b_rank = severity(candidate.kind), severity(best.kind)
+def _more_restrictive(
+    c_kind: ActionKind, c: BudgetSnapshot, b_kind: ActionKind, b: BudgetSnapshot
+) -> bool:
+    """True iff candidate c strictly beats best b: higher severity, then smaller fraction left."""
+    c_rank, b_rank = severity(c_kind), severity(b_kind)
     if c_rank != b_rank:
         return c_rank > b_rank
-    c, b = candidate.snapshot, best.snapshot
     # balance_c / limit_c < balance_b / limit_b, limits > 0: compare by cross-multiplication.
     return c.balance_micros * b.limit_micros < b.balance_micros * c.limit_micros
 
 
 def _deciding(snapshots: Sequence[BudgetSnapshot]) -> Decision | None:
-    best: Decision | None = None
+    """The deciding budget's full decision; messages are built for that budget only."""
+    best: BudgetSnapshot | None = None
+    best_kind: ActionKind = "continue"
     for snapshot in snapshots:
-        decision = budget_action(snapshot)
-        if best is None or _more_restrictive(decision, best):
-            best = decision
-    return best
+        kind = _rule_action(snapshot)
+        if best is None or _more_restrictive(kind, snapshot, best_kind, best):
+            best, best_kind = snapshot, kind
+    return None if best is None else budget_action(best)
 
 
 def _result_of(best: Decision | None) -> BudgetCheckResult:

@@ -106,16 +106,37 @@ local function stored_int(h, key, field, lo, hi)
   return n
 end
 
--- Reads and validates one budget hash; nil when the key does not exist.
-local function load_budget(key)
-  local flat = redis.call('HGETALL', key)
-  if #flat == 0 then return nil end
+-- The fields the hot path (check, debit, holds) reads: identity, configuration needed by the
+-- rules and rollover, and the balance state. Records shown to callers read the whole hash.
+local HOT_FIELDS = { 'id', 'cur', 'lim', 'soft', 'bal', 'held', 'wf', 'pk', 'ps', 'pu', 'pstart',
+  'status', 'op', 'ack', 'wz', 'updated' }
+
+local function read_hash(key, full)
   local h = {}
-  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  if full then
+    local flat = redis.call('HGETALL', key)
+    if #flat == 0 then return nil end
+    for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+    return h
+  end
+  local values = redis.call('HMGET', key, unpack(HOT_FIELDS))
+  if not values[1] then return nil end
+  for i = 1, #HOT_FIELDS do
+    if values[i] then h[HOT_FIELDS[i]] = values[i] end
+  end
+  return h
+end
+
+-- Reads and validates one budget hash (all of it when ``full``, else HOT_FIELDS); nil when the
+-- key does not exist.
+local function load_budget(key, full)
+  local h = read_hash(key, full)
+  if h == nil then return nil end
   local b = { key = key, id = h.id, org = h.org, st = h.st, sid = h.sid, cur = h.cur,
     period = h.period or '', pk = h.pk or '', pu = h.pu or '', meta = h.meta or '',
-    status = h.status }
-  for _, f in ipairs({ 'id', 'org', 'st', 'sid', 'cur' }) do
+    status = h.status, full = full }
+  local identity = full and { 'id', 'org', 'st', 'sid', 'cur' } or { 'id', 'cur' }
+  for _, f in ipairs(identity) do
     if type(h[f]) ~= 'string' or h[f] == '' then corrupt(key, f) end
   end
   if not STATUSES[b.status or ''] then corrupt(key, 'status') end
@@ -126,8 +147,8 @@ local function load_budget(key)
   b.op = stored_int(h, key, 'op', 0, 1)
   b.ack = stored_int(h, key, 'ack', 0, 1)
   b.wz = stored_int(h, key, 'wz', 0, 1)
-  b.created = stored_int(h, key, 'created', 0, MAX_MICROS)
   b.updated = stored_int(h, key, 'updated', 0, MAX_MICROS)
+  if full then b.created = stored_int(h, key, 'created', 0, MAX_MICROS) end
   if h.soft ~= nil and h.soft ~= '' then
     b.soft = stored_int(h, key, 'soft', 1, b.lim)
   end
@@ -316,8 +337,9 @@ end
 
 -- What a check needs of a budget (SNAPSHOT_WIDTH = 9 fields; numbers as integer replies).
 local function push_snapshot(out, b)
-  local fields = { b.id, b.cur, b.lim, b.bal, b.held, b.soft or '', b.status, b.ack, b.wf }
-  for i = 1, 9 do table.insert(out, fields[i]) end
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = b.id, b.cur, b.lim, b.bal, b.held
+  out[n + 6], out[n + 7], out[n + 8], out[n + 9] = b.soft or '', b.status, b.ack, b.wf
 end
 
 -- The shared reply: budgets (in the given order, each pushed by push_budget: push_record by
@@ -327,31 +349,33 @@ local function reply(batch, budgets, push_budget)
   push_budget = push_budget or push_record
   local out = { batch.now, #budgets }
   for _, b in ipairs(budgets) do push_budget(out, b) end
-  table.insert(out, #batch.entries)
+  local n = #out + 1
+  out[n] = #batch.entries
   for _, e in ipairs(batch.entries) do
-    for _, v in ipairs({ e.id, e.bid, e.amt, e.src, e.rt, e.ri, e.sess, e.desc, e.ts }) do
-      table.insert(out, v)
-    end
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = e.id, e.bid, e.amt, e.src, e.rt
+    out[n + 6], out[n + 7], out[n + 8], out[n + 9] = e.ri, e.sess, e.desc, e.ts
+    n = n + 9
   end
-  table.insert(out, #batch.events)
+  n = n + 1
+  out[n] = #batch.events
   for _, ev in ipairs(batch.events) do
-    for _, v in ipairs({ ev.sid or '', ev.type, ev.b.id, ev.bal, ev.lim, ev.b.cur,
-      opt(ev.soft), ev.ack, batch.now }) do
-      table.insert(out, v)
-    end
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = ev.sid or '', ev.type, ev.b.id, ev.bal
+    out[n + 5], out[n + 6], out[n + 7], out[n + 8] = ev.lim, ev.b.cur, opt(ev.soft), ev.ack
+    out[n + 9] = batch.now
+    n = n + 9
   end
   return out
 end
 
 -- Budgets of the scope's subject index sets, most specific level first, each level's budgets in
 -- id order (ids are time-ordered), with their elapsed periods rolled over.
-local function load_scope(batch, subject_keys, include_disabled)
+local function load_scope(batch, subject_keys, include_disabled, full)
   local budgets = {}
   for _, skey in ipairs(subject_keys) do
     local ids = redis.call('SMEMBERS', skey)
     table.sort(ids)
     for _, id in ipairs(ids) do
-      local b = load_budget(batch.prefix .. 'b:' .. id)
+      local b = load_budget(batch.prefix .. 'b:' .. id, full)
       if b == nil or b.id ~= id then corrupt(skey, id) end
       if include_disabled or b.status ~= 'disabled' then table.insert(budgets, b) end
     end
@@ -408,8 +432,9 @@ local function load_hold(hold_key, hold_id, now)
   return amounts
 end
 
--- Takes the hold off every budget it is on (loading those not in ``budgets``); returns them.
-local function release_hold(batch, held, budgets, hold_id)
+-- Takes the hold off every budget it is on (loading those not in ``budgets``, whole hashes when
+-- ``full``); returns them.
+local function release_hold(batch, held, budgets, hold_id, full)
   local by_id, touched = {}, {}
   for _, b in ipairs(budgets) do by_id[b.id] = b end
   local ids = {}
@@ -418,7 +443,7 @@ local function release_hold(batch, held, budgets, hold_id)
   for _, bid in ipairs(ids) do
     local b = by_id[bid]
     if b == nil then
-      b = load_budget(batch.prefix .. 'b:' .. bid)
+      b = load_budget(batch.prefix .. 'b:' .. bid, full)
       if b ~= nil then refresh(batch, b) end
     end
     if b ~= nil and unhold(batch, b, hold_id) then table.insert(touched, b) end

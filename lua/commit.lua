@@ -28,7 +28,7 @@ if replay ~= nil then return replay end
 local held = load_hold(hold_key, hold_id, batch.now)
 
 local budgets = load_scope(batch, subject_keys, false)
-release_hold(batch, held, budgets, hold_id)
+release_hold(batch, held, budgets, hold_id, false)
 charge(batch, budgets, amounts, source, ref_type, ref_id, session, description)
 redis.call('DEL', hold_key)
 flush(batch, events_key)

@@ -12,7 +12,7 @@ local hold_key, events_key = KEYS[1], KEYS[2]
 local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
 local hold_id = ARGV[4]
 local held = load_hold(hold_key, hold_id, batch.now)
-local budgets = release_hold(batch, held, {}, hold_id)
+local budgets = release_hold(batch, held, {}, hold_id, true)
 redis.call('DEL', hold_key)
 flush(batch, events_key)
 return reply(batch, budgets)

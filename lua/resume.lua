@@ -12,7 +12,7 @@ local events_key = KEYS[#KEYS]
 local subject_keys = {}
 for i = 1, #KEYS - 1 do subject_keys[i] = KEYS[i] end
 local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
-local budgets = load_scope(batch, subject_keys, false)
+local budgets = load_scope(batch, subject_keys, false, true)
 local resumed = {}
 for _, b in ipairs(budgets) do
   if b.status == 'paused' then

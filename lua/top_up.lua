@@ -17,7 +17,7 @@ local fingerprint, idem_ttl_ms = ARGV[4], arg_int(ARGV[5], 'idempotency ttl', 1,
 local amount = arg_int(ARGV[6], 'amount_micros', 1, MAX_MICROS)
 local replay = idem_replay(idem_key, fingerprint, batch.now)
 if replay ~= nil then return replay end
-local b = load_budget(budget_key)
+local b = load_budget(budget_key, true)
 if b == nil then return fail('NOT_FOUND', budget_key) end
 refresh(batch, b)
 if b.bal + amount > MAX_MICROS then

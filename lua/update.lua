@@ -19,7 +19,7 @@ local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
 local lim_given, soft_given, status_given = ARGV[4] == '1', ARGV[6] == '1', ARGV[8] == '1'
 local period_given, wf_given, meta_given = ARGV[10] == '1', ARGV[15] == '1', ARGV[17] == '1'
 
-local b = load_budget(budget_key)
+local b = load_budget(budget_key, true)
 if b == nil then return fail('NOT_FOUND', budget_key) end
 refresh(batch, b)  -- in memory only until flush, like every change below
 
