@@ -10,12 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redis.asyncio import Redis
 from redis_server import RedisServer
 
 import budgetkit as bk
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def src_at(rev, name):
