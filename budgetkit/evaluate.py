@@ -294,9 +294,13 @@ def _deciding(snapshots: Sequence[BudgetSnapshot]) -> Decision | None:
     return None if best is None else budget_action(best)
 
 
+#: The result of every check that finds nothing to report (results are immutable: shared).
+_CONTINUE = BudgetCheckResult(action="continue")
+
+
 def _result_of(best: Decision | None) -> BudgetCheckResult:
     if best is None or best.kind == "continue":
-        return BudgetCheckResult(action="continue")
+        return _CONTINUE
     s = best.snapshot
     return BudgetCheckResult(
         action=best.kind,
