@@ -126,6 +126,25 @@ def _soft_micros(value: object, limit_micros: int | None) -> str:
     return str(micros)
 
 
+THRESHOLDS_MAX = 16
+THRESHOLD_PPM_MAX = 10_000_000
+
+
+def _thresholds_text(thresholds: object) -> str:
+    """Extra warning thresholds (spent fractions of the limit, e.g. [0.5, 0.8, 0.95]) as the
+    scripts store them: ascending ppm, comma-separated; None or [] for none."""
+    if thresholds is None:
+        return ""
+    if isinstance(thresholds, str | bytes) or not isinstance(thresholds, Sequence):
+        raise InvalidLimit("thresholds must be a list of fractions of the limit, e.g. [0.5, 0.8]")
+    ppms = sorted({to_micros(t, field="threshold") for t in thresholds})
+    if len(ppms) > THRESHOLDS_MAX or (ppms and not 0 < ppms[0] <= ppms[-1] <= THRESHOLD_PPM_MAX):
+        raise InvalidLimit(
+            f"thresholds: at most {THRESHOLDS_MAX} fractions in (0, 10] (1 = the whole limit)"
+        )
+    return ",".join(str(p) for p in ppms)
+
+
 def _metadata_json(metadata: object) -> str:
     if metadata is None:
         return ""
@@ -316,8 +335,13 @@ class BudgetKit:
         period: BudgetPeriod | Mapping[str, Any] | None = None,
         metadata: Any = None,
         warn_fraction: Amount = DEFAULT_WARN_FRACTION,
+        thresholds: Sequence[Amount] | None = None,
     ) -> Budget:
-        """Creates a budget with ``balance = limit``; amounts in currency units (6 decimals)."""
+        """Creates a budget with ``balance = limit``; amounts in currency units (6 decimals).
+
+        ``thresholds``: extra warning levels as fractions of the limit spent (e.g. [0.5, 0.8,
+        0.95]); each emits one ``budget.threshold`` event per period when the spend reaches it.
+        """
         org = validate_identifier(organization_id, field="organization_id")
         kind = BudgetSubjectType.parse(subject_type).as_wire()
         sid = validate_identifier(subject_id, field="subject_id")
@@ -346,6 +370,7 @@ class BudgetKit:
             *_period_args(period),
             _metadata_json(metadata),
             str(BUDGETS_PER_SUBJECT_MAX),
+            _thresholds_text(thresholds),
         ]
         reply = await self._run("create", keys, args)
         return reply.budgets[0].to_budget()
@@ -386,8 +411,10 @@ class BudgetKit:
         period: BudgetPeriod | Mapping[str, Any] | None = UNSET,
         metadata: Any = UNSET,
         warn_fraction: Amount = UNSET,
+        thresholds: Sequence[Amount] | None = UNSET,
     ) -> Budget:
-        """Changes the given fields; an explicit None clears soft_limit, period or metadata."""
+        """Changes the given fields; an explicit None clears soft_limit, period, metadata or
+        thresholds. New thresholds fire at once when the spend already reaches them."""
         org, _, key = self._budget_keys(organization_id, budget_id)
         args = self._common_args(org)
         limit_micros = None if limit is UNSET else _limit_micros(limit)
@@ -403,6 +430,7 @@ class BudgetKit:
             ["0", ""] if warn_fraction is UNSET else ["1", str(_warn_fraction_ppm(warn_fraction))]
         )
         args += ["0", ""] if metadata is UNSET else ["1", _metadata_json(metadata)]
+        args += ["0", ""] if thresholds is UNSET else ["1", _thresholds_text(thresholds)]
         reply = await self._run("update", [key, self._keys.events(org)], args)
         return reply.budgets[0].to_budget()
 

@@ -36,6 +36,7 @@ __all__ = [
     "message_for",
     "percent_remaining_tenths",
     "severity",
+    "threshold_message",
     "tool_response",
 ]
 
@@ -201,6 +202,20 @@ def message_for(
     return None
 
 
+def threshold_message(
+    threshold_ppm: int, limit_micros: int, balance_micros: int, currency: str
+) -> str:
+    """``Budget threshold reached. {spent} {cur} spent, {pct}% of the {limit} {cur} limit.``"""
+    spent = format_amount_2dp(limit_micros - balance_micros)
+    whole, rest = divmod(threshold_ppm, 10_000)  # ppm → percent with up to 2 decimals
+    percent = str(whole) if rest == 0 else f"{whole}.{rest:02d}".rstrip("0")
+    limit = format_amount_2dp(limit_micros)
+    return (
+        f"Budget threshold reached. {spent} {currency} spent, {percent}% of the "
+        f"{limit} {currency} limit."
+    )
+
+
 def event_message(
     event_type: str,
     limit_micros: int,
@@ -208,11 +223,15 @@ def event_message(
     soft_limit_micros: int | None,
     currency: str,
     soft_acknowledged: bool = False,
+    threshold_ppm: int | None = None,
 ) -> str | None:
-    """Message of an event: exhausted → stop, paused → pause, warning → warn, resumed → None.
+    """Message of an event: exhausted → stop, paused → pause, warning → warn, resumed → None,
+    threshold → which share of the limit the spend reached.
 
     Raises ValueError on an unknown event type.
     """
+    if event_type == "budget.threshold" and threshold_ppm is not None:
+        return threshold_message(threshold_ppm, limit_micros, balance_micros, currency)
     if event_type not in _EVENT_ACTIONS:
         raise ValueError(
             f"unknown event type {event_type!r}; expected one of {list(_EVENT_ACTIONS)}"

@@ -589,7 +589,7 @@ class BudgetToolResponse(_WireModel):
 # ============================================================================
 
 BudgetEventType: TypeAlias = Literal[
-    "budget.warning", "budget.paused", "budget.exhausted", "budget.resumed"
+    "budget.warning", "budget.paused", "budget.exhausted", "budget.resumed", "budget.threshold"
 ]
 
 
@@ -602,6 +602,8 @@ class BudgetEventData(_WireModel):
     currency: Text
     message: Text | None = None
     soft_limit: Amount | None = None
+    #: For ``budget.threshold``: the share of the limit (spent) that was reached, e.g. 0.8.
+    threshold: Amount | None = None
 
 
 class BudgetEvent(_WireModel):

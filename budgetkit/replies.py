@@ -29,7 +29,7 @@ from budgetkit.models import (
 RECORD_WIDTH = 18
 SNAPSHOT_WIDTH = 9
 ENTRY_WIDTH = 9
-EVENT_WIDTH = 9
+EVENT_WIDTH = 10
 
 #: One decoded reply field: text, or an exact integer.
 Field = str | int
@@ -214,6 +214,7 @@ class EventRecord:
     soft_limit_micros: int | None
     soft_acknowledged: bool
     created_ms: int
+    threshold_ppm: int | None = None
 
     @classmethod
     def from_fields(cls, f: Sequence[Field]) -> EventRecord:
@@ -227,11 +228,12 @@ class EventRecord:
             soft_limit_micros=_opt_int(f[6]),
             soft_acknowledged=int(f[7]) == 1,
             created_ms=int(f[8]),
+            threshold_ppm=_opt_int(f[9]) if len(f) > 9 else None,
         )
 
     @classmethod
     def from_stream(cls, stream_id: str, fields: Mapping[str, str]) -> EventRecord:
-        names = ("type", "bid", "bal", "lim", "cur", "soft", "ack", "ts")
+        names = ("type", "bid", "bal", "lim", "cur", "soft", "ack", "ts", "thr")
         return cls.from_fields([stream_id, *(fields.get(n, "") for n in names)])
 
     def to_event(self, organization_id: str) -> BudgetEvent:
@@ -243,7 +245,9 @@ class EventRecord:
             soft,
             self.currency,
             self.soft_acknowledged,
+            self.threshold_ppm,
         )
+        ppm = self.threshold_ppm
         data = BudgetEventData(
             budget_id=self.budget_id,
             balance=from_micros(self.balance_micros),
@@ -251,6 +255,7 @@ class EventRecord:
             currency=self.currency,
             message=message,
             soft_limit=None if soft is None else from_micros(soft),
+            threshold=None if ppm is None else ppm / 1_000_000,
         )
         return BudgetEvent(
             id=self.stream_id,

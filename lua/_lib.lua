@@ -9,10 +9,12 @@
 --   pstart                start of the current period in ms ('' = no period)
 --   meta                  metadata JSON ('' = none)
 --   status op ack wz      status; operator pause 0/1; soft limit acknowledged 0/1; in warning zone 0/1
+--   thr thrf              extra warning thresholds: spent fractions in ppm, ascending, comma-
+--                         separated ('' = none, at most 16); bitmask of those fired this period
 --   created updated       ms
 -- Reply shape shared by every script that returns budgets (see budgetkit/replies.py):
 --   { now_ms, n_budgets, n_budgets * (18 record | 9 snapshot) fields,
---     n_entries, n_entries * 9 ledger fields, n_events, n_events * 9 event fields }
+--     n_entries, n_entries * 9 ledger fields, n_events, n_events * 10 event fields }
 --   Scope scripts (check, debit, reserve, commit) send snapshots; the others full records.
 -- Errors are raised as 'BK_<CODE> <message>' and always before the first write.
 
@@ -109,7 +111,24 @@ end
 -- The fields the hot path (check, debit, holds) reads: identity, configuration needed by the
 -- rules and rollover, and the balance state. Records shown to callers read the whole hash.
 local HOT_FIELDS = { 'id', 'cur', 'lim', 'soft', 'bal', 'held', 'wf', 'pk', 'ps', 'pu', 'pstart',
-  'status', 'op', 'ack', 'wz', 'updated' }
+  'status', 'op', 'ack', 'wz', 'updated', 'thr', 'thrf' }
+local THRESHOLDS_MAX = 16
+local THRESHOLD_PPM_MAX = 10 * PPM
+
+-- Thresholds from their stored text ('' = none): ascending ppm in (0, 10e6], at most 16; nil when
+-- malformed.
+local function parse_thresholds(text)
+  local list = {}
+  if text == nil or text == '' then return list end
+  for part in string.gmatch(text, '[^,]+') do
+    local n = tonumber(part)
+    if n == nil or n ~= math.floor(n) or n <= 0 or n > THRESHOLD_PPM_MAX then return nil end
+    if #list > 0 and n <= list[#list] then return nil end
+    table.insert(list, n)
+    if #list > THRESHOLDS_MAX then return nil end
+  end
+  return list
+end
 
 local function read_hash(key, full)
   local h = {}
@@ -149,6 +168,11 @@ local function load_budget(key, full)
   b.wz = stored_int(h, key, 'wz', 0, 1)
   b.updated = stored_int(h, key, 'updated', 0, MAX_MICROS)
   if full then b.created = stored_int(h, key, 'created', 0, MAX_MICROS) end
+  b.thr_text = h.thr or ''
+  b.thr = parse_thresholds(b.thr_text)
+  if b.thr == nil then corrupt(key, 'thr') end
+  b.thrf = 0
+  if h.thrf ~= nil and h.thrf ~= '' then b.thrf = stored_int(h, key, 'thrf', 0, 65535) end
   if h.soft ~= nil and h.soft ~= '' then
     b.soft = stored_int(h, key, 'soft', 1, b.lim)
   end
@@ -209,9 +233,31 @@ local function mark_dirty(batch, b)
   end
 end
 
-local function add_event(batch, b, event_type)
+local function add_event(batch, b, event_type, threshold_ppm)
   table.insert(batch.events, { type = event_type, b = b, bal = b.bal, lim = b.lim,
-    soft = b.soft, ack = b.ack })
+    soft = b.soft, ack = b.ack, thr = threshold_ppm })
+end
+
+-- Smallest spend that reaches ``ppm`` of the limit: ceil(ppm * lim / 1e6), exact below 2^53.
+local function spend_at(ppm, lim)
+  local hi = math.floor(lim / PPM)
+  local lo = lim - hi * PPM
+  local low_part = ppm * lo
+  local whole = ppm * hi + math.floor(low_part / PPM)
+  if low_part % PPM ~= 0 then whole = whole + 1 end
+  return whole
+end
+
+-- Extra warning thresholds: each fires once per period when the spend reaches it.
+local function fire_thresholds(batch, b)
+  local spent = b.lim - b.bal
+  for i, ppm in ipairs(b.thr) do
+    local bit = 2 ^ (i - 1)
+    if math.floor(b.thrf / bit) % 2 == 0 and spent >= spend_at(ppm, b.lim) then
+      b.thrf = b.thrf + bit
+      add_event(batch, b, 'budget.threshold', ppm)
+    end
+  end
 end
 
 -- Re-derives the status after a mutation and records the edge-triggered events (SPEC §9).
@@ -227,6 +273,7 @@ local function settle(batch, b, old_status, old_wz)
   if s == 'active' and (old_status == 'paused' or old_status == 'exhausted') then
     add_event(batch, b, 'budget.resumed')
   end
+  if s ~= 'disabled' then fire_thresholds(batch, b) end
   b.updated = batch.now
   mark_dirty(batch, b)
 end
@@ -247,6 +294,7 @@ local function rollover(batch, b)
   add_entry(batch, b, b.bal - b.lim, 'period_reset', 'period', fmt(b.pstart), nil, nil)
   b.bal = b.lim
   b.ack = 0
+  b.thrf = 0
   b.pstart = start
   settle(batch, b, old_status, old_wz)
 end
@@ -303,10 +351,11 @@ local function flush(batch, events_key)
     -- update set b.config to write the configuration too.
     redis.call('HSET', b.key, 'bal', fmt(b.bal), 'held', fmt(b.held), 'pstart', opt(b.pstart),
       'status', b.status, 'op', fmt(b.op), 'ack', fmt(b.ack), 'wz', fmt(b.wz),
-      'updated', fmt(b.updated))
+      'thrf', fmt(b.thrf), 'updated', fmt(b.updated))
     if b.config then
       redis.call('HSET', b.key, 'lim', fmt(b.lim), 'soft', opt(b.soft), 'wf', fmt(b.wf),
-        'period', b.period, 'pk', b.pk, 'ps', opt(b.ps), 'pu', b.pu, 'meta', b.meta)
+        'period', b.period, 'pk', b.pk, 'ps', opt(b.ps), 'pu', b.pu, 'meta', b.meta,
+        'thr', b.thr_text)
     end
   end
   for _, u in ipairs(batch.unholds) do
@@ -324,7 +373,7 @@ local function flush(batch, events_key)
   for _, ev in ipairs(batch.events) do
     ev.sid = redis.call('XADD', events_key, '*', 'type', ev.type, 'bid', ev.b.id,
       'bal', fmt(ev.bal), 'lim', fmt(ev.lim), 'cur', ev.b.cur, 'soft', opt(ev.soft),
-      'ack', fmt(ev.ack), 'ts', fmt(batch.now))
+      'ack', fmt(ev.ack), 'ts', fmt(batch.now), 'thr', opt(ev.thr))
   end
 end
 
@@ -361,8 +410,8 @@ local function reply(batch, budgets, push_budget)
   for _, ev in ipairs(batch.events) do
     out[n + 1], out[n + 2], out[n + 3], out[n + 4] = ev.sid or '', ev.type, ev.b.id, ev.bal
     out[n + 5], out[n + 6], out[n + 7], out[n + 8] = ev.lim, ev.b.cur, opt(ev.soft), ev.ack
-    out[n + 9] = batch.now
-    n = n + 9
+    out[n + 9], out[n + 10] = batch.now, opt(ev.thr)
+    n = n + 10
   end
   return out
 end

@@ -10,7 +10,8 @@
 -- ARGV[10]  warn fraction ppm 0..1e6
 -- ARGV[11]  period JSON ('' = none), ARGV[12] period kind ('' | 'd' | 'c'),
 -- ARGV[13]  period seconds (kind d), ARGV[14] calendar unit (kind c)
--- ARGV[15]  metadata JSON ('' = none), ARGV[16] subjects per budget maximum
+-- ARGV[15]  metadata JSON ('' = none), ARGV[16] budgets per subject maximum
+-- ARGV[17]  extra warning thresholds: ascending spent fractions in ppm, comma-separated ('' = none)
 -- Returns   the shared reply with the new budget
 -- Errors    BK_LIMIT (limit/soft limit), BK_INVALID (arguments, duplicate id, too many budgets)
 -- Invariants nothing is written unless every check passed; balance = limit; status active
@@ -20,6 +21,7 @@ local prefix, now_arg, id, org, st, sid, cur = ARGV[1], ARGV[2], ARGV[3], ARGV[4
 local limit_arg, soft_arg, wf_arg = ARGV[8], ARGV[9], ARGV[10]
 local period, pk, ps_arg, pu, meta = ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]
 local per_subject_max = tonumber(ARGV[16])
+local thr_text = ARGV[17]
 
 local now = now_ms(now_arg)
 local lim = tonumber(limit_arg)
@@ -34,6 +36,10 @@ if soft_arg ~= '' then
   end
 end
 local wf = arg_int(wf_arg, 'warn_fraction_ppm', 0, PPM)
+local thr = parse_thresholds(thr_text)
+if thr == nil then
+  return fail('INVALID', 'thresholds must be at most 16 ascending ppm in (0, 1e7]')
+end
 local ps = nil
 if pk == 'd' then
   ps = arg_int(ps_arg, 'period seconds', 1, MAX_MICROS)
@@ -50,7 +56,7 @@ end
 local b = { key = budget_key, id = id, org = org, st = st, sid = sid, cur = cur, lim = lim,
   soft = soft, bal = lim, held = 0, wf = wf, period = period, pk = pk, ps = ps, pu = pu,
   meta = meta, status = 'active', op = 0, ack = 0, wz = 0, created = now, updated = now,
-  config = true }
+  thr = thr, thr_text = thr_text, thrf = 0, config = true }
 b.pstart = period_start_at(b, now)
 local batch = new_batch(prefix, now, nil)
 redis.call('HSET', budget_key, 'id', id, 'org', org, 'st', st, 'sid', sid, 'cur', cur,

@@ -10,6 +10,7 @@
 -- ARGV[10..14] period given 0/1, period JSON ('' = clear), kind, seconds, calendar unit
 -- ARGV[15,16] warn fraction given 0/1, ppm 0..1e6
 -- ARGV[17,18] metadata given 0/1, metadata JSON ('' = clear)
+-- ARGV[19,20] thresholds given 0/1, ascending spent fractions in ppm, comma-separated ('' = none)
 -- Returns   the shared reply with the budget
 -- Errors    BK_NOT_FOUND, BK_LIMIT, BK_STATUS, BK_INVALID, BK_CORRUPT
 -- Invariants 0 < soft <= limit holds for the result; a limit change moves the balance by the
@@ -18,6 +19,7 @@ local budget_key, events_key = KEYS[1], KEYS[2]
 local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
 local lim_given, soft_given, status_given = ARGV[4] == '1', ARGV[6] == '1', ARGV[8] == '1'
 local period_given, wf_given, meta_given = ARGV[10] == '1', ARGV[15] == '1', ARGV[17] == '1'
+local thr_given = ARGV[19] == '1'
 
 local b = load_budget(budget_key, true)
 if b == nil then return fail('NOT_FOUND', budget_key) end
@@ -55,6 +57,13 @@ if period_given then
     return fail('INVALID', 'unknown period kind')
   end
 end
+local thr = b.thr
+if thr_given then
+  thr = parse_thresholds(ARGV[20])
+  if thr == nil then
+    return fail('INVALID', 'thresholds must be at most 16 ascending ppm in (0, 1e7]')
+  end
+end
 local delta = lim - b.lim
 if b.bal + delta > MAX_MICROS or b.bal + delta < -MAX_MICROS then
   return fail('LIMIT', 'balance would leave the representable range')
@@ -73,6 +82,9 @@ if period_given and ARGV[11] ~= b.period then
   b.pstart = period_start_at(b, batch.now)
 end
 if meta_given then b.meta = ARGV[18] end
+if thr_given and ARGV[20] ~= b.thr_text then
+  b.thr, b.thr_text, b.thrf = thr, ARGV[20], 0  -- new thresholds fire when (already) reached
+end
 if status_given then
   if status == 'disabled' then
     b.status = 'disabled'

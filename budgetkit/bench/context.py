@@ -33,17 +33,25 @@ class BenchContext:
     """One run's Redis (``url``), its admin connection and the prefix of every benchmark key.
 
     Every key a workload writes starts with ``prefix`` so ``cleanup`` can remove it, also from a
-    Redis given with ``--redis-url`` that holds other data.
+    Redis given with ``--redis-url`` that holds other data. ``postgres_url`` is the PostgreSQL
+    of the ``postgres_for_update`` baseline (None when that baseline does not run).
     """
 
     def __init__(
-        self, url: str, admin: Redis, prefix: str, settings: Settings, progress: Progress
+        self,
+        url: str,
+        admin: Redis,
+        prefix: str,
+        settings: Settings,
+        progress: Progress,
+        postgres_url: str | None = None,
     ) -> None:
         self.url = url
         self.admin = admin
         self.prefix = prefix
         self.settings = settings
         self.progress = progress
+        self.postgres_url = postgres_url
 
     @property
     def mode(self) -> str:
@@ -59,8 +67,10 @@ class BenchContext:
             retry=Retry(NoBackoff(), 0),
         )
 
-    def kit(self, client: Redis) -> BudgetKit:
-        return BudgetKit(client, prefix=self.prefix, batching=self.settings.batching)
+    def kit(self, client: Redis, batching: bool | None = None) -> BudgetKit:
+        """A BudgetKit under the benchmark prefix; ``batching`` None = the run's setting."""
+        on = self.settings.batching if batching is None else batching
+        return BudgetKit(client, prefix=self.prefix, batching=on)
 
     def key(self, *parts: str) -> str:
         """A key of a baseline, under the benchmark prefix."""

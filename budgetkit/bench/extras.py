@@ -1,47 +1,36 @@
-"""Optional baselines, run only when their dependencies are present.
+"""``limits_moving_window``: the ``limits`` package's async moving-window limiter on the same Redis.
 
-- ``limits_moving_window``: the ``limits`` package's moving-window rate limiter on the same
-  Redis (a Lua-backed limiter of one counter: the closest off-the-shelf building block).
-- ``postgres_for_update``: a row-locking debit in PostgreSQL; not implemented by this harness,
-  so it always reports why it was skipped.
+``limits.aio.storage.RedisStorage`` (``async+redis://`` to the benchmark's server, redis-py
+implementation, the benchmark prefix) with ``MovingWindowRateLimiter.hit(item, "bench",
+cost=LIMITS_COST)`` on one shared key: the closest off-the-shelf building block (one Lua-backed
+counter; no ledger, no hierarchy, no balances). Its moving window keeps one list entry per unit
+of cost, so memory and time grow with the cost of a hit; the limit is set so it never denies.
+``limits`` is optional (the ``bench`` extra): without it the row is skipped with the reason.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import shutil
 from typing import Any
 
 from budgetkit.bench.context import BenchContext
 from budgetkit.bench.measure import BenchError, Row
 
 LIMITS_RATE = "1000000000/hour"
-
-
-def postgres_skip_reason() -> str:
-    """Always a reason: the driver or server that is missing, else that it is not implemented."""
-    drivers = [m for m in ("asyncpg", "psycopg") if importlib.util.find_spec(m) is not None]
-    if not drivers:
-        return "neither asyncpg nor psycopg is importable"
-    if shutil.which("postgres") is None and shutil.which("pg_ctl") is None:
-        return "no postgres/pg_ctl binary on PATH"
-    return "not implemented in this harness (optional extra)"
+LIMITS_COST = 10
 
 
 def limits_skip_reason() -> str | None:
     if importlib.util.find_spec("limits") is None:
-        return "the limits package is not importable"
+        return "the limits package is not importable (pip install 'budgetkit[bench]')"
     return None
 
 
-async def limits_moving_window(ctx: BenchContext, concurrency: int) -> Row:
-    """``MovingWindowRateLimiter.hit`` of one shared key, per task, on the same Redis."""
+def _storage(ctx: BenchContext, concurrency: int) -> Any:
     try:
-        limits: Any = importlib.import_module("limits")
-        storage_mod: Any = importlib.import_module("limits.storage")
-        strategies: Any = importlib.import_module("limits.aio.strategies")
-        storage = storage_mod.storage_from_string(
+        storage_mod: Any = importlib.import_module("limits.aio.storage")
+        return storage_mod.RedisStorage(
             f"async+{ctx.url}",
             implementation="redispy",
             key_prefix=ctx.key("limits"),
@@ -49,11 +38,18 @@ async def limits_moving_window(ctx: BenchContext, concurrency: int) -> Row:
         )
     except Exception as error:
         raise BenchError(f"cannot set up limits: {type(error).__name__}: {error}") from error
+
+
+async def limits_moving_window(ctx: BenchContext, concurrency: int) -> Row:
+    """``MovingWindowRateLimiter.hit`` of one shared key with a cost, per task."""
+    limits: Any = importlib.import_module("limits")
+    strategies: Any = importlib.import_module("limits.aio.strategies")
+    storage = _storage(ctx, concurrency)
     limiter = strategies.MovingWindowRateLimiter(storage)
     item = limits.parse(LIMITS_RATE)
 
     async def op() -> bool:
-        if not await limiter.hit(item, "bench"):
+        if not await limiter.hit(item, "bench", cost=LIMITS_COST):
             raise BenchError("limits denied a hit below its limit")
         return True
 
@@ -61,9 +57,8 @@ async def limits_moving_window(ctx: BenchContext, concurrency: int) -> Row:
         measurement = await ctx.measure([op] * concurrency)
     finally:
         await _close_limits_storage(storage)
-    return measurement.row(
-        "limits_moving_window", concurrency, 1, mode="hot", notes="limits MovingWindow hit()"
-    )
+    notes = f"limits {limits.__version__} MovingWindowRateLimiter.hit(cost={LIMITS_COST})"
+    return measurement.row("limits_moving_window", concurrency, 1, mode="hot", notes=notes)
 
 
 async def _close_limits_storage(storage: Any) -> None:

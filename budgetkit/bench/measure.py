@@ -47,6 +47,7 @@ class Row:
     server_cpu_s: float | None = None
     used_memory_bytes: int | None = None
     mode: str = "hot"
+    processes: int = 1
     overspend: float | None = None
     notes: str = ""
 
@@ -163,21 +164,27 @@ async def _drain(tasks: Sequence[asyncio.Task[None]]) -> None:
 
 
 async def run_timed(
-    ops: Sequence[Op], warmup_s: float, duration_s: float, admin: Redis
+    ops: Sequence[Op], warmup_s: float, duration_s: float, admin: Redis | None
 ) -> Measurement:
-    """Runs one task per op: ``warmup_s`` unrecorded, then ``duration_s`` recorded."""
+    """Runs one task per op: ``warmup_s`` unrecorded, then ``duration_s`` recorded.
+
+    Without ``admin`` (a worker process of the multi-process mode) the server's CPU and memory
+    are not read: the parent process reads them over the same window.
+    """
     window = _Window()
     tasks = [asyncio.create_task(_worker(op, window)) for op in ops]
     try:
         await _sleep_watching(tasks, warmup_s)
-        server_before = await server_cpu_s(admin)
+        server_before = None if admin is None else await server_cpu_s(admin)
         cpu_before, wall_before = time.process_time(), time.perf_counter()
         window.recording = True
         await _sleep_watching(tasks, duration_s)
         window.recording = False
         wall_s = time.perf_counter() - wall_before
         client_cpu = time.process_time() - cpu_before
-        server_cpu = await server_cpu_s(admin) - server_before
+        server_cpu = None
+        if admin is not None and server_before is not None:
+            server_cpu = await server_cpu_s(admin) - server_before
     finally:
         window.recording = False
         window.stopping = True
@@ -191,5 +198,5 @@ async def run_timed(
         wall_s=wall_s,
         client_cpu_s=client_cpu,
         server_cpu_s=server_cpu,
-        used_memory_bytes=await used_memory_bytes(admin),
+        used_memory_bytes=None if admin is None else await used_memory_bytes(admin),
     )

@@ -4,6 +4,11 @@ A scope of ``n`` budgets has a usd budget with a huge limit on each of its first
 the order org, user, session, agent, app, app_channel (so 1 = org, 3 = org + user + session,
 6 = every level), and nothing ever runs out. Hot mode puts every task on one scope; spread mode
 gives each task its own organization.
+
+``debit`` runs ``BudgetKit(batching=False)``: one EVALSHA round trip per call, comparable with
+``raw_evalsha_noop``. ``debit_batched`` runs the default ``BudgetKit(batching=True)``: concurrent
+calls of the process share pipelines. ``check`` and ``reserve_commit`` use the run's setting
+(batching on unless ``--no-batching``).
 """
 
 from __future__ import annotations
@@ -49,10 +54,10 @@ async def create_scope_budgets(kit: BudgetKit, scope: Scope) -> list[str]:
 
 
 async def make_scopes(
-    ctx: BenchContext, kit: BudgetKit, size: int, concurrency: int
+    kit: BudgetKit, size: int, concurrency: int, spread: bool
 ) -> list[Scope]:
     """The scope of each task: one shared (hot) or one organization per task (spread)."""
-    count = concurrency if ctx.settings.spread else 1
+    count = concurrency if spread else 1
     scopes = [scope_of(f"org_{i}", size) for i in range(count)]
     for scope in scopes:
         await create_scope_budgets(kit, scope)
@@ -92,7 +97,18 @@ def reserve_commit_op(kit: BudgetKit, scope: Scope) -> Op:
     return op
 
 
-OPS = {"check": check_op, "debit": debit_op, "reserve_commit": reserve_commit_op}
+OPS = {
+    "check": check_op,
+    "debit": debit_op,
+    "debit_batched": debit_op,
+    "reserve_commit": reserve_commit_op,
+}
+#: Workloads whose batching is fixed; the others follow the run's --no-batching.
+FIXED_BATCHING = {"debit": False, "debit_batched": True}
+
+
+def batching_of(ctx: BenchContext, name: str) -> bool:
+    return FIXED_BATCHING.get(name, ctx.settings.batching)
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -104,17 +120,35 @@ def unavailable_reason(name: str) -> str | None:
     return None
 
 
-async def run_budgetkit(ctx: BenchContext, name: str, size: int, concurrency: int) -> Row:
-    """One timed run of a budgetkit operation over scopes of ``size`` budgets."""
+async def run_budgetkit(
+    ctx: BenchContext, name: str, size: int, concurrency: int, spread: bool | None = None
+) -> Row:
+    """One timed run of a budgetkit operation over scopes of ``size`` budgets.
+
+    ``spread`` None = the run's mode (``--spread``); True/False for the extra rows of a run.
+    """
+    spread = ctx.settings.spread if spread is None else spread
+    batching = batching_of(ctx, name)
     client = ctx.client(concurrency)
     try:
-        kit = ctx.kit(client)
-        scopes = await make_scopes(ctx, kit, size, concurrency)
+        kit = ctx.kit(client, batching)
+        scopes = await make_scopes(kit, size, concurrency, spread)
         ops = [OPS[name](kit, scope) for scope in scopes]
         measurement = await ctx.measure(ops)
+        notes = batching_note(kit)
     finally:
         await client.aclose()
-    batching = "on" if ctx.settings.batching else "off"
     return measurement.row(
-        name, concurrency, size, mode=ctx.mode, notes=f"auto-batching {batching}"
+        name, concurrency, size, mode="spread" if spread else "hot", notes=notes
     )
+
+
+def batching_note(kit: BudgetKit) -> str:
+    """How calls coalesced: 'batching off', or the mean calls per pipeline."""
+    batcher = kit.batcher
+    if batcher is None:
+        return "batching off: one EVALSHA per call"
+    if batcher.batches == 0:
+        return "batching on (no call was concurrent)"
+    mean = batcher.batched_calls / batcher.batches
+    return f"batching on: {mean:.1f} calls per pipeline"
