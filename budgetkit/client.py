@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from budgetkit.amounts import to_micros
 from budgetkit.batching import ScriptBatcher
 from budgetkit.errors import BudgetUnavailable, InvalidInput, InvalidLimit
-from budgetkit.evaluate import check_result, insufficient_result, tool_response
+from budgetkit.evaluate import BudgetSnapshot, check_result, insufficient_result, tool_response
 from budgetkit.ids import (
     new_budget_id,
     new_hold_id,
@@ -52,6 +52,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Amount = int | float | Decimal
 Clock = Callable[[], datetime]
+#: An advisory check rule: sees the scope, the atomic result and the budgets' snapshots, and may
+#: return a stricter (or any) result to use instead; None keeps the result.
+CheckRule = Callable[[Scope, BudgetCheckResult, Sequence[BudgetSnapshot]], BudgetCheckResult | None]
 FailurePolicy = Literal["fail_closed", "fail_open"]
 
 DEFAULT_WARN_FRACTION = 0.2
@@ -238,6 +241,7 @@ class BudgetKit:
         self._policy = failure_policy
         self._runtime = ScriptRuntime(client)
         self._batcher = ScriptBatcher(client, self._runtime) if batching else None
+        self._rules: list[CheckRule] = []
         self._call = self._batcher.call if self._batcher is not None else self._runtime.call
 
     @classmethod
@@ -485,7 +489,21 @@ class BudgetKit:
         reply = await self._check_reply(scope)
         if isinstance(reply, BudgetCheckResult):
             return reply
-        return check_result(reply.snapshots)
+        result = check_result(reply.snapshots)
+        for rule in self._rules:
+            result = rule(scope, result, reply.snapshots) or result
+        return result
+
+    def add_check_rule(self, rule: CheckRule) -> None:
+        """Adds a custom Python rule run by ``check`` on its result, in the order added.
+
+        Advisory, not atomic: it runs in this process after the script returned, sees the
+        budgets as they were at that instant, and changes neither statuses, nor events, nor the
+        books — other replicas without the rule do not see its effect. Use it to be stricter
+        (e.g. stop agents of a tier at 50 % spent), never to enforce money limits; the
+        built-in rules and thresholds in the scripts are the enforcement.
+        """
+        self._rules.append(rule)
 
     async def check_tool(self, scope: Scope) -> BudgetToolResponse:
         """The check_budget tool's response for an agent (one round trip)."""

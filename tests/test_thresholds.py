@@ -106,3 +106,26 @@ async def test_thresholds_fire_once_under_concurrency(real_redis: Redis) -> None
     counts = Counter(e.data.threshold for e in await threshold_events(kit))
     assert counts == {0.5: 1, 0.8: 1, 0.95: 1}
     print(f"\nthresholds under 64 concurrent tasks x 25 debits: {dict(counts)}")
+
+
+async def test_custom_python_rule_is_applied_by_check(kit: bk.BudgetKit) -> None:
+    await kit.create_budget(ORG, "session", "s1", "usd", 100)
+    seen: list[int] = []
+
+    def stop_after_half(
+        s: bk.Scope, result: bk.BudgetCheckResult, snapshots: object
+    ) -> bk.BudgetCheckResult | None:
+        budgets = list(snapshots)  # type: ignore[call-overload]
+        seen.append(len(budgets))
+        if any(b.balance_micros * 2 <= b.limit_micros for b in budgets):
+            return bk.BudgetCheckResult(action="stop", message="half spent", error_code="policy")
+        return None
+
+    kit.add_check_rule(stop_after_half)
+    assert (await kit.check(scope())).action == "continue"
+    await kit.debit(scope(), {"usd": 50})
+    result = await kit.check(scope())
+    assert result.action == "stop" and result.error_code == "policy"
+    assert seen == [1, 1]
+    # advisory: the budget's own status is untouched
+    assert (await kit.list_budgets(ORG))[0].status == bk.BudgetStatus.ACTIVE
