@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from redis.asyncio import Redis
 
 from budgetkit.amounts import to_micros
 from budgetkit.batching import ScriptBatcher
-from budgetkit.errors import BudgetUnavailable, InvalidInput, InvalidLimit
+from budgetkit.errors import BudgetUnavailable, InvalidInput, InvalidLimit, OutcomeUnknown
 from budgetkit.evaluate import BudgetSnapshot, check_result, insufficient_result, tool_response
 from budgetkit.ids import (
     new_budget_id,
@@ -45,7 +46,7 @@ from budgetkit.replies import EventRecord, Reply, ms_to_datetime, parse_entries,
 from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
 from budgetkit.scripts import ScriptArg, ScriptRuntime
-from budgetkit.urls import client_from_url
+from budgetkit.urls import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, client_from_url
 
 log = logging.getLogger("budgetkit")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -68,6 +69,20 @@ DEFAULT_IDEMPOTENCY_TTL_S = 86_400
 IDEMPOTENCY_TTL_S_MAX = 30 * 86_400
 HOLD_TTL_S_MAX = 7 * 86_400
 UNAVAILABLE_CODE = "budget_unavailable"
+
+
+CHECK_ATTEMPTS_MAX = 2  # check is safe to retry: a rollover is never applied twice
+
+
+@dataclass
+class Counters:
+    """What happened to this client's calls when Redis misbehaved (monotonic counts)."""
+
+    fail_closed: int = 0  # checks answered stop because the store was unavailable
+    fail_open: int = 0  # checks answered continue (flagged) because the store was unavailable
+    unavailable: int = 0  # calls that could not reach Redis (not applied)
+    outcome_unknown: int = 0  # calls whose reply was lost (maybe applied: retry with the key)
+    check_retries: int = 0  # checks retried after a connection error
 
 
 class _Unset:
@@ -242,12 +257,28 @@ class BudgetKit:
         self._runtime = ScriptRuntime(client)
         self._batcher = ScriptBatcher(client, self._runtime) if batching else None
         self._rules: list[CheckRule] = []
-        self._call = self._batcher.call if self._batcher is not None else self._runtime.call
+        self._send = self._batcher.call if self._batcher is not None else self._runtime.call
+        self.counters = Counters()
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> BudgetKit:
-        """A client for ``redis://``, ``rediss://``, ``unix://`` URLs."""
-        return cls(client_from_url(url), **kwargs)
+    def from_url(
+        cls,
+        url: str,
+        *,
+        socket_timeout_s: float = SOCKET_TIMEOUT_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        max_connections: int | None = None,
+        **kwargs: Any,
+    ) -> BudgetKit:
+        """A client for ``redis://``, ``rediss://``, ``unix://`` URLs; the timeouts bound how
+        long a call waits for an unreachable or silent server. Other keywords as the class."""
+        client = client_from_url(
+            url,
+            socket_timeout_s=socket_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            max_connections=max_connections,
+        )
+        return cls(client, **kwargs)
 
     @property
     def redis(self) -> Redis:
@@ -287,6 +318,19 @@ class BudgetKit:
 
     def _common_args(self, organization_id: str) -> list[ScriptArg]:
         return [self._keys.org(organization_id), self._now_arg(), new_ledger_id()[:37]]
+
+    async def _call(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        """One script call; counts (and logs) the calls Redis could not answer."""
+        try:
+            return await self._send(name, keys, args)
+        except OutcomeUnknown as error:
+            self.counters.outcome_unknown += 1
+            log.warning("budgetkit %s: outcome unknown: %s", name, error)
+            raise
+        except BudgetUnavailable as error:
+            self.counters.unavailable += 1
+            log.warning("budgetkit %s: store unavailable: %s", name, error)
+            raise
 
     async def _run(
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], snapshots: bool = False
@@ -470,18 +514,24 @@ class BudgetKit:
 
     async def _check_reply(self, scope: Scope) -> Reply | BudgetCheckResult:
         keys = self._scope_keys(scope)
-        try:
-            args = self._common_args(scope.organization_id)
-            return await self._run("check", keys, args, snapshots=True)
-        except BudgetUnavailable as error:
-            log.warning("budget store unavailable (%s): %s", self._policy, error)
-            if self._policy == "fail_open":
-                return BudgetCheckResult(action="continue", fail_open=True)
-            return BudgetCheckResult(
-                action="stop",
-                message="Budget store unavailable. Try again later.",
-                error_code=UNAVAILABLE_CODE,
-            )
+        for attempt in range(1, CHECK_ATTEMPTS_MAX + 1):
+            try:
+                args = self._common_args(scope.organization_id)
+                return await self._run("check", keys, args, snapshots=True)
+            except BudgetUnavailable as error:
+                if attempt < CHECK_ATTEMPTS_MAX:
+                    self.counters.check_retries += 1
+                    continue
+                log.warning("budget store unavailable, %s: %s", self._policy, error)
+        if self._policy == "fail_open":
+            self.counters.fail_open += 1
+            return BudgetCheckResult(action="continue", fail_open=True)
+        self.counters.fail_closed += 1
+        return BudgetCheckResult(
+            action="stop",
+            message="Budget store unavailable. Try again later.",
+            error_code=UNAVAILABLE_CODE,
+        )
 
     async def check(self, scope: Scope) -> BudgetCheckResult:
         """The most restrictive action over the scope's budgets (one round trip; never raises
