@@ -23,6 +23,21 @@ from budgetkit.errors import (
     ScriptError,
     UnpricedModel,
 )
+from budgetkit.metering import (
+    DataMeter,
+    DataUsage,
+    LlmMeter,
+    LlmUsage,
+    Meter,
+    MeterRegistry,
+    ToolCall,
+    ToolCallMeter,
+    UnpricedPolicy,
+    default_registry,
+    from_anthropic_usage,
+    from_openai_usage,
+    meter_amounts,
+)
 from budgetkit.models import (
     Budget,
     BudgetAction,
@@ -43,6 +58,7 @@ from budgetkit.models import (
     parse_period,
 )
 from budgetkit.periods import parse_rolling_window
+from budgetkit.pricing import ModelPrice, PriceTable, PriceTier
 from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
 
@@ -66,6 +82,8 @@ __all__ = [
     "BudgetkitError",
     "CalendarPeriod",
     "CorruptState",
+    "DataMeter",
+    "DataUsage",
     "DebitResult",
     "DurationPeriod",
     "ErrorFields",
@@ -79,14 +97,28 @@ __all__ = [
     "InvalidPeriod",
     "InvalidStatus",
     "LedgerEntry",
+    "LlmMeter",
+    "LlmUsage",
+    "Meter",
+    "MeterRegistry",
+    "ModelPrice",
     "OutcomeUnknown",
+    "PriceTable",
+    "PriceTier",
     "Reservation",
     "RollingPeriod",
     "Scope",
     "ScriptError",
+    "ToolCall",
+    "ToolCallMeter",
     "UnpricedModel",
+    "UnpricedPolicy",
     "__version__",
+    "default_registry",
+    "from_anthropic_usage",
+    "from_openai_usage",
     "json_schemas",
+    "meter_amounts",
     "parse_period",
     "parse_rolling_window",
 ]

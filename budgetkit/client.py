@@ -186,6 +186,12 @@ def _amounts_micros(amounts: Mapping[str, Amount]) -> dict[str, int]:
     return out
 
 
+def _unpriced_text(currencies: object) -> str:
+    if isinstance(currencies, str) or not isinstance(currencies, Sequence):
+        raise InvalidInput("unpriced_currencies must be a sequence of currency codes")
+    return ",".join(sorted({normalize_currency(c) for c in currencies}))
+
+
 def _amount_args(micros: Mapping[str, int]) -> list[ScriptArg]:
     """The script form of per-currency amounts: a count, then currency, amount pairs."""
     args: list[ScriptArg] = [str(len(micros))]
@@ -573,15 +579,22 @@ class BudgetKit:
         ref_id: str | None = None,
         description: str | None = None,
         idempotency_key: str | None = None,
+        unpriced_currencies: Sequence[str] = (),
     ) -> DebitResult:
-        """Charges every non-disabled budget of the scope its currency's amount, atomically."""
+        """Charges every non-disabled budget of the scope its currency's amount, atomically.
+
+        ``unpriced_currencies``: currencies the usage could not be priced in (record_usage
+        passes ``("usd",)`` for an unpriced model): when a budget of the scope is in one of
+        them, the call raises UnpricedModel and writes nothing.
+        """
         micros = _amounts_micros(amounts)
+        unpriced = _unpriced_text(unpriced_currencies)
         keys = self._scope_keys(scope)
         org = scope.organization_id
         fields = _usage_fields(scope, meter_source, ref_type, ref_id, description)
-        request = [keys[:-1], fields, sorted(micros.items())]
+        request = [keys[:-1], fields, sorted(micros.items()), unpriced]
         idem_key, idem_args = self._idempotency(org, "debit", idempotency_key, request)
-        args = [*self._common_args(org), *idem_args, *fields, *_amount_args(micros)]
+        args = [*self._common_args(org), *idem_args, *fields, unpriced, *_amount_args(micros)]
         reply = await self._run("debit", [*keys[:-1], idem_key, keys[-1]], args, snapshots=True)
         return self._debit_result(org, reply)
 
@@ -650,21 +663,30 @@ class BudgetKit:
         ref_id: str | None = None,
         description: str | None = None,
         idempotency_key: str | None = None,
+        unpriced_currencies: Sequence[str] = (),
     ) -> DebitResult:
         """Settles a granted hold: debits ``actual`` (may exceed the hold) and drops the hold.
 
         Raises HoldNotFound when the hold was already committed or released, HoldExpired after
-        its TTL — then record the usage with ``debit``.
+        its TTL — then record the usage with ``debit``. ``unpriced_currencies`` as for debit.
         """
         hold_id = self._granted_hold(hold)
         scope = hold.scope
         micros = _amounts_micros(actual)
+        unpriced = _unpriced_text(unpriced_currencies)
         keys = self._scope_keys(scope)
         org = scope.organization_id
         fields = _usage_fields(scope, meter_source, ref_type, ref_id, description)
-        request = [hold_id, fields, sorted(micros.items())]
+        request = [hold_id, fields, sorted(micros.items()), unpriced]
         idem_key, idem_args = self._idempotency(org, "commit", idempotency_key, request)
-        args = [*self._common_args(org), *idem_args, hold_id, *fields, *_amount_args(micros)]
+        args = [
+            *self._common_args(org),
+            *idem_args,
+            hold_id,
+            *fields,
+            unpriced,
+            *_amount_args(micros),
+        ]
         hold_key = self._keys.hold(org, hold_id)
         commit_keys = [*keys[:-1], hold_key, idem_key, keys[-1]]
         reply = await self._run("commit", commit_keys, args, snapshots=True)
@@ -685,6 +707,38 @@ class BudgetKit:
         if not hold.granted or hold.id is None:
             raise InvalidInput("this reservation was denied: there is nothing to commit or release")
         return parse_hold_id(hold.id)
+
+    async def record_usage(
+        self,
+        scope: Scope,
+        usage: Any,
+        *,
+        meter: Any = None,
+        currencies: Sequence[str] | None = None,
+        hold: Reservation | None = None,
+        meter_source: str = "llm_tokens",
+        ref_type: str | None = "llm_generation",
+        ref_id: str | None = None,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> DebitResult:
+        """Meters one usage record (an LlmUsage by default) and debits it — or commits ``hold``
+        with it — in one round trip. See budgetkit.metering.record_usage."""
+        from budgetkit.metering import record_usage
+
+        return await record_usage(
+            self,
+            scope,
+            usage,
+            meter=meter,
+            currencies=currencies,
+            hold=hold,
+            meter_source=meter_source,
+            ref_type=ref_type,
+            ref_id=ref_id,
+            description=description,
+            idempotency_key=idempotency_key,
+        )
 
     async def resume(self, scope: Scope, levels: Sequence[str] = ("session",)) -> list[Budget]:
         """Resumes the paused budgets of the scope's given levels; returns those resumed."""

@@ -101,4 +101,5 @@ SCRIPT_ERROR_CODES: dict[str, type[BudgetkitError]] = {
     "HOLD_EXPIRED": HoldExpired,
     "IDEMPOTENCY_CONFLICT": IdempotencyConflict,
     "CORRUPT": CorruptState,
+    "UNPRICED": UnpricedModel,
 }

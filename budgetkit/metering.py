@@ -39,6 +39,7 @@ from pydantic import (
 from budgetkit.amounts import MAX_MICROS, MICROS_PER_UNIT, round_micros
 from budgetkit.errors import InvalidAmount, InvalidInput, UnpricedModel
 from budgetkit.ids import normalize_currency
+from budgetkit.models import _describe
 from budgetkit.pricing import EXACT, ModelPrice, PriceTable, model_price, parse_rate
 from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
@@ -65,6 +66,9 @@ __all__ = [
 ]
 
 Amount = int | float | Decimal
+
+#: A configured price or factor: a number, or a str read as an exact decimal.
+Price = int | float | Decimal | str
 
 #: Currencies metered when ``record_usage`` is given none (the budgets' currencies are unknown
 #: to the client without a round trip).
@@ -112,15 +116,6 @@ def _micro_decimal(value: Decimal | int | float) -> Decimal:
     return Decimal(round_micros(value)).scaleb(-6)
 
 
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors(include_url=False):
-        message = str(item["msg"]).removeprefix("Value error, ")
-        location = ".".join(str(part) for part in item["loc"])
-        parts.append(f"{location}: {message}" if location else message)
-    return "; ".join(parts)
-
-
 def _cost_field(value: object) -> object:
     """Read a provider cost exactly (a float as its shortest decimal); bounds as amounts."""
     if value is None:
@@ -144,8 +139,8 @@ class LlmUsage(BaseModel):
     ``input_tokens`` excludes cached tokens (``cache_read_tokens``: read from the prompt cache;
     ``cache_creation_tokens``: written to it). ``provider_cost_usd``, when > 0, is charged to
     ``usd`` budgets instead of the price-table estimate (rounded half-up to micro-units).
-    Token counts are ints in ``[0, 10**12]``. Invalid fields raise pydantic's ValidationError
-    (a ValueError); the ``from_*_usage`` helpers raise ``InvalidInput``.
+    Token counts are ints in ``[0, 10**12]``; ``provider_cost_usd`` is an int, float (read as
+    its shortest decimal), Decimal or str, finite and non-negative. Raises InvalidInput.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -157,6 +152,34 @@ class LlmUsage(BaseModel):
     cache_read_tokens: TokenCount = 0
     cache_creation_tokens: TokenCount = 0
     provider_cost_usd: Decimal | None = None
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        provider: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        cache_creation_tokens: int = 0,
+        provider_cost_usd: Amount | str | None = None,
+        **extra: Any,
+    ) -> None:
+        # Explicit so that type checkers accept a float cost, and so that a bad field raises
+        # budgetkit's InvalidInput (a ValueError) rather than pydantic's ValidationError.
+        try:
+            super().__init__(
+                model=model,
+                provider=provider,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cache_read_tokens=cache_read_tokens,
+                cache_creation_tokens=cache_creation_tokens,
+                provider_cost_usd=provider_cost_usd,
+                **extra,
+            )
+        except ValidationError as error:
+            raise InvalidInput(f"invalid LlmUsage: {_describe(error)}") from error
 
     @field_validator("provider_cost_usd", mode="before")
     @classmethod
@@ -284,7 +307,7 @@ class UnpricedPolicy(StrEnum):
     TOKENS_ONLY = "tokens_only"
 
 
-def _per_token_rates(units: Mapping[str, Amount] | None) -> dict[str, Decimal]:
+def _per_token_rates(units: Mapping[str, Price] | None) -> dict[str, Decimal]:
     rates = {"credits": Decimal(1) / TOKENS_PER_CREDIT}
     for currency, value in (units or {}).items():
         code = normalize_currency(currency)
@@ -310,7 +333,7 @@ class LlmMeter:
         *,
         unpriced: UnpricedPolicy | str = UnpricedPolicy.ERROR,
         fallback_price: ModelPrice | Mapping[str, Any] | None = None,
-        units_per_token: Mapping[str, Amount] | None = None,
+        units_per_token: Mapping[str, Price] | None = None,
     ) -> None:
         if prices is not None and not isinstance(prices, PriceTable):
             raise InvalidInput(
@@ -421,9 +444,9 @@ class ToolCallMeter:
 
     def __init__(
         self,
-        prices: Mapping[str, Amount | Mapping[str, Amount]],
+        prices: Mapping[str, Price | Mapping[str, Price]],
         *,
-        default: Amount | Mapping[str, Amount] | None = None,
+        default: Price | Mapping[str, Price] | None = None,
         currency: str = "usd",
     ) -> None:
         code = normalize_currency(currency)
@@ -461,7 +484,7 @@ class DataMeter:
 
     def __init__(
         self,
-        prices: Amount | Mapping[str, Amount],
+        prices: Price | Mapping[str, Price],
         *,
         unit: str = "gb",
         currency: str = "usd",
@@ -573,8 +596,9 @@ async def record_usage(
     Why a ``currencies`` argument: the client does not know the scope's budget currencies
     without another round trip, so it meters the given ones (default ``("usd", "tokens",
     "credits")``); a budget in another currency is not charged. Under the default LLM policy an
-    unpriced model with no provider cost raises UnpricedModel *before any Redis call* whenever
-    ``usd`` is among the currencies — pass ``currencies=("tokens",)`` to meter tokens only.
+    unpriced model with no provider cost raises UnpricedModel, and writes nothing, when a usd
+    budget is in the scope: the other currencies are metered and the script refuses the call
+    before its first write if it finds a usd budget (same round trip).
     ``hold``: a granted Reservation of the same scope, committed with the metered amounts.
     The remaining keywords are those of ``debit`` / ``commit``.
     """
@@ -582,17 +606,33 @@ async def record_usage(
         raise InvalidInput(f"scope must be a Scope, got {type(scope).__name__}")
     if hold is not None and (not isinstance(hold, Reservation) or hold.scope != scope):
         raise InvalidInput("hold must be a Reservation of the same scope")
-    amounts = meter_amounts(usage, meter=meter, currencies=currencies)
+    wanted = _currencies(currencies)
+    unpriced: tuple[str, ...] = ()
+    try:
+        amounts = meter_amounts(usage, meter=meter, currencies=wanted)
+    except UnpricedModel as error:
+        if "usd" not in wanted:
+            raise
+        # Meter the other currencies; the script refuses the call, before any write, only if
+        # a usd budget is in the scope (SPEC §8: the error is raised only then).
+        unpriced_error = error
+        unpriced = ("usd",)
+        others = [c for c in wanted if c != "usd"]
+        amounts = meter_amounts(usage, meter=meter, currencies=others) if others else {}
     fields: dict[str, Any] = {
         "meter_source": meter_source,
         "ref_type": ref_type,
         "ref_id": ref_id,
         "description": description,
         "idempotency_key": idempotency_key,
+        "unpriced_currencies": unpriced,
     }
-    if hold is None:
-        return await kit.debit(scope, amounts, **fields)
-    return await kit.commit(hold, amounts, **fields)
+    try:
+        if hold is None:
+            return await kit.debit(scope, amounts, **fields)
+        return await kit.commit(hold, amounts, **fields)
+    except UnpricedModel:
+        raise unpriced_error from None  # the model's own message says what to configure
 
 
 # ================================================================================================
@@ -630,10 +670,7 @@ def _usage_of(obj: object, token_fields: tuple[str, ...]) -> object:
 def _llm_usage(**fields: Any) -> LlmUsage:
     if not isinstance(fields.get("model"), str) or not fields["model"]:
         raise InvalidInput("the model is unknown: pass model='...' (the response has none)")
-    try:
-        return LlmUsage(**fields)
-    except ValidationError as error:
-        raise InvalidInput(f"invalid usage: {_describe(error)}") from error
+    return LlmUsage(**fields)
 
 
 def from_openai_usage(

@@ -49,6 +49,7 @@ from pydantic import (
 )
 
 from budgetkit.errors import InvalidInput
+from budgetkit.models import _describe
 
 __all__ = [
     "DEFAULT_PRICES_FILE",
@@ -274,16 +275,6 @@ class ModelPrice(BaseModel):
         return self.rates(prompt).cost_usd(
             input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens
         )
-
-
-def _describe(error: ValidationError) -> str:
-    """One line per pydantic error: ``loc: message``."""
-    parts = []
-    for item in error.errors(include_url=False):
-        message = str(item["msg"]).removeprefix("Value error, ")
-        location = ".".join(str(part) for part in item["loc"])
-        parts.append(f"{location}: {message}" if location else message)
-    return "; ".join(parts)
 
 
 def model_price(value: object, *, name: str = "price") -> ModelPrice:

@@ -443,6 +443,20 @@ local function read_amounts(first)
   return amounts
 end
 
+-- Refuses the call (before any write) when a budget of the scope is in a currency the usage
+-- could not be priced in; ``text`` lists those currencies, comma-separated ('' = none).
+local function refuse_unpriced(budgets, text)
+  if text == '' then return end
+  local unpriced = {}
+  for cur in string.gmatch(text, '[^,]+') do unpriced[cur] = true end
+  for _, b in ipairs(budgets) do
+    if unpriced[b.cur] then
+      raise('UNPRICED', b.cur .. ' budget ' .. b.id .. ' is in the scope but the usage has no '
+        .. b.cur .. ' price')
+    end
+  end
+end
+
 -- Charges each budget the amount of its currency (validated for range first), in memory.
 local function charge(batch, budgets, amounts, source, ref_type, ref_id, session, description)
   for _, b in ipairs(budgets) do

@@ -9,10 +9,11 @@
 -- ARGV[4]   request fingerprint ('' = no idempotency key), ARGV[5] record TTL ms
 -- ARGV[6]   hold id, ARGV[7] meter_source, ARGV[8] ref_type, ARGV[9] ref_id, ARGV[10] session id,
 --           ARGV[11] description ('' = none for 8..11)
--- ARGV[12]  number of currencies k (0..64), then k pairs: currency, amount_micros 0..2^53-1
+-- ARGV[12]  currencies the usage could not be priced in, comma-separated ('' = none)
+-- ARGV[13]  number of currencies k (0..64), then k pairs: currency, amount_micros 0..2^53-1
 -- Returns   the shared reply with snapshots, like debit.lua ('replayed' + the stored reply on a replay)
 -- Errors    BK_HOLD_NOT_FOUND (unknown or already resolved), BK_HOLD_EXPIRED, BK_INVALID,
---           BK_CORRUPT, BK_IDEMPOTENCY_CONFLICT
+--           BK_CORRUPT, BK_IDEMPOTENCY_CONFLICT, BK_UNPRICED
 -- Invariants a hold resolves at most once; the actual amounts may exceed the hold and are
 --            charged in full; nothing is written unless every check passed
 local events_key, idem_key, hold_key = KEYS[#KEYS], KEYS[#KEYS - 1], KEYS[#KEYS - 2]
@@ -22,13 +23,15 @@ local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
 local fingerprint, idem_ttl_ms = ARGV[4], arg_int(ARGV[5], 'idempotency ttl', 1, MAX_MICROS)
 local hold_id = ARGV[6]
 local source, ref_type, ref_id, session, description = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-local amounts = read_amounts(13)
+local unpriced = ARGV[12]
+local amounts = read_amounts(14)
 local replay = idem_replay(idem_key, fingerprint, batch.now)
 if replay ~= nil then return replay end
 local held = load_hold(hold_key, hold_id, batch.now)
 
 local budgets = load_scope(batch, subject_keys, false)
 release_hold(batch, held, budgets, hold_id, false)
+refuse_unpriced(budgets, unpriced)
 charge(batch, budgets, amounts, source, ref_type, ref_id, session, description)
 redis.call('DEL', hold_key)
 flush(batch, events_key)

@@ -8,11 +8,13 @@
 -- ARGV[4]   request fingerprint ('' = no idempotency key), ARGV[5] record TTL ms
 -- ARGV[6]   meter_source, ARGV[7] ref_type, ARGV[8] ref_id, ARGV[9] session id,
 --           ARGV[10] description ('' = none for 7..10)
--- ARGV[11]  number of currencies k (0..64), then k pairs: currency, amount_micros 0..2^53-1
+-- ARGV[11]  currencies the usage could not be priced in, comma-separated ('' = none)
+-- ARGV[12]  number of currencies k (0..64), then k pairs: currency, amount_micros 0..2^53-1
 -- Returns   the shared reply: snapshots of the scope's non-disabled budgets after the debit, the entries
 --           written (resets and debits), the events emitted; a replay of a stored reply is
 --           the same prefixed with 'replayed' (and writes nothing)
--- Errors    BK_INVALID (arguments, balance range), BK_CORRUPT <key field>,
+-- Errors    BK_INVALID (arguments, balance range), BK_CORRUPT <key field>, BK_UNPRICED (a budget
+--           of the scope is in an unpriced currency),
 --           BK_IDEMPOTENCY_CONFLICT (same key, different request)
 -- Invariants all or nothing: every budget is validated before the first write; a budget whose
 --            currency amount is missing or zero is untouched (but still rolled over); paused
@@ -23,11 +25,13 @@ for i = 1, #KEYS - 2 do subject_keys[i] = KEYS[i] end
 local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
 local fingerprint, idem_ttl_ms = ARGV[4], arg_int(ARGV[5], 'idempotency ttl', 1, MAX_MICROS)
 local source, ref_type, ref_id, session, description = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local amounts = read_amounts(12)
+local unpriced = ARGV[11]
+local amounts = read_amounts(13)
 local replay = idem_replay(idem_key, fingerprint, batch.now)
 if replay ~= nil then return replay end
 
 local budgets = load_scope(batch, subject_keys, false)
+refuse_unpriced(budgets, unpriced)
 charge(batch, budgets, amounts, source, ref_type, ref_id, session, description)
 flush(batch, events_key)
 local out = reply(batch, budgets, push_snapshot)

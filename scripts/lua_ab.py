@@ -50,7 +50,7 @@ async def main(url, name, rev):
             for _ in range(1500):
                 args = kit._common_args(org)
                 if name == "debit":
-                    args = [*args, "", "1000", "manual", "", "", "", "", "1", "usd", "1000"]
+                    args = [*args, "", "1000", "manual", "", "", "", "", "", "1", "usd", "1000"]
                     await r.evalsha(
                         sha, len(keys) + 1, *keys[:-1], "bk:{o}:idem:debit:-", keys[-1], *args
                     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import budgetkit as bk
 
@@ -45,3 +48,33 @@ async def assert_invariant(
     entries = await all_entries(kit, org, budget_id)
     total = sum(micros(e.amount) for e in entries)
     assert micros(budget.balance) == micros(initial_limit) - total, (budget, len(entries))
+
+
+class AsyncOverSync:
+    """Drives the blocking facade from async tests: each call runs in a worker thread, so the
+    behaviour tests written for the async client run unchanged against ``budgetkit.sync``."""
+
+    def __init__(self, sync_kit: Any) -> None:
+        self.sync = sync_kit
+
+    def __getattr__(self, name: str) -> Any:
+        from budgetkit.sync import _METHODS
+
+        if name in _METHODS:
+            method = getattr(self.sync, name)
+
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                return await asyncio.to_thread(method, *args, **kwargs)
+
+            return call
+        if name == "add_check_rule":
+            return self.sync.add_check_rule
+        return getattr(self.sync.async_kit, name)  # keys, runtime, counters, batcher
+
+    async def events(
+        self, organization_id: str, after: str | None = None, *, follow: bool = False
+    ) -> AsyncIterator[bk.BudgetEvent]:
+        assert not follow, "the adapter reads what is there"
+        events = await asyncio.to_thread(lambda: list(self.sync.events(organization_id, after)))
+        for event in events:
+            yield event

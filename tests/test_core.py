@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import fakeredis
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
-from support import ManualClock, all_entries, assert_invariant
+from support import AsyncOverSync, ManualClock, all_entries, assert_invariant
 
 import budgetkit as bk
+import budgetkit.sync as bk_sync
 
 ORG = "org_1"
 
@@ -20,9 +23,24 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest_asyncio.fixture
-async def kit(redis: Redis, clock: ManualClock) -> AsyncIterator[bk.BudgetKit]:
-    yield bk.BudgetKit(redis, clock=clock)
+@pytest_asyncio.fixture(params=["async", "sync"])
+async def kit(
+    request: pytest.FixtureRequest, redis: Redis, clock: ManualClock
+) -> AsyncIterator[bk.BudgetKit]:
+    """The async client, and the blocking facade (budgetkit.sync) driven through threads: every
+    behaviour test here runs against both, on both tiers."""
+    if request.param == "async":
+        yield bk.BudgetKit(redis, clock=clock)
+        return
+    pool_kwargs = redis.connection_pool.connection_kwargs
+    if "server" in pool_kwargs:  # fakeredis: a second client of the same fake server
+        server = pool_kwargs["server"]
+        sync_kit = bk_sync.BudgetKit(lambda: fakeredis.FakeAsyncRedis(server=server), clock=clock)
+    else:
+        url = f"redis://{pool_kwargs.get('host', '127.0.0.1')}:{pool_kwargs['port']}/0"
+        sync_kit = bk_sync.BudgetKit.from_url(url, clock=clock)
+    yield AsyncOverSync(sync_kit)  # type: ignore[misc]
+    await asyncio.to_thread(sync_kit.close)
 
 
 def session_scope(session: str = "session_a", **kw: str) -> bk.Scope:

@@ -1,4 +1,5 @@
-"""The built wheel ships every Lua script of the repo as budgetkit/lua/<name>.lua, and py.typed."""
+"""The built wheel ships every Lua script of the repo as budgetkit/lua/<name>.lua, py.typed and the
+default price table."""
 
 from __future__ import annotations
 
@@ -36,3 +37,4 @@ def test_wheel_contains_lua_scripts_and_py_typed(tmp_path: Path) -> None:
             assert member in names, f"{member} missing from {wheels[0].name}"
             assert wheel.read(member) == (ROOT / "lua" / name).read_bytes()
     assert "budgetkit/py.typed" in names
+    assert "budgetkit/prices.json" in names  # the default price table
