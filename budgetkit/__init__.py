@@ -57,6 +57,7 @@ from budgetkit.models import (
     json_schemas,
     parse_period,
 )
+from budgetkit.observability import Instrument, OpenTelemetryTracing, PrometheusMetrics
 from budgetkit.periods import parse_rolling_window
 from budgetkit.pricing import ModelPrice, PriceTable, PriceTier
 from budgetkit.results import DebitResult, Reservation
@@ -90,6 +91,7 @@ __all__ = [
     "HoldExpired",
     "HoldNotFound",
     "IdempotencyConflict",
+    "Instrument",
     "InvalidAmount",
     "InvalidIdentifier",
     "InvalidInput",
@@ -102,9 +104,11 @@ __all__ = [
     "Meter",
     "MeterRegistry",
     "ModelPrice",
+    "OpenTelemetryTracing",
     "OutcomeUnknown",
     "PriceTable",
     "PriceTier",
+    "PrometheusMetrics",
     "Reservation",
     "RollingPeriod",
     "Scope",

@@ -12,7 +12,7 @@ concurrent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,14 @@ class _Call:
 class ScriptBatcher:
     """Coalesces concurrent ``ScriptRuntime.call``s into pipelines."""
 
-    def __init__(self, client: Redis, runtime: ScriptRuntime, batch_size_max: int = BATCH_SIZE_MAX):
+    def __init__(
+        self,
+        client: Redis,
+        runtime: ScriptRuntime,
+        batch_size_max: int = BATCH_SIZE_MAX,
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        self._on_batch = on_batch
         self._client = client
         self._runtime = runtime
         self._batch_size_max = batch_size_max
@@ -81,6 +88,8 @@ class ScriptBatcher:
             return
         self.batches += 1
         self.batched_calls += len(calls)
+        if self._on_batch is not None:
+            self._on_batch(len(calls))
         try:
             for name in {c.name for c in calls}:
                 await self._runtime.ensure_loaded(name)

@@ -42,6 +42,7 @@ from budgetkit.models import (
     LedgerEntry,
     parse_period,
 )
+from budgetkit.observability import Instrument, Instruments
 from budgetkit.replies import EventRecord, Reply, ms_to_datetime, parse_entries, parse_reply
 from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
@@ -234,6 +235,7 @@ class BudgetKit:
     continue, flagged with ``fail_open=True``. ``idempotency_ttl_seconds``: how long idempotency
     records are kept (1 s .. 30 days). ``batching`` (default on): concurrent calls of this client
     share round trips (see budgetkit.batching); each call keeps its own atomicity and result.
+    ``instruments``: metrics/tracing sinks (budgetkit.observability); none by default, at no cost.
     """
 
     def __init__(
@@ -245,6 +247,7 @@ class BudgetKit:
         failure_policy: FailurePolicy = "fail_closed",
         idempotency_ttl_seconds: int = DEFAULT_IDEMPOTENCY_TTL_S,
         batching: bool = True,
+        instruments: Sequence[Instrument] = (),
     ) -> None:
         if failure_policy not in ("fail_closed", "fail_open"):
             raise InvalidInput("failure_policy must be 'fail_closed' or 'fail_open'")
@@ -260,8 +263,13 @@ class BudgetKit:
         self._keys = Keyspace(prefix)
         self._clock = clock
         self._policy = failure_policy
-        self._runtime = ScriptRuntime(client)
-        self._batcher = ScriptBatcher(client, self._runtime) if batching else None
+        self._instruments = Instruments(instruments)
+        on_reload = self._instruments.script_reloaded if self._instruments else None
+        on_batch = self._instruments.batch_sent if self._instruments else None
+        self._runtime = ScriptRuntime(client, on_reload=on_reload)
+        self._batcher = (
+            ScriptBatcher(client, self._runtime, on_batch=on_batch) if batching else None
+        )
         self._rules: list[CheckRule] = []
         self._send = self._batcher.call if self._batcher is not None else self._runtime.call
         self.counters = Counters()
@@ -327,6 +335,12 @@ class BudgetKit:
 
     async def _call(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         """One script call; counts (and logs) the calls Redis could not answer."""
+        if self._instruments:
+            with self._instruments.call(name):
+                return await self._counted(name, keys, args)
+        return await self._counted(name, keys, args)
+
+    async def _counted(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         try:
             return await self._send(name, keys, args)
         except OutcomeUnknown as error:
@@ -531,8 +545,12 @@ class BudgetKit:
                 log.warning("budget store unavailable, %s: %s", self._policy, error)
         if self._policy == "fail_open":
             self.counters.fail_open += 1
+            if self._instruments:
+                self._instruments.check_decided("continue", self._policy)
             return BudgetCheckResult(action="continue", fail_open=True)
         self.counters.fail_closed += 1
+        if self._instruments:
+            self._instruments.check_decided("stop", self._policy)
         return BudgetCheckResult(
             action="stop",
             message="Budget store unavailable. Try again later.",
@@ -548,6 +566,8 @@ class BudgetKit:
         result = check_result(reply.snapshots)
         for rule in self._rules:
             result = rule(scope, result, reply.snapshots) or result
+        if self._instruments:
+            self._instruments.check_decided(result.action)
         return result
 
     def add_check_rule(self, rule: CheckRule) -> None:
@@ -643,7 +663,11 @@ class BudgetKit:
         if verdict == "denied":
             denied = next(s for s in snapshots if s.budget_id == ident)
             check = insufficient_result(denied, micros[denied.currency])
+            if self._instruments:
+                self._instruments.reservation_decided(False, check.error_code)
             return Reservation(granted=False, scope=scope, amounts_micros=micros, check=check)
+        if self._instruments:
+            self._instruments.reservation_decided(True, None)
         return Reservation(
             granted=True,
             id=ident,

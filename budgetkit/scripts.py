@@ -10,7 +10,7 @@ one seam between Redis errors and budgetkit errors.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -79,10 +79,16 @@ def translate_response_error(error: redis_errors.ResponseError) -> Exception:
 class ScriptRuntime:
     """Calls operation scripts on one Redis client (one connection pool)."""
 
-    def __init__(self, client: Redis, scripts: dict[str, Script] | None = None) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        scripts: dict[str, Script] | None = None,
+        on_reload: Callable[[], None] | None = None,
+    ) -> None:
         self._client = client
         self._scripts = scripts if scripts is not None else load_scripts()
         self._loaded: set[str] = set()
+        self._on_reload = on_reload
         self.reloads = 0
 
     @property
@@ -99,6 +105,8 @@ class ScriptRuntime:
             except redis_errors.NoScriptError:
                 self._loaded.discard(script.sha)
                 self.reloads += 1
+                if self._on_reload is not None:
+                    self._on_reload()
                 if attempt == NOSCRIPT_RETRIES_MAX:
                     raise ScriptError(f"script {name} vanished again after reload") from None
             except redis_errors.ResponseError as error:

@@ -1,0 +1,199 @@
+"""Metrics and traces: optional instruments the client reports to.
+
+``BudgetKit(client, instruments=[PrometheusMetrics(), OpenTelemetryTracing()])``. With no
+instrument (the default) the client does no extra work. The two built-ins need the ``metrics``
+extra (``prometheus-client``, ``opentelemetry-api``); they are imported only when constructed.
+
+What is reported never carries a secret or an identifier: operation names, outcomes (an error
+class name or ``ok``), check actions, denial reasons, batch sizes — no organization, subject,
+session, budget or idempotency ids, no amounts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+#: Buckets of the script latency histogram, in seconds (50 µs .. 1 s).
+LATENCY_BUCKETS_S = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0)
+#: Buckets of the batch size histogram (calls per pipeline).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class CallRecord:
+    """What an instrument learns about one script call while it runs."""
+
+    __slots__ = ("operation", "outcome")
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+        self.outcome = "ok"
+
+
+class Instrument(Protocol):
+    """Receives budgetkit's measurements. Every method must be cheap and must not raise."""
+
+    def call(self, record: CallRecord) -> Any:
+        """A context manager around one script call; ``record.outcome`` is final at exit."""
+
+    def check_decided(self, action: str, policy: str | None) -> None:
+        """A check's action; ``policy`` is fail_closed/fail_open when the store was down."""
+
+    def reservation_decided(self, granted: bool, reason: str | None) -> None:
+        """A reserve's verdict; ``reason`` is the denial's error code."""
+
+    def batch_sent(self, size: int) -> None:
+        """A pipeline of ``size`` script calls went out (auto-batching)."""
+
+    def script_reloaded(self) -> None:
+        """A NOSCRIPT reply made the runtime load a script again."""
+
+
+class Instruments:
+    """Fans measurements out to several instruments (the client holds one of these)."""
+
+    def __init__(self, instruments: Sequence[Instrument] = ()) -> None:
+        self._all = tuple(instruments)
+
+    def __bool__(self) -> bool:
+        return bool(self._all)
+
+    @contextmanager
+    def call(self, operation: str) -> Iterator[CallRecord]:
+        record = CallRecord(operation)
+        managers = [i.call(record) for i in self._all]
+        for manager in managers:
+            manager.__enter__()
+        try:
+            yield record
+        except BaseException as error:
+            record.outcome = type(error).__name__
+            raise
+        finally:
+            for manager in reversed(managers):
+                manager.__exit__(None, None, None)
+
+    def check_decided(self, action: str, policy: str | None = None) -> None:
+        for i in self._all:
+            i.check_decided(action, policy)
+
+    def reservation_decided(self, granted: bool, reason: str | None) -> None:
+        for i in self._all:
+            i.reservation_decided(granted, reason)
+
+    def batch_sent(self, size: int) -> None:
+        for i in self._all:
+            i.batch_sent(size)
+
+    def script_reloaded(self) -> None:
+        for i in self._all:
+            i.script_reloaded()
+
+
+class PrometheusMetrics:
+    """Prometheus counters and histograms (``budgetkit_*``) in ``registry`` (default: global)."""
+
+    def __init__(self, registry: Any = None, namespace: str = "budgetkit") -> None:
+        from prometheus_client import REGISTRY, Counter, Histogram
+
+        registry = REGISTRY if registry is None else registry
+        kw: dict[str, Any] = {"namespace": namespace, "registry": registry}
+        self.calls = Counter(
+            "calls", "Script calls by operation and outcome", ["operation", "outcome"], **kw
+        )
+        self.latency = Histogram(
+            "script_seconds",
+            "Script call latency (client side)",
+            ["operation"],
+            buckets=LATENCY_BUCKETS_S,
+            **kw,
+        )
+        self.checks = Counter("checks", "Check results by action", ["action"], **kw)
+        self.policy = Counter(
+            "failure_policy_decisions",
+            "Checks answered by the failure policy because Redis was unavailable",
+            ["policy"],
+            **kw,
+        )
+        self.reservations = Counter(
+            "reservations", "Reservations by verdict and denial reason", ["verdict", "reason"], **kw
+        )
+        self.batches = Histogram(
+            "batch_size", "Script calls per auto-batched pipeline", buckets=BATCH_BUCKETS, **kw
+        )
+        self.reloads = Counter("noscript_reloads", "Scripts loaded again after NOSCRIPT", **kw)
+
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """The labelled child of a metric, cached: labels() takes a lock and builds a key."""
+        key = (metric._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    @contextmanager
+    def call(self, record: CallRecord) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            self._child(self.latency, record.operation).observe(seconds)
+            self._child(self.calls, record.operation, record.outcome).inc()
+
+    def check_decided(self, action: str, policy: str | None) -> None:
+        self._child(self.checks, action).inc()
+        if policy is not None:
+            self._child(self.policy, policy).inc()
+
+    def reservation_decided(self, granted: bool, reason: str | None) -> None:
+        verdict = "granted" if granted else "denied"
+        self.reservations.labels(verdict, reason or "").inc()
+
+    def batch_sent(self, size: int) -> None:
+        self.batches.observe(size)
+
+    def script_reloaded(self) -> None:
+        self.reloads.inc()
+
+
+class OpenTelemetryTracing:
+    """One span per script call (``budgetkit.<operation>``), with non-secret attributes."""
+
+    def __init__(self, tracer: Any = None) -> None:
+        from opentelemetry import trace
+
+        self._trace = trace
+        self._tracer = tracer if tracer is not None else trace.get_tracer("budgetkit")
+
+    @contextmanager
+    def call(self, record: CallRecord) -> Iterator[None]:
+        span = self._tracer.start_span(
+            f"budgetkit.{record.operation}", attributes={"budgetkit.operation": record.operation}
+        )
+        try:
+            with self._trace.use_span(span, end_on_exit=False):
+                yield
+        finally:
+            span.set_attribute("budgetkit.outcome", record.outcome)
+            if record.outcome != "ok":
+                span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
+            span.end()
+
+    def check_decided(self, action: str, policy: str | None) -> None:
+        span = self._trace.get_current_span()
+        span.add_event("budgetkit.check", {"action": action, "policy": policy or ""})
+
+    def reservation_decided(self, granted: bool, reason: str | None) -> None:
+        span = self._trace.get_current_span()
+        span.add_event("budgetkit.reservation", {"granted": granted, "reason": reason or ""})
+
+    def batch_sent(self, size: int) -> None:
+        return None  # batches are shared by many callers' spans: counted by metrics only
+
+    def script_reloaded(self) -> None:
+        self._trace.get_current_span().add_event("budgetkit.noscript_reload")
