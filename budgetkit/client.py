@@ -236,6 +236,8 @@ class BudgetKit:
     records are kept (1 s .. 30 days). ``batching`` (default on): concurrent calls of this client
     share round trips (see budgetkit.batching); each call keeps its own atomicity and result.
     ``instruments``: metrics/tracing sinks (budgetkit.observability); none by default, at no cost.
+    ``read_replica``: a client of a replica; ``check`` and ``check_tool`` then run a read-only
+    script there (rollovers evaluated in memory, nothing written) — stale by the replication lag.
     """
 
     def __init__(
@@ -248,6 +250,7 @@ class BudgetKit:
         idempotency_ttl_seconds: int = DEFAULT_IDEMPOTENCY_TTL_S,
         batching: bool = True,
         instruments: Sequence[Instrument] = (),
+        read_replica: Redis | None = None,
     ) -> None:
         if failure_policy not in ("fail_closed", "fail_open"):
             raise InvalidInput("failure_policy must be 'fail_closed' or 'fail_open'")
@@ -272,6 +275,7 @@ class BudgetKit:
         )
         self._rules: list[CheckRule] = []
         self._send = self._batcher.call if self._batcher is not None else self._runtime.call
+        self._replica = None if read_replica is None else ScriptRuntime(read_replica)
         self.counters = Counters()
 
     @classmethod
@@ -537,6 +541,9 @@ class BudgetKit:
         for attempt in range(1, CHECK_ATTEMPTS_MAX + 1):
             try:
                 args = self._common_args(scope.organization_id)
+                if self._replica is not None:
+                    raw = await self._replica.call("check_ro", keys, args, readonly=True)
+                    return parse_reply(raw, snapshots=True)
                 return await self._run("check", keys, args, snapshots=True)
             except BudgetUnavailable as error:
                 if attempt < CHECK_ATTEMPTS_MAX:

@@ -95,13 +95,17 @@ class ScriptRuntime:
     def scripts(self) -> dict[str, Script]:
         return self._scripts
 
-    async def call(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
-        """Runs one script atomically; returns its raw reply."""
+    async def call(
+        self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], readonly: bool = False
+    ) -> Any:
+        """Runs one script atomically; returns its raw reply. ``readonly`` uses EVALSHA_RO
+        (allowed on replicas; the script must not write)."""
         script = self._scripts[name]
+        evalsha = self._client.evalsha_ro if readonly else self._client.evalsha
         for attempt in range(NOSCRIPT_RETRIES_MAX + 1):
             await self.ensure_loaded(name)
             try:
-                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+                return await evalsha(script.sha, len(keys), *keys, *args)
             except redis_errors.NoScriptError:
                 self._loaded.discard(script.sha)
                 self.reloads += 1
