@@ -19,8 +19,12 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from budgetkit.errors import OutcomeUnknown
-from budgetkit.scripts import ScriptArg, ScriptRuntime, translate_response_error
+from budgetkit.scripts import (
+    ScriptArg,
+    ScriptRuntime,
+    connection_failure,
+    translate_response_error,
+)
 
 BATCH_SIZE_MAX = 256
 
@@ -99,7 +103,7 @@ class ScriptBatcher:
             results = await pipe.execute(raise_on_error=False)
         except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
             for c in calls:
-                _settle(c, exception=OutcomeUnknown(f"{c.name}: connection lost: {error}"))
+                _settle(c, exception=connection_failure(c.name, error))
             return
         except Exception as error:  # e.g. BudgetUnavailable while loading: every caller sees it
             for c in calls:

@@ -76,6 +76,14 @@ def translate_response_error(error: redis_errors.ResponseError) -> Exception:
     return ScriptError(text)
 
 
+def connection_failure(name: str, error: Exception) -> BudgetUnavailable:
+    """The error for a call whose connection failed: BudgetUnavailable when the connection was
+    never made (nothing was sent), OutcomeUnknown when it broke after the request went out."""
+    if "connecting to" in str(error):  # redis-py's wording for a failed connect
+        return BudgetUnavailable(f"cannot reach Redis: {error}")
+    return OutcomeUnknown(f"{name}: connection lost after sending: {error}")
+
+
 class ScriptRuntime:
     """Calls operation scripts on one Redis client (one connection pool)."""
 
@@ -116,9 +124,7 @@ class ScriptRuntime:
             except redis_errors.ResponseError as error:
                 raise translate_response_error(error) from None
             except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
-                if "connecting to" in str(error):  # redis-py's wording for a failed connect
-                    raise BudgetUnavailable(f"cannot reach Redis: {error}") from error
-                raise OutcomeUnknown(f"{name}: connection lost after sending: {error}") from error
+                raise connection_failure(name, error) from error
         raise AssertionError("unreachable")
 
     async def ensure_loaded(self, name: str) -> None:
