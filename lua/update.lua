@@ -88,8 +88,11 @@ end
 if status_given then
   if status == 'disabled' then
     b.status = 'disabled'
+  elseif status == 'paused' then
+    b.op = 1  -- an operator pause; a disabled budget stays disabled until an explicit active
+    if b.status ~= 'disabled' then b.status = 'active' end  -- re-derived below: paused
   else
-    b.op = (status == 'paused') and 1 or 0
+    b.op = 0
     b.status = 'active'
   end
 end

@@ -406,7 +406,7 @@ class Model:
         self._rollover(out, b)
         return out
 
-    def list(self, include_disabled: bool = False) -> Outcome:
+    def list_budgets(self, include_disabled: bool = False) -> Outcome:
         """Every budget (no filter, one page), newest first (created ms, then id)."""
         page = sorted(
             (b for b in self.budgets.values() if include_disabled or b.status != "disabled"),

@@ -7,9 +7,14 @@ real implementation and on ``tests/reference_model.py`` (written from SPEC.md, n
 After every step it compares the operation's result (budgets, check result, tool response,
 DebitResult entries and events, the error raised), the events the step appended to the
 organization's stream, and the stored state of every budget (balance, limit, soft limit, warn
-fraction, status, period start, operator pause, acknowledgement, warning zone, updated time). At
-the end it compares every budget (``get_budget``, ``list_budgets``), its whole ledger, the
-ledger invariant ``balance == initial limit - sum(amounts)`` and the whole event stream.
+fraction, status, period start, operator pause, acknowledgement, warning zone, updated time: read
+with HGETALL, which rolls nothing over; field names from lua/_lib.lua). At the end it compares
+every budget (``get_budget``, ``list_budgets``), its whole ledger, the ledger invariant
+``balance == initial limit - sum(amounts)`` and the whole event stream.
+
+Amounts are drawn absolute, as fractions of a limit, or exactly at (±1 micro) the soft limit,
+the warning threshold and zero; budgets and resume scopes are sometimes picked by state
+(acknowledged, paused, exhausted), so that the rare transitions are reached in every run.
 
 Within one debit or resume the order of events and entries *across* budgets is not fixed by the
 SPEC (the Lua rolls every budget over before charging any; the model goes budget by budget), so
@@ -68,6 +73,14 @@ SCOPES = (
     ScopeSpec(ORG, user_id="u_1"),
     ScopeSpec(ORG),
 )
+#: Index in SCOPES of a scope whose own level is each subject.
+SUBJECT_SCOPES = {
+    ("session", "s_a"): 0,
+    ("session", "s_b"): 2,
+    ("session", "s_c"): 3,
+    ("user", "u_1"): 4,
+    ("org", ORG): 5,
+}
 #: Currency spellings (case-insensitive on input) by stored currency.
 CURRENCY_SPELLINGS = {"usd": ("usd", "USD"), "tokens": ("tokens", "Tokens")}
 BUDGETS_MAX = 12
@@ -76,10 +89,10 @@ DEBIT_METER = "llm"
 #: Steps (operations compared against the model) run by each tier in this session.
 STEPS: dict[str, int] = defaultdict(int)
 REAL_STEPS_MIN = 2000
-#: Known disagreement with SPEC §4 ("disabled ... sticks until an explicit active"): the Lua
-#: turns a disabled budget set to "paused" into a paused one. While it stands, the random runs
-#: skip that one operation and test_pausing_a_disabled_budget_keeps_it_disabled (xfail) pins it.
-AVOID_PAUSING_DISABLED = True
+#: SPEC §4: "disabled ... sticks until an explicit active" — pausing a disabled budget once
+#: un-disabled it (fixed in update.lua; test_pausing_a_disabled_budget_keeps_it_disabled pins
+#: it). True would make the random runs skip that operation again.
+AVOID_PAUSING_DISABLED = False
 
 
 # -- operations ------------------------------------------------------------------------------
@@ -106,7 +119,7 @@ class Debit:
 @dataclass(frozen=True)
 class TopUp:
     budget: int
-    amount: Any  # ("abs", micros) | ("frac", ppm of the budget's limit)
+    amount: Any  # amount spec: see resolve
     form: str
     description: str | None
 
@@ -115,7 +128,7 @@ class TopUp:
 class Update:
     budget: int
     limit: Any  # None = not given; ("abs", micros) | ("scale", ppm) | ("above_spent", micros)
-    soft: Any  # None = not given; ("clear",) | ("frac", ppm of the resulting limit) | ("abs", m)
+    soft: Any  # None = not given; ("clear",) | ("frac", ppm of new limit) | ("abs" | "at_spent", m)
     status: str | None
     period: Any  # None = not given; ("clear",) | ("same",) | ("set", period)
     warn: Any  # None = not given; a fraction
@@ -129,7 +142,7 @@ class Disable:
 
 @dataclass(frozen=True)
 class Resume:
-    scope: int
+    scope: int  # -1: the scope and level of the first paused budget (when there is one)
     levels: tuple[str, ...] | None  # None = the default (session)
 
 
@@ -180,13 +193,28 @@ limits = st.one_of(
     st.sampled_from([1, 7, 1_000_000, 10_000_000, 100_000_000]),
     st.integers(1, 200_000_000),
 )
-#: ("abs", micros), or ("frac", ppm) of the limit of a budget it applies to (resolved when run).
-amounts = st.one_of(
-    st.tuples(st.just("abs"), st.one_of(st.just(0), st.integers(1, 999))),
-    st.tuples(st.just("abs"), st.integers(1, 60_000_000)),
-    st.tuples(st.just("frac"), st.integers(1, 400_000)),
-    st.tuples(st.just("frac"), st.integers(1, 400_000)),
-    st.tuples(st.just("frac"), st.sampled_from([100_000, 200_000, 500_000, 1_000_000])),
+#: A budget: the n-th created (mod their number), or (negative) the first budget in a state
+#: worth poking: -1 soft limit acknowledged, -2 paused, -3 exhausted, -4 operator pause (else
+#: any).
+budget_refs = st.one_of(st.integers(0, BUDGETS_MAX), st.integers(-4, -1))
+boundaries = st.tuples(
+    st.sampled_from(["to_soft", "to_soft", "to_warn", "to_zero"]), st.sampled_from([0, 0, -1, 1])
+)
+
+
+def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
+    """One of the strategies, picked with the given weights (``one_of`` merges equal ones)."""
+    kinds = [i for i, (weight, _) in enumerate(choices) for _ in range(weight)]
+    return st.sampled_from(kinds).flatmap(lambda i: choices[i][1])
+
+
+#: An amount spec, resolved against the budget it applies to when run: see resolve().
+amounts = weighted(
+    (2, boundaries),
+    (1, st.tuples(st.just("abs"), st.one_of(st.just(0), st.integers(1, 999)))),
+    (1, st.tuples(st.just("abs"), st.integers(1, 60_000_000))),
+    (2, st.tuples(st.just("frac"), st.integers(1, 400_000))),
+    (1, st.tuples(st.just("frac"), st.sampled_from([100_000, 200_000, 500_000, 1_000_000]))),
 )
 forms = st.sampled_from(["float", "decimal", "int"])
 fractions_ppm = st.one_of(st.sampled_from([1, 500_000, 800_000, 1_000_000]), st.integers(1, PPM))
@@ -224,40 +252,43 @@ def debits(draw: st.DrawFn) -> Debit:
     return Debit(draw(st.integers(0, len(SCOPES) - 1)), pairs, draw(forms))
 
 
-def _maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    return st.one_of(st.none(), strategy)
+def _maybe(strategy: st.SearchStrategy[Any], odds_none: int = 1) -> st.SearchStrategy[Any]:
+    """None (``odds_none`` : 1), else a value of ``strategy``."""
+    return weighted((odds_none, st.none()), (1, strategy))
 
 
 updates = st.builds(
     Update,
-    budget=st.integers(0, BUDGETS_MAX),
+    budget=budget_refs,
     limit=_maybe(
         st.one_of(
             st.tuples(st.just("abs"), limits),
             st.tuples(st.just("scale"), st.integers(1, 2 * PPM)),
             st.tuples(st.just("above_spent"), st.integers(-1_000_000, 5_000_000)),
-        )
+        ),
+        odds_none=2,
     ),
     soft=_maybe(
         st.one_of(
             st.just(("clear",)),
             st.tuples(st.just("frac"), fractions_ppm),
             st.tuples(st.just("abs"), limits),
+            st.tuples(st.just("at_spent"), st.integers(-1, 1)),
         )
     ),
-    status=st.sampled_from([None, None, None, "active", "paused", "paused", "disabled"]),
+    status=st.sampled_from([None, None, None, "active", "active", "paused", "paused", "disabled"]),
     period=_maybe(
         st.one_of(
             st.just(("clear",)),
             st.just(("same",)),
             st.tuples(st.just("set"), st.sampled_from(PERIODS)),
-        )
+        ),
+        odds_none=3,
     ),
-    warn=_maybe(st.sampled_from(WARN_FRACTIONS)),
-    metadata=_maybe(st.tuples(st.just("set"), st.sampled_from(METADATA))),
+    warn=_maybe(st.sampled_from(WARN_FRACTIONS), odds_none=3),
+    metadata=_maybe(st.tuples(st.just("set"), st.sampled_from(METADATA)), odds_none=3),
 )
 
-budget_refs = st.integers(0, BUDGETS_MAX)
 scope_refs = st.integers(0, len(SCOPES) - 1)
 top_ups = st.builds(
     TopUp,
@@ -266,16 +297,18 @@ top_ups = st.builds(
         st.tuples(st.just("abs"), st.integers(1, 999)),
         st.tuples(st.just("abs"), st.integers(1, 60_000_000)),
         st.tuples(st.just("frac"), st.integers(1, 600_000)),
+        boundaries,
     ),
     forms,
     st.sampled_from([None, "refill"]),
 )
 resumes = st.builds(
     Resume,
-    scope_refs,
+    st.one_of(scope_refs, st.just(-1)),
     st.one_of(
         st.none(),
         st.just(("session", "user", "organization")),
+        st.just(("organization", "session", "user")),
         st.lists(
             st.sampled_from(["session", "user", "org", "organization"]),
             min_size=1,
@@ -284,8 +317,7 @@ resumes = st.builds(
         ).map(tuple),
     ),
 )
-#: (weight, strategy) of each kind of operation.
-OPERATION_WEIGHTS: list[tuple[int, st.SearchStrategy[Any]]] = [
+operations = weighted(
     (30, debits()),
     (5, st.builds(Advance, st.sampled_from([1, 59, 60, 3599, 3600, 86399, 86400, 604800]))),
     (4, st.builds(Advance, st.one_of(st.integers(1, 40 * 86400), st.sampled_from([-1, -3600])))),
@@ -293,14 +325,12 @@ OPERATION_WEIGHTS: list[tuple[int, st.SearchStrategy[Any]]] = [
     (8, st.builds(Check, scope_refs, st.booleans())),
     (3, st.builds(Get, budget_refs)),
     (2, st.builds(ListAll, st.booleans())),
-    (8, top_ups),
+    (10, top_ups),
     (10, updates),
     (1, st.builds(Disable, budget_refs)),
-    (10, resumes),
+    (14, resumes),
     (4, creates()),
-]
-_WEIGHTED_KINDS = [i for i, (weight, _) in enumerate(OPERATION_WEIGHTS) for _ in range(weight)]
-operations = st.sampled_from(_WEIGHTED_KINDS).flatmap(lambda i: OPERATION_WEIGHTS[i][1])
+)
 starts = st.sampled_from(
     [
         datetime(2026, 1, 15, 12, 0, tzinfo=UTC),
@@ -323,12 +353,26 @@ def api_amount(micros: int, form: str) -> int | float | Decimal:
     return micros / PPM
 
 
-def resolve(spec: tuple[str, int], limit: int | None) -> int:
-    """Micros of an amount spec: absolute, or a fraction of ``limit`` (at least 1 micro)."""
+def resolve(spec: tuple[str, int], b: Budget | None, *, credit: bool = False) -> int:
+    """Micros of an amount spec for budget ``b`` (a debit, or a top-up when ``credit``).
+
+    ``abs``: the value; ``frac``: that many ppm of the limit; ``to_soft`` / ``to_warn`` /
+    ``to_zero``: what brings the spend to the soft limit, the balance to the warning threshold or
+    to zero, plus the value (-1, 0, 1 micros): the boundaries of SPEC §3.
+    """
     kind, value = spec
-    if kind == "abs" or limit is None:
-        return value
-    return max(1, limit * value // PPM)
+    if kind == "abs" or b is None:
+        return max(1, value) if credit else max(0, value)
+    if kind == "frac" or (kind == "to_soft" and b.soft_limit is None):
+        return max(1, b.limit * (value if kind == "frac" else 100_000) // PPM)
+    if kind == "to_soft":
+        assert b.soft_limit is not None
+        gap = b.soft_limit - b.spent
+    elif kind == "to_warn":
+        gap = b.balance - b.warn_ppm * b.limit // PPM
+    else:
+        gap = b.balance
+    return max(1, value - gap) if credit else max(0, gap + value)
 
 
 def fraction_ppm(value: float | Decimal) -> int:
@@ -390,20 +434,20 @@ def actual_budget(budget: bk.Budget) -> dict[str, Any]:
     return {name: getattr(budget, name) for name in BUDGET_FIELDS}
 
 
+#: Entries whose ref_type / ref_id the SPEC leaves to the implementation (not compared).
+UNSPECIFIED_REFS = ("period_reset", "limit_change")
+
+
+def _refs(meter_source: str, ref_type: str | None, ref_id: str | None) -> tuple[Any, ...]:
+    return (None, None) if meter_source in UNSPECIFIED_REFS else (ref_type, ref_id)
+
+
 def expected_entry(e: Entry) -> tuple[Any, ...]:
-    refs = (
-        (None, None)
-        if e.meter_source in ("period_reset", "limit_change")
-        else (
-            e.ref_type,
-            e.ref_id,
-        )
-    )
     return (
         e.budget_id,
         units(e.amount),
         e.meter_source,
-        *refs,
+        *_refs(e.meter_source, e.ref_type, e.ref_id),
         e.session_id,
         e.description,
         ms_to_datetime(e.created_ms),
@@ -411,19 +455,11 @@ def expected_entry(e: Entry) -> tuple[Any, ...]:
 
 
 def actual_entry(e: bk.LedgerEntry) -> tuple[Any, ...]:
-    refs = (
-        (None, None)
-        if e.meter_source in ("period_reset", "limit_change")
-        else (
-            e.ref_type,
-            e.ref_id,
-        )
-    )
     return (
         e.budget_id,
         e.amount,
         e.meter_source,
-        *refs,
+        *_refs(e.meter_source, e.ref_type, e.ref_id),
         e.session_id,
         e.description,
         e.created_at,
@@ -498,12 +534,23 @@ class Harness:
         self.last_event_id: str | None = None
         self.stream_ids: list[str] = []
         self.steps = 0
+        self.avoid_pausing_disabled = AVOID_PAUSING_DISABLED
         self.avoided = 0
         self.log: list[str] = []
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def ref(self, index: int) -> str:
+        if index < 0:
+            wanted: Callable[[Budget], bool] = {
+                -1: lambda b: b.acknowledged,
+                -2: lambda b: b.status == "paused",
+                -3: lambda b: b.status == "exhausted",
+                -4: lambda b: b.operator_pause,
+            }[index]
+            for bid in self.created:
+                if wanted(self.model.budgets[bid]):
+                    return bid
         return self.created[index % len(self.created)]
 
     def set_now(self, ms: int) -> None:
@@ -636,10 +683,10 @@ class Harness:
 
     async def op_debit(self, op: Debit) -> bool:
         scope = SCOPES[op.scope]
-        limits = {}
+        targets = {}
         for b in reversed(self.model.scope_budgets(scope)):
-            limits[b.currency] = b.limit  # the most specific budget of each currency
-        given = [(c, resolve(spec, limits.get(c.lower()))) for c, spec in op.amounts]
+            targets[b.currency] = b  # the most specific budget of each currency
+        given = [(c, resolve(spec, targets.get(c.lower()))) for c, spec in op.amounts]
         micros = {c.lower(): m for c, m in given}
         ref_id = f"r{self.steps}"
         outcome, result = await self.both(
@@ -679,7 +726,7 @@ class Harness:
         if not self.created:
             return None
         bid = self.ref(op.budget)
-        amount = resolve(op.amount, self.model.budgets[bid].limit)
+        amount = resolve(op.amount, self.model.budgets[bid], credit=True)
         outcome, result = await self.both(
             lambda: self.model.top_up(bid, amount, op.description),
             lambda: self.kit.top_up(
@@ -711,6 +758,8 @@ class Harness:
                 soft = None
             elif op.soft[0] == "frac":
                 soft = max(1, new_limit * op.soft[1] // PPM)
+            elif op.soft[0] == "at_spent":
+                soft = max(1, b.spent + op.soft[1])
             else:
                 soft = op.soft[1]
             kit["soft_limit"] = None if soft is None else api_amount(soft, "decimal")
@@ -735,7 +784,8 @@ class Harness:
             return None
         bid = self.ref(op.budget)
         target = self.model.budgets[bid]
-        if AVOID_PAUSING_DISABLED and op.status == "paused" and target.status == "disabled":
+        avoid = self.avoid_pausing_disabled
+        if avoid and op.status == "paused" and target.status == "disabled":
             self.avoided += 1  # see test_pausing_a_disabled_budget_keeps_it_disabled
             return None
         kit_kwargs, model_kwargs = self.update_args(op, self.model.budgets[bid])
@@ -762,14 +812,23 @@ class Harness:
         return False
 
     async def op_resume(self, op: Resume) -> bool:
-        scope = SCOPES[op.scope]
-        levels = ("session",) if op.levels is None else op.levels
+        scope, levels = SCOPES[op.scope % len(SCOPES)], op.levels
+        paused = [bid for bid in self.created if self.model.budgets[bid].status == "paused"]
+        if op.scope < 0 and paused:
+            b = self.model.budgets[paused[0]]
+            scope = SCOPES[SUBJECT_SCOPES[(b.subject_type, b.subject_id)]]
+            levels = (b.subject_type,)
+        levels = ("session",) if levels is None else levels
         wire = tuple("org" if level == "organization" else level for level in levels)
-        if op.levels is None:
-            kit_call = self.kit.resume(to_bk_scope(scope))
-        else:
-            kit_call = self.kit.resume(to_bk_scope(scope), levels=op.levels)
-        outcome, result = await self.both(lambda: self.model.resume(scope, wire), lambda: kit_call)
+        default = levels == ("session",)  # also exercise the default argument
+        outcome, result = await self.both(
+            lambda: self.model.resume(scope, wire),
+            lambda: (
+                self.kit.resume(to_bk_scope(scope))
+                if default
+                else self.kit.resume(to_bk_scope(scope), levels=levels)
+            ),
+        )
         assert outcome is not None
         self.assert_budgets(result, outcome.budgets)
         self.expect_events(outcome)
@@ -778,8 +837,10 @@ class Harness:
     async def op_check(self, op: Check) -> bool:
         scope = SCOPES[op.scope]
         kit_scope = to_bk_scope(scope)
-        call = self.kit.check_tool(kit_scope) if op.tool else self.kit.check(kit_scope)
-        outcome, result = await self.both(lambda: self.model.check(scope), lambda: call)
+        outcome, result = await self.both(
+            lambda: self.model.check(scope),
+            lambda: self.kit.check_tool(kit_scope) if op.tool else self.kit.check(kit_scope),
+        )
         assert outcome is not None
         snapshots = [snapshot(b) for b in outcome.budgets]
         expected = tool_response(snapshots) if op.tool else check_result(snapshots)
@@ -801,7 +862,7 @@ class Harness:
 
     async def op_listall(self, op: ListAll) -> bool:
         outcome, result = await self.both(
-            lambda: self.model.list(op.include_disabled),
+            lambda: self.model.list_budgets(op.include_disabled),
             lambda: self.kit.list_budgets(ORG, include_disabled=op.include_disabled),
         )
         assert outcome is not None
@@ -924,3 +985,52 @@ def test_model_fake(record_property: Callable[[str, object], None]) -> None:
     record_property("steps", STEPS["fake"])
     print(f"\nproperty test (fakeredis): {STEPS['fake']} steps")
     assert STEPS["fake"] > 0
+
+
+# -- pinned sequences: a known disagreement, and a decision the brief left open -------------------
+
+SESSION_USD = Create(0, "usd", 100_000_000, 50_000_000, None, None, None)  # s_a: 100 usd, soft 50
+
+
+async def run_ops(client: redis_asyncio.Redis, ops: list[Any], *, avoid: bool = True) -> Harness:
+    harness = Harness(client, datetime(2026, 1, 15, 12, 0, tzinfo=UTC))
+    harness.avoid_pausing_disabled = avoid
+    for op in ops:
+        await harness.step(op)
+    await harness.final_checks()
+    return harness
+
+
+async def test_pausing_a_disabled_budget_keeps_it_disabled(redis: redis_asyncio.Redis) -> None:
+    kit = bk.BudgetKit(redis, clock=ManualClock())
+    b = await kit.create_budget(ORG, "session", "s_a", "usd", 10)
+    await kit.disable_budget(ORG, b.id)
+    paused = await kit.update_budget(ORG, b.id, status="paused")
+    assert paused.status == bk.BudgetStatus.DISABLED, paused.status
+    result = await kit.debit(bk.Scope(ORG, session_id="s_a"), {"usd": 1})
+    assert result.entries == []  # disabled budgets are never debited
+    # The same sequence against the model, every step compared.
+    await redis.flushall()
+    await run_ops(
+        redis, [SESSION_USD, Disable(0), Update(0, *[None] * 2, "paused", *[None] * 3)], avoid=False
+    )
+
+
+async def test_resume_acknowledgement_lasts_the_period(redis: redis_asyncio.Redis) -> None:
+    """SPEC §4: a resumed soft limit counts as acknowledged "for the rest of the current period",
+    so resuming a later operator pause (spent now below the soft limit) does not drop it."""
+    usd = "usd"
+    harness = await run_ops(
+        redis,
+        [
+            SESSION_USD,
+            Debit(0, ((usd, ("abs", 60_000_000)),), "float"),  # spent 60 >= soft 50: paused
+            Resume(0, None),  # active, soft limit acknowledged
+            TopUp(0, ("abs", 20_000_000), "float", None),  # spent 40
+            Update(0, None, None, "paused", None, None, None),  # operator pause
+            Resume(0, None),  # active again; the acknowledgement stands
+            Debit(0, ((usd, ("abs", 15_000_000)),), "float"),  # spent 55 >= soft 50
+        ],
+    )
+    (budget,) = harness.model.budgets.values()
+    assert budget.status == "active" and budget.acknowledged
