@@ -445,6 +445,62 @@ async def _events_tail(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@contextlib.asynccontextmanager
+async def _sink(a: argparse.Namespace) -> AsyncIterator[Any]:
+    from budgetkit.export import open_sink
+
+    sink = await open_sink(a.sink)
+    try:
+        yield sink
+    finally:
+        await sink.aclose()
+
+
+async def _export(a: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from budgetkit.export import export_once, run_exporter
+
+    async with _open(a) as kit, _sink(a) as sink:
+        if a.once:
+            stats = await export_once(kit, sink, batch=a.batch, trim=not a.no_trim)
+        else:
+            stats = await run_exporter(
+                kit,
+                sink,
+                batch=a.batch,
+                trim=not a.no_trim,
+                interval_s=a.interval,
+                stop_after_s=a.stop_after,
+            )
+    _emit(a, asdict(stats), title="export")
+    return EXIT_OK
+
+
+async def _reconcile(a: argparse.Namespace) -> int:
+    from budgetkit.export import reconcile
+
+    async with _open(a) as kit, _sink(a) as sink:
+        report = await reconcile(kit, sink, a.org_filter or None)
+    if a.json:
+        _print_json(report.to_json())
+    else:
+        print(report.summary())
+    return EXIT_OK if report.ok else EXIT_LIMIT
+
+
+async def _restore(a: argparse.Namespace) -> int:
+    from budgetkit.export import restore
+
+    async with _open(a) as kit, _sink(a) as sink:
+        report = await restore(kit, sink, a.org_filter or None, ledger=a.ledger, force=a.force)
+    if a.json:
+        _print_json(report.to_json())
+    else:
+        print(report.summary())
+    return EXIT_OK if report.ok else EXIT_LIMIT
+
+
 async def _schema(a: argparse.Namespace) -> int:
     schemas = json_schemas()
     document: Any = schemas[a.model] if a.model else schemas
@@ -678,6 +734,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", metavar="STREAM_ID", help="start after this event id")
     p.add_argument("--last", type=_positive_int, metavar="N", help="only the last N events")
     p.add_argument("--follow", "-f", action="store_true", help="wait for new events (Ctrl-C)")
+
+    sink_help = "postgresql://USER@HOST:PORT/DB or jsonl:DIRECTORY (the exported books)"
+    p = add(sub, "export", _export, help="drain ledgers and events into durable books")
+    p.add_argument("--sink", required=True, help=sink_help)
+    p.add_argument("--once", action="store_true", help="one pass, then exit")
+    p.add_argument("--interval", type=float, default=0.5, metavar="S", help="between passes")
+    p.add_argument("--stop-after", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--batch", type=_positive_int, default=500, help="entries per read (500)")
+    p.add_argument("--no-trim", action="store_true", help="keep exported entries in Redis")
+    for name, handler, what in (
+        ("reconcile", _reconcile, "compare Redis balances with the books (exit 1: drift)"),
+        ("restore", _restore, "rebuild budgets in an empty Redis from the books"),
+    ):
+        p = add(sub, name, handler, help=what)
+        p.add_argument("--sink", required=True, help=sink_help)
+        p.add_argument("--org", dest="org_filter", action="append", help="only this org (repeat)")
+        if name == "restore":
+            p.add_argument("--ledger", action="store_true", help="also rewrite the ledgers")
+            p.add_argument("--force", action="store_true", help="even if Redis is not empty")
 
     p = add(sub, "schema", _schema, help="JSON Schema of the models")
     p.add_argument("--model", choices=sorted(json_schemas()), help="only this model's schema")

@@ -20,19 +20,24 @@ PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # --- 2. redis-server ------------------------------------------------------------------------
 redis_pids() { pgrep -x redis-server 2>/dev/null | sort || true; }
 
-install_redis() {
-    # Keep the package's init scripts from starting a system redis on 6379 (standard Debian
-    # policy-rc.d mechanism; only when no policy is in place already, removed right after).
-    local policy=/usr/sbin/policy-rc.d made_policy=0 before after pid
+apt_install() {
+    # Install Debian packages without letting their init scripts start system services (standard
+    # Debian policy-rc.d mechanism; only when no policy is in place already, removed right after).
+    local policy=/usr/sbin/policy-rc.d made_policy=0 rc=0
     if [[ ! -e "$policy" ]]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
         trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
-    before="$(redis_pids)"
-    local rc=0
     { apt-get update -qq \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools; } || rc=$?
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } || rc=$?
     if [[ "$made_policy" == 1 ]]; then rm -f "$policy"; trap - EXIT; fi
+    return "$rc"
+}
+
+install_redis() {
+    local before after pid rc=0
+    before="$(redis_pids)"
+    apt_install redis-server redis-tools || rc=$?
     # Stop a system redis only if this install started it (pid absent before the install).
     after="$(redis_pids)"
     for pid in $after; do
@@ -61,6 +66,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 command -v redis-server >/dev/null 2>&1 || { echo "error: redis-server still missing" >&2; exit 1; }
 log "$(redis-server --version)"
+
+# --- 2b. PostgreSQL (the export sink tests and the benchmark baseline start private servers) ---
+pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+if [[ -z "$(pg_bindir)" ]]; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "PostgreSQL not found: installing Debian's postgresql package"
+        apt_install postgresql || log "PostgreSQL could not be installed: its tests say so and skip"
+    else
+        log "PostgreSQL not found and not root: the PostgreSQL tests will say so and skip"
+    fi
+fi
 
 # --- 3. lint and types ----------------------------------------------------------------------
 log "ruff check"

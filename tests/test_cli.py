@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -455,3 +456,22 @@ def test_redact_hides_the_password() -> None:
     assert redact("redis://:s3cret@host:6380/0") == "redis://:***@host:6380/0"
     assert redact("redis://user:s3cret@host/0") == "redis://user:***@host/0"
     assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.real
+def test_export_reconcile_restore_commands(cli: Cli, tmp_path: pathlib.Path) -> None:
+    """The books round trip through the CLI: export, reconcile (0 drift), flush, restore."""
+    budget = _budget(cli, "session", "s1", 10)
+    assert cli("debit", *SCOPE, "--amount", "usd=2.5").code == 0
+    sink = f"jsonl:{tmp_path / 'books'}"
+    exported = cli("export", "--sink", sink, "--once", "--json")
+    assert exported.code == 0 and exported.json()["entries"] >= 1
+    report = cli.here("reconcile", "--sink", sink, "--json")
+    assert report.code == 0 and report.json()["ok"]
+    client = redis.Redis.from_url(cli.url)
+    client.flushall()
+    client.close()
+    restored = cli("restore", "--sink", sink, "--json")
+    assert restored.code == 0 and restored.json()["ok"]
+    shown = cli.here("budgets", "show", "--org", "org_1", "--id", budget.id, "--json")
+    assert shown.json()["balance"] == 7.5
