@@ -53,9 +53,7 @@ async def create_scope_budgets(kit: BudgetKit, scope: Scope) -> list[str]:
     return ids
 
 
-async def make_scopes(
-    kit: BudgetKit, size: int, concurrency: int, spread: bool
-) -> list[Scope]:
+async def make_scopes(kit: BudgetKit, size: int, concurrency: int, spread: bool) -> list[Scope]:
     """The scope of each task: one shared (hot) or one organization per task (spread)."""
     count = concurrency if spread else 1
     scopes = [scope_of(f"org_{i}", size) for i in range(count)]
@@ -138,9 +136,7 @@ async def run_budgetkit(
         notes = batching_note(kit)
     finally:
         await client.aclose()
-    return measurement.row(
-        name, concurrency, size, mode="spread" if spread else "hot", notes=notes
-    )
+    return measurement.row(name, concurrency, size, mode="spread" if spread else "hot", notes=notes)
 
 
 def batching_note(kit: BudgetKit) -> str:
