@@ -1,17 +1,39 @@
-"""Smoke test of the benchmark harness: a tiny run end to end, no figures asserted."""
+"""Smoke tests of the benchmark harness: tiny runs end to end, no figures asserted.
+
+The optional baselines run when their dependencies are here (limits, asyncpg and PostgreSQL's
+server binaries) and must otherwise be reported as skipped with a reason; the test prints which.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from budgetkit.bench import main
+from budgetkit.bench.measure import Row, merge_rounds
+from budgetkit.bench.postgres import LocalPostgres, driver_skip_reason, server_skip_reason
 
-ROW_FIELDS = {"name", "ops_per_s", "p50_us", "p99_us", "p999_us", "concurrency", "budgets_per_op"}
+ROW_FIELDS = {
+    "name",
+    "ops_per_s",
+    "p50_us",
+    "p99_us",
+    "p999_us",
+    "concurrency",
+    "budgets_per_op",
+    "processes",
+    "mode",
+    "client_cpu_pct",
+    "server_cpu_pct",
+    "used_memory_bytes",
+}
+TINY = ["--duration", "0.15", "--warmup", "0.05", "--plain"]
 
 pytestmark = [
     pytest.mark.slow,
@@ -24,29 +46,123 @@ pytestmark = [
 ]
 
 
+def _postgres_reason() -> str | None:
+    return driver_skip_reason() or server_skip_reason()
+
+
+def _optional(doc: dict[str, Any], name: str, reason: str | None) -> None:
+    """``name`` has rows when it could run, else a skip entry with a reason."""
+    names = {row["name"] for row in doc["rows"]}
+    skipped = {item["name"]: item["reason"] for item in doc["skipped"]}
+    if reason is None:
+        assert name in names, doc["skipped"]
+        print(f"{name}: ran")
+    else:
+        assert name not in names
+        assert skipped.get(name), doc["skipped"]
+        print(f"{name}: skipped ({skipped[name]})")
+
+
 def test_quick_bench_writes_rows_ratios_and_markdown(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    argv = ["--quick", "--duration", "0.2", "--warmup", "0.1", "--plain"]
-    argv += ["--concurrency", "1,8", "--scope-sizes", "1,3", "--ceiling-requests", "2000"]
-    assert main([*argv, "--json", str(out)]) == 0
+    argv = ["--quick", *TINY, "--concurrency", "1,8", "--scope-sizes", "1,3"]
+    argv += ["--ceiling-requests", "2000", "--processes", "2"]
+    argv += ["--mp-workloads", "debit_batched", "--spread-workloads", "debit_batched"]
+    code = main([*argv, "--json", str(out)])
 
     doc = json.loads(out.read_text())
-    assert set(doc) >= {"rows", "ratios", "machine", "command"}
+    assert set(doc) >= {"rows", "ratios", "machine", "command", "skipped", "failed"}
     assert doc["failed"] == []
+    assert code == 0
+    assert {"load_average_start", "load_average_end", "cpus"} <= set(doc["machine"])
     rows = doc["rows"]
-    names = {row["name"] for row in rows}
-    assert {"check", "debit", "raw_evalsha_noop", "watch_multi_exec"} <= names
-    assert "naive_check_then_incr" in names
     for row in rows:
         assert set(row) >= ROW_FIELDS, row
         assert row["ops_per_s"] > 0, row
-    naive = [row for row in rows if row["name"] == "naive_check_then_incr"]
-    assert all(row["overspend"] is not None for row in naive)
-    assert {(r["budgets_per_op"], r["concurrency"]) for r in rows if r["name"] == "debit"} == {
-        (1, 1),
-        (1, 8),
-        (3, 1),
-        (3, 8),
-    }
-    assert any(key.startswith("debit@8 / raw_evalsha_noop@8") for key in doc["ratios"])
+    names = {row["name"] for row in rows}
+    assert {"check", "debit", "debit_batched", "raw_evalsha_noop", "watch_multi_exec"} <= names
+    assert {"naive_check_then_incr", "reserve_commit_gate", "server_ceiling_debit"} <= names
+
+    hot = [r for r in rows if r["processes"] == 1 and r["mode"] == "hot"]
+    for name in ("debit", "debit_batched"):
+        shapes = {(r["budgets_per_op"], r["concurrency"]) for r in hot if r["name"] == name}
+        assert shapes == {(1, 1), (1, 8), (3, 1), (3, 8)}
+    assert next(r["notes"] for r in rows if r["name"] == "debit").startswith("batching off")
+    multi = [r for r in rows if r["processes"] == 2]
+    assert [(r["name"], r["concurrency"]) for r in multi] == [("debit_batched", 8)]
+    spread = [r for r in rows if r["mode"] == "spread"]
+    assert [(r["name"], r["concurrency"]) for r in spread] == [("debit_batched", 8)]
+
+    assert all(r["overspend"] is not None for r in rows if r["name"] == "naive_check_then_incr")
+    assert all(r["overspend"] == 0 for r in rows if r["name"] == "reserve_commit_gate")
+    _optional(doc, "limits_moving_window", None if importlib.util.find_spec("limits") else "x")
+    _optional(doc, "postgres_for_update", _postgres_reason())
+
+    ratios = doc["ratios"]
+    assert "debit@8 / raw_evalsha_noop@8" in ratios
+    assert "debit_batched@8 / server_ceiling_debit" in ratios
+    assert ratios["reserve_commit_gate overspend"]["value"] == 0
+    assert "debit_batched@8 / watch_multi_exec@8" in ratios
     assert (tmp_path / "out.md").read_text().startswith("# budgetkit benchmark")
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "out.png").stat().st_size > 0
+
+
+def test_growth_mode_reports_bytes_and_throughput(tmp_path: Path) -> None:
+    out = tmp_path / "growth.json"
+    argv = ["growth", "--quick", *TINY, "--budgets", "100,600", "--ledger", "300"]
+    argv += ["--idempotency", "200", "--concurrency", "8", "--json", str(out)]
+    assert main(argv) == 0
+
+    doc = json.loads(out.read_text())
+    memory = doc["memory"]
+    for key in ("bytes_per_budget", "bytes_per_ledger_entry", "bytes_per_idempotency_record"):
+        assert memory[key] is not None and memory[key] > 0, memory
+    series = {row["series"] for row in doc["rows"]}
+    assert series == {"stored_budgets", "budgets_per_scope", "ledger_length", "idempotency_keys"}
+    assert {row["x"] for row in doc["rows"] if row["series"] == "stored_budgets"} == {0, 100, 600}
+    assert all(row["ops_per_s"] > 0 for row in doc["rows"])
+    assert (tmp_path / "growth.md").read_text().startswith("# budgetkit cost growth")
+
+
+@pytest.mark.skipif(_postgres_reason() is not None, reason=str(_postgres_reason()))
+def test_private_postgres_starts_and_stops_cleanly() -> None:
+    with LocalPostgres() as server:
+        pid, directory = server.postmaster_pid(), server.directory
+        assert pid is not None and directory is not None and directory.is_dir()
+        assert _running(pid)
+    assert not _running(pid)
+    assert not directory.exists()
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie that init has not reaped is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def test_rounds_merge_into_medians() -> None:
+    def row(ops_per_s: float, p99_us: float, overspend: float) -> Row:
+        return Row(
+            name="debit",
+            concurrency=8,
+            budgets_per_op=3,
+            ops_per_s=ops_per_s,
+            p50_us=10.0,
+            p99_us=p99_us,
+            p999_us=None,
+            ops=100,
+            duration_s=1.0,
+            client_cpu_s=0.5,
+            server_cpu_s=None,
+            overspend=overspend,
+        )
+
+    merged = merge_rounds([row(100.0, 50.0, 0.0), row(300.0, 70.0, 0.2), row(200.0, 90.0, 0.1)])
+    assert (merged.ops_per_s, merged.p99_us, merged.p999_us) == (200.0, 70.0, None)
+    assert (merged.ops, merged.duration_s, merged.client_cpu_s) == (300, 3.0, 1.5)
+    assert merged.overspend == 0.2
+    assert "median of 3 rounds" in merged.notes

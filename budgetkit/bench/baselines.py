@@ -10,6 +10,7 @@ The last two only move balances: no ledger entries, events or statuses, which bu
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +105,14 @@ async def naive_check_then_incr(ctx: BenchContext, concurrency: int) -> Row:
     )
 
 
+def _raise_if_cancelled() -> None:
+    """Re-raises a cancellation that redis-py's WATCH pipeline turned into a WatchError (the
+    harness cancels the operations left in flight when the window closes)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def watch_op(client: Redis, keys: list[str], retries: Counter[str]) -> Op:
     async def op() -> bool:
         for _ in range(WATCH_RETRIES_MAX):
@@ -122,6 +131,7 @@ def watch_op(client: Redis, keys: list[str], retries: Counter[str]) -> Op:
                     return True
                 except WatchError:
                     retries["retries"] += 1
+                    _raise_if_cancelled()
         raise BenchError(f"no commit after {WATCH_RETRIES_MAX} WATCH retries")
 
     return op

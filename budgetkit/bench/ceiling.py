@@ -1,7 +1,7 @@
 """``server_ceiling_debit``: redis-benchmark drives the debit script directly.
 
 It sends ``EVALSHA`` of budgetkit's debit script with the keys and arguments BudgetKit.debit
-builds for a three-budget scope (taken from the same private helpers), from 50 connections with
+sends for a three-budget scope (recorded from a real call), from 50 connections with
 16 commands pipelined per round trip: what the server can do with no client-side work at all.
 redis-benchmark does not count error replies, so the run is checked afterwards by how much the
 org budget's balance went down.
@@ -16,11 +16,10 @@ import shutil
 import time
 from urllib.parse import unquote, urlsplit
 
-from budgetkit.amounts import to_micros
 from budgetkit.bench.context import BenchContext
 from budgetkit.bench.measure import BenchError, Row, server_cpu_s, used_memory_bytes
+from budgetkit.bench.record import recorded_command
 from budgetkit.bench.workloads import DEBIT_USD, HUGE_LIMIT_USD, create_scope_budgets, scope_of
-from budgetkit.client import BudgetKit
 from budgetkit.scope import Scope
 
 CLIENTS = 50
@@ -48,23 +47,11 @@ def target_args(url: str) -> list[str]:
     return args
 
 
-def debit_command(kit: BudgetKit, scope: Scope) -> list[str]:
+async def debit_command(prefix: str, scope: Scope) -> list[str]:
     """``EVALSHA sha numkeys keys... args...`` exactly as BudgetKit.debit sends it."""
-    org = scope.organization_id
-    keys = kit._scope_keys(scope)
-    idem_key, idem_args = kit._idempotency(org, "debit", None, None)
-    fields = ["bench", "", "", scope.session_id or "", ""]
-    args = [
-        *kit._common_args(org),
-        *idem_args,
-        *fields,
-        "1",
-        "usd",
-        to_micros(DEBIT_USD, field="amount"),
-    ]
-    sha = kit.runtime.scripts["debit"].sha
-    all_keys = [*keys[:-1], idem_key, keys[-1]]
-    return ["EVALSHA", sha, str(len(all_keys)), *all_keys, *(str(a) for a in args)]
+    return await recorded_command(
+        prefix, lambda kit: kit.debit(scope, {"usd": DEBIT_USD}, meter_source="bench")
+    )
 
 
 def parse_csv(text: str) -> dict[str, float]:
@@ -102,7 +89,7 @@ async def server_ceiling_debit(ctx: BenchContext, requests: int) -> Row:
         kit = ctx.kit(client)
         scope = scope_of("org_ceiling", SCOPE_SIZE)
         org_budget = (await create_scope_budgets(kit, scope))[0]
-        command = debit_command(kit, scope)
+        command = await debit_command(ctx.prefix, scope)
         await kit.debit(scope, {"usd": DEBIT_USD}, meter_source="bench")  # loads the script
         server_before = await server_cpu_s(ctx.admin)
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -1,29 +1,44 @@
-"""``budgetkit bench`` / ``python -m benchmarks``: options, the Redis to use, the outputs."""
+"""``budgetkit bench`` / ``python -m benchmarks``: options, the servers to use, the outputs.
+
+``budgetkit bench [OPTIONS]`` runs the workloads and baselines; ``budgetkit bench growth
+[OPTIONS]`` measures how throughput and memory grow with what Redis stores (see
+``budgetkit.bench.growth``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shlex
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from budgetkit.bench import growth, postgres
+from budgetkit.bench.chart import matplotlib_pyplot, write_png
 from budgetkit.bench.context import Settings
 from budgetkit.bench.launcher import LauncherError, LocalRedis
+from budgetkit.bench.measure import BenchError
 from budgetkit.bench.progress import Progress
-from budgetkit.bench.report import matplotlib_pyplot, write_json, write_markdown, write_png
-from budgetkit.bench.runner import WORKLOADS, Plan, run
+from budgetkit.bench.report import load_average, write_json, write_markdown
+from budgetkit.bench.runner import EXTRA_DEFAULT, SCOPED, WORKLOADS, Plan, Postgres, run
 from budgetkit.bench.workloads import LEVEL_ORDER
 
-DEFAULT_DURATION_S = 5.0
-DEFAULT_WARMUP_S = 1.0
-QUICK_DURATION_S = 0.4
-QUICK_WARMUP_S = 0.15
+DEFAULT_DURATION_S = 1.2
+DEFAULT_WARMUP_S = 0.5
+DEFAULT_ROUNDS = 3
+QUICK_DURATION_S = 0.3
+QUICK_WARMUP_S = 0.1
+QUICK_CONCURRENCY = [1, 8, 64, 256]
 CEILING_REQUESTS_PER_S = 40_000
 CEILING_REQUESTS_MIN = 5_000
+DEFAULT_PROCESSES = 2
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SCOPE_SIZE_MAX = len(LEVEL_ORDER)
 
@@ -45,33 +60,81 @@ def _scope_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _names(text: str) -> list[str]:
+def _names(text: str, known: Sequence[str] = WORKLOADS) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = sorted(set(names) - set(WORKLOADS))
+    if names == ["none"]:
+        return []
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown workloads {unknown}; known: {list(WORKLOADS)}")
+        raise argparse.ArgumentTypeError(f"unknown workloads {unknown}; known: {list(known)}")
     return names
 
 
+def _scoped_names(text: str) -> list[str]:
+    return _names(text, SCOPED)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="budgetkit bench", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="budgetkit bench",
+        description="Benchmarks budgetkit against baselines on the same Redis. "
+        "`budgetkit bench growth --help`: the cost-growth mode.",
+    )
     add = p.add_argument
     add("--redis-url", help="use this Redis instead of starting a private redis-server")
+    add("--postgres-url", help="use this PostgreSQL instead of starting a private cluster")
+    add(
+        "--install-postgres",
+        action="store_true",
+        help="as root, apt-get install postgresql when its binaries are missing",
+    )
     add("--quick", action="store_true", help="short runs: the whole benchmark in under 60 s")
-    add("--duration", type=float, help=f"measured seconds per workload ({DEFAULT_DURATION_S})")
+    add(
+        "--duration",
+        type=float,
+        help=f"measured seconds per workload and round ({DEFAULT_DURATION_S})",
+    )
     add("--warmup", type=float, help=f"unmeasured seconds before each ({DEFAULT_WARMUP_S})")
+    add(
+        "--rounds",
+        type=int,
+        help=f"run everything this many times, report medians ({DEFAULT_ROUNDS}; quick: 1)",
+    )
     add("--concurrency", type=_ints, default=[1, 8, 64, 256], help="tasks, e.g. 1,8,64,256")
     add("--scope-sizes", type=_scope_sizes, default=[1, 3, 6], help="budgets per operation (1..6)")
-    add("--spread", action="store_true", help="one organization per task (default: one hot)")
-    add("--no-batching", action="store_true", help="BudgetKit(batching=False)")
+    add("--spread", action="store_true", help="every row in spread mode (one org per task)")
+    add(
+        "--spread-workloads",
+        type=_scoped_names,
+        default=list(EXTRA_DEFAULT),
+        help="extra spread-mode rows of these, in a hot run (default debit,debit_batched; none)",
+    )
+    add(
+        "--processes",
+        type=int,
+        default=DEFAULT_PROCESSES,
+        help=f"worker processes of the multi-process rows ({DEFAULT_PROCESSES}; 1 = none)",
+    )
+    add(
+        "--mp-workloads",
+        type=_scoped_names,
+        default=list(EXTRA_DEFAULT),
+        help="workloads with multi-process rows (default debit,debit_batched; none)",
+    )
+    add("--no-batching", action="store_true", help="check and reserve_commit without batching")
     add("--only", type=_names, help="comma-separated workloads to run (default: all)")
     add("--ceiling-requests", type=int, help="requests for redis-benchmark (from --duration)")
+    _add_outputs(p)
+    return p
+
+
+def _add_outputs(p: argparse.ArgumentParser) -> None:
+    add = p.add_argument
     add("--json", type=Path, help="write the results as JSON here")
     add("--md", type=Path, help="markdown table (default: next to --json, .md)")
-    add("--png", type=Path, help="bar chart (default: next to --json, .png; needs matplotlib)")
+    add("--png", type=Path, help="chart (default: next to --json, .png; needs matplotlib)")
     add("--no-png", action="store_true", help="do not draw the chart")
     add("--plain", action="store_true", help="plain progress lines (no rich)")
-    return p
 
 
 def plan_of(a: argparse.Namespace) -> Plan:
@@ -88,19 +151,52 @@ def plan_of(a: argparse.Namespace) -> Plan:
         scope_sizes=a.scope_sizes,
         workloads=list(a.only or WORKLOADS),
         ceiling_requests=requests,
+        spread_workloads=a.spread_workloads,
+        processes=max(1, a.processes),
+        mp_workloads=a.mp_workloads,
+        quick=a.quick,
+        rounds=max(1, a.rounds or (1 if a.quick else DEFAULT_ROUNDS)),
     )
 
 
+def _postgres(
+    a: argparse.Namespace, plan: Plan, stack: contextlib.ExitStack, progress: Progress
+) -> Postgres:
+    """The PostgreSQL of the run: given, started here, or the reason it is skipped."""
+    if "postgres_for_update" not in plan.workloads:
+        return Postgres()
+    reason = postgres.driver_skip_reason()
+    if reason is not None:
+        return Postgres(skip=reason)
+    if a.postgres_url:
+        progress.step(f"using PostgreSQL at {a.postgres_url}")
+        return Postgres(url=a.postgres_url, skip=None)
+    if postgres.server_skip_reason() is not None and a.install_postgres:
+        progress.line(postgres.install_postgres())
+    reason = postgres.server_skip_reason()
+    if reason is not None:
+        return Postgres(skip=reason)
+    try:
+        server = stack.enter_context(postgres.LocalPostgres())
+    except (BenchError, OSError, TimeoutError) as error:
+        return Postgres(skip=f"could not start a private PostgreSQL: {error}")
+    progress.step(f"started a private PostgreSQL on 127.0.0.1:{server.port}")
+    return Postgres(url=server.url, cpu=server.cpu_s, skip=None)
+
+
 def _run(a: argparse.Namespace, plan: Plan, progress: Progress, command: str) -> dict[str, Any]:
-    if a.redis_url:
-        progress.step(f"using {a.redis_url}")
-        return asyncio.run(run(a.redis_url, plan, progress, command))
-    with LocalRedis() as server:
-        progress.step(f"started a private redis-server on {server.url}")
-        return asyncio.run(run(server.url, plan, progress, command))
+    with contextlib.ExitStack() as stack:
+        if a.redis_url:
+            url = a.redis_url
+            progress.step(f"using {url}")
+        else:
+            url = stack.enter_context(LocalRedis()).url
+            progress.step(f"started a private redis-server on {url}")
+        pg = _postgres(a, plan, stack, progress)
+        return asyncio.run(run(url, plan, progress, command, pg))
 
 
-def _write(a: argparse.Namespace, doc: dict[str, Any], progress: Progress) -> None:
+def write_outputs(a: argparse.Namespace, doc: dict[str, Any], progress: Progress) -> None:
     json_path: Path | None = a.json
     md_path = a.md or (json_path.with_suffix(".md") if json_path else None)
     png_path = a.png or (json_path.with_suffix(".png") if json_path else None)
@@ -110,7 +206,7 @@ def _write(a: argparse.Namespace, doc: dict[str, Any], progress: Progress) -> No
     if md_path:
         write_markdown(doc, md_path)
         progress.line(f"wrote {md_path}")
-    if png_path and not a.no_png:
+    if png_path and not a.no_png and "rows" in doc:
         pyplot = matplotlib_pyplot()
         if pyplot is None:
             progress.line(
@@ -121,26 +217,54 @@ def _write(a: argparse.Namespace, doc: dict[str, Any], progress: Progress) -> No
             progress.line(f"wrote {png_path}")
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While the run lasts, SIGTERM acts like Ctrl-C: the run unwinds and the servers it started
+    are stopped (the default SIGTERM would leave them running)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark; 0 when every workload that was not skipped produced its rows."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "--":  # `budgetkit bench -- ARGS` passes the separator through
         args = args[1:]
+    if args[:1] == ["growth"]:
+        with terminate_as_interrupt():
+            return growth.main(args[1:])
     a = parser().parse_args(args)
     command = shlex.join(["budgetkit", "bench", *args])
-    progress = Progress(plain=a.plain)
+    load_start = load_average()
     started = time.perf_counter()
-    try:
-        doc = _run(a, plan_of(a), progress, command)
-    except LauncherError as error:
-        progress.fail("bench", str(error))
-        return EXIT_USAGE
-    doc["machine"]["total_s"] = round(time.perf_counter() - started, 1)
-    progress.line("ratios:", style="bold")
-    for key, ratio in doc["ratios"].items():
-        progress.line(f"  {key} = {ratio['value']}  ({ratio['basis']})")
-    _write(a, doc, progress)
-    progress.line(f"done in {doc['machine']['total_s']} s, {len(doc['rows'])} rows")
-    if doc["failed"]:
-        progress.line(f"{len(doc['failed'])} workload runs failed", style="red")
+    with Progress(plain=a.plain) as progress:
+        try:
+            with terminate_as_interrupt():
+                doc = _run(a, plan_of(a), progress, command)
+        except LauncherError as error:
+            progress.fail("bench", str(error))
+            return EXIT_USAGE
+        doc["machine"] |= {
+            "total_s": round(time.perf_counter() - started, 1),
+            "load_average_start": load_start,
+            "load_average_end": load_average(),
+        }
+        progress.line("ratios:", style="bold")
+        for key, ratio in doc["ratios"].items():
+            verdict = "" if "met" not in ratio else f"  [target {ratio['target']}: {ratio['met']}]"
+            progress.line(f"  {key} = {ratio['value']}  ({ratio['basis']}){verdict}")
+        write_outputs(a, doc, progress)
+        progress.line(f"done in {doc['machine']['total_s']} s, {len(doc['rows'])} rows")
+        if doc["failed"]:
+            progress.line(f"{len(doc['failed'])} workload runs failed", style="red")
     return EXIT_OK if doc["rows"] and not doc["failed"] else EXIT_FAILED

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from budgetkit.bench.measure import Measurement, Op, run_timed
+from budgetkit.bench.measure import CpuReader, Measurement, Op, run_timed
 from budgetkit.bench.progress import Progress
 from budgetkit.client import BudgetKit
 
@@ -34,7 +34,8 @@ class BenchContext:
 
     Every key a workload writes starts with ``prefix`` so ``cleanup`` can remove it, also from a
     Redis given with ``--redis-url`` that holds other data. ``postgres_url`` is the PostgreSQL
-    of the ``postgres_for_update`` baseline (None when that baseline does not run).
+    of the ``postgres_for_update`` baseline (None when that baseline does not run) and
+    ``postgres_cpu`` reads its CPU time (None when it is not a local cluster).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class BenchContext:
         settings: Settings,
         progress: Progress,
         postgres_url: str | None = None,
+        postgres_cpu: CpuReader | None = None,
     ) -> None:
         self.url = url
         self.admin = admin
@@ -52,6 +54,7 @@ class BenchContext:
         self.settings = settings
         self.progress = progress
         self.postgres_url = postgres_url
+        self.postgres_cpu = postgres_cpu
 
     @property
     def mode(self) -> str:
@@ -76,8 +79,12 @@ class BenchContext:
         """A key of a baseline, under the benchmark prefix."""
         return ":".join([self.prefix, *parts])
 
-    async def measure(self, ops: Sequence[Op]) -> Measurement:
-        return await run_timed(ops, self.settings.warmup_s, self.settings.duration_s, self.admin)
+    async def measure(self, ops: Sequence[Op], server_cpu: CpuReader | None = None) -> Measurement:
+        """A timed run of ``ops``; server CPU is Redis's unless ``server_cpu`` reads another's."""
+        settings = self.settings
+        return await run_timed(
+            ops, settings.warmup_s, settings.duration_s, self.admin, server_cpu=server_cpu
+        )
 
     async def cleanup(self) -> int:
         """Unlinks every key under the prefix; returns how many."""

@@ -1,5 +1,7 @@
 """Timed runs: N asyncio tasks repeat one operation through a warm-up, then a measured window.
 
+The warm-up lasts its time and at least until every task has finished one operation.
+
 Each task records the latency of every operation that completes while the window is open, so
 ``ops_per_s`` is completions per second of wall time and the percentiles are per operation as
 the caller sees them (including waiting for the event loop and a pooled connection). Client CPU
@@ -9,8 +11,9 @@ is this process's CPU time over the window; server CPU is the delta of Redis's `
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +24,10 @@ from redis.asyncio import Redis
 Op = Callable[[], Awaitable[bool]]
 
 ERRORS_MAX = 100
+DRAIN_GRACE_S = 0.5
 DRAIN_TIMEOUT_S = 10.0
+WARM_WAIT_MAX_S = 1.0
+WARM_POLL_S = 0.005
 NS_PER_US = 1000.0
 
 
@@ -56,6 +62,48 @@ class Row:
         out["client_cpu_pct"] = _pct(self.client_cpu_s, self.duration_s)
         out["server_cpu_pct"] = _pct(self.server_cpu_s, self.duration_s)
         return out
+
+
+def merge_rounds(rows: Sequence[Row]) -> Row:
+    """One row from the rows of the same job in several rounds.
+
+    ops/s and each latency percentile are the median over the rounds; counts, durations and
+    CPU times add up (so CPU % is over all rounds); memory and overspend are the largest seen.
+    """
+    first = rows[0]
+    if len(rows) == 1:
+        return first
+    rates = [r.ops_per_s for r in rows]
+    spread = f"median of {len(rows)} rounds, ops/s {min(rates):,.0f}..{max(rates):,.0f}"
+    return Row(
+        name=first.name,
+        concurrency=first.concurrency,
+        budgets_per_op=first.budgets_per_op,
+        ops_per_s=round(statistics.median(rates), 1),
+        p50_us=_median(r.p50_us for r in rows),
+        p99_us=_median(r.p99_us for r in rows),
+        p999_us=_median(r.p999_us for r in rows),
+        ops=sum(r.ops for r in rows),
+        errors=sum(r.errors for r in rows),
+        duration_s=round(sum(r.duration_s for r in rows), 3),
+        client_cpu_s=_total(r.client_cpu_s for r in rows),
+        server_cpu_s=_total(r.server_cpu_s for r in rows),
+        used_memory_bytes=max((r.used_memory_bytes or 0 for r in rows), default=0) or None,
+        mode=first.mode,
+        processes=first.processes,
+        overspend=None if first.overspend is None else max(r.overspend or 0.0 for r in rows),
+        notes=f"{first.notes}; {spread}".lstrip("; "),
+    )
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 1) if present else None
+
+
+def _total(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(sum(present), 3) if present else None
 
 
 def _pct(cpu_s: float | None, wall_s: float) -> float | None:
@@ -129,9 +177,11 @@ class _Window:
     latencies_ns: list[int] = field(default_factory=list)
     errors: int = 0
     first_error: str = ""
+    warm: int = 0  # tasks that finished their first operation
 
 
 async def _worker(op: Op, window: _Window) -> None:
+    first = True
     while not window.stopping:
         start = time.perf_counter_ns()
         try:
@@ -141,9 +191,20 @@ async def _worker(op: Op, window: _Window) -> None:
             window.first_error = window.first_error or f"{type(error).__name__}: {error}"
             if window.errors > ERRORS_MAX:
                 raise BenchError(f"too many errors; first: {window.first_error}") from error
-            continue
+            counted = False
+        if first:
+            first = False
+            window.warm += 1
         if counted and window.recording:
             window.latencies_ns.append(time.perf_counter_ns() - start)
+
+
+async def _until_warm(tasks: Sequence[asyncio.Task[None]], window: _Window) -> None:
+    """Waits (at most WARM_WAIT_MAX_S) until every task finished one operation, so connection
+    setup and script loading stay out of the measured window even with a short warm-up."""
+    deadline = time.monotonic() + WARM_WAIT_MAX_S
+    while window.warm < len(tasks) and time.monotonic() < deadline:
+        await _sleep_watching(tasks, WARM_POLL_S)
 
 
 async def _sleep_watching(tasks: Sequence[asyncio.Task[None]], seconds: float) -> None:
@@ -155,36 +216,57 @@ async def _sleep_watching(tasks: Sequence[asyncio.Task[None]], seconds: float) -
 
 
 async def _drain(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Lets in-flight operations finish for DRAIN_GRACE_S, then cancels what is left (an
+    operation that retries under contention, like WATCH, could otherwise run on for long)."""
     if not tasks:
         return
-    _, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S)
+    _, pending = await asyncio.wait(tasks, timeout=DRAIN_GRACE_S)
     for task in pending:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    if pending:
+        await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: an error after the window is not reported
+
+
+CpuReader = Callable[[], Awaitable[float]]
 
 
 async def run_timed(
-    ops: Sequence[Op], warmup_s: float, duration_s: float, admin: Redis | None
+    ops: Sequence[Op],
+    warmup_s: float,
+    duration_s: float,
+    admin: Redis | None,
+    server_cpu: CpuReader | None = None,
 ) -> Measurement:
     """Runs one task per op: ``warmup_s`` unrecorded, then ``duration_s`` recorded.
 
-    Without ``admin`` (a worker process of the multi-process mode) the server's CPU and memory
-    are not read: the parent process reads them over the same window.
+    Server CPU is Redis's (``INFO cpu`` through ``admin``) unless ``server_cpu`` reads another
+    server's. Without ``admin`` (a worker process of the multi-process mode) Redis's CPU and
+    memory are not read: the parent process reads them over the same window.
     """
+    if server_cpu is None and admin is not None:
+        redis_admin = admin
+
+        async def server_cpu() -> float:
+            return await server_cpu_s(redis_admin)
+
     window = _Window()
     tasks = [asyncio.create_task(_worker(op, window)) for op in ops]
     try:
         await _sleep_watching(tasks, warmup_s)
-        server_before = None if admin is None else await server_cpu_s(admin)
+        await _until_warm(tasks, window)
+        server_before = None if server_cpu is None else await server_cpu()
         cpu_before, wall_before = time.process_time(), time.perf_counter()
         window.recording = True
         await _sleep_watching(tasks, duration_s)
         window.recording = False
         wall_s = time.perf_counter() - wall_before
         client_cpu = time.process_time() - cpu_before
-        server_cpu = None
-        if admin is not None and server_before is not None:
-            server_cpu = await server_cpu_s(admin) - server_before
+        server_used = None
+        if server_cpu is not None and server_before is not None:
+            server_used = await server_cpu() - server_before
     finally:
         window.recording = False
         window.stopping = True
@@ -197,6 +279,6 @@ async def run_timed(
         first_error=window.first_error,
         wall_s=wall_s,
         client_cpu_s=client_cpu,
-        server_cpu_s=server_cpu,
+        server_cpu_s=server_used,
         used_memory_bytes=None if admin is None else await used_memory_bytes(admin),
     )

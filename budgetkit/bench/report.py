@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import platform
@@ -15,11 +14,15 @@ from budgetkit.bench.measure import Row
 
 RATIO_CONCURRENCY = 64
 RATIO_SCOPE_SIZE = 3
+TOP_CONCURRENCY = 256
 MIB = 1024 * 1024
+WATCH_TARGET = 100.0
+POSTGRES_TARGET = 10.0
 COLUMNS = [
     ("name", "name"),
     ("budgets_per_op", "budgets"),
     ("concurrency", "conc."),
+    ("processes", "procs"),
     ("mode", "mode"),
     ("ops_per_s", "ops/s"),
     ("p50_us", "p50 µs"),
@@ -33,10 +36,23 @@ COLUMNS = [
 ]
 
 
-def _find(rows: Sequence[Row], name: str, concurrency: int, size: int | None = None) -> Row | None:
+def find(
+    rows: Sequence[Row],
+    name: str,
+    concurrency: int | None = None,
+    size: int | None = None,
+    mode: str = "hot",
+    processes: int = 1,
+) -> Row | None:
+    """The row of ``name`` at that shape; mode ``-`` (no budgets) matches any mode."""
     for row in rows:
-        same_size = size is None or row.budgets_per_op == size
-        if row.name == name and row.concurrency == concurrency and same_size:
+        if (
+            row.name == name
+            and row.processes == processes
+            and row.mode in (mode, "-")
+            and (concurrency is None or row.concurrency == concurrency)
+            and (size is None or row.budgets_per_op == size)
+        ):
             return row
     return None
 
@@ -55,57 +71,164 @@ def _pick(values: set[int], wanted: int, fallback_max: bool = True) -> int | Non
     return max(values) if fallback_max else min(values)
 
 
+def _ops(row: Row | None) -> float | None:
+    return None if row is None else row.ops_per_s
+
+
+class Ratios:
+    """The ratio block: key -> value, basis, and for the issue's targets the target and verdict."""
+
+    def __init__(self) -> None:
+        self.out: dict[str, dict[str, Any]] = {}
+
+    def put(self, key: str, value: float | None, basis: str, at_least: float | None = None) -> None:
+        entry: dict[str, Any] = {"value": value, "basis": basis}
+        if at_least is not None:
+            entry["target"] = f">= {at_least:g}"
+            entry["met"] = None if value is None else value >= at_least
+        self.out[key] = entry
+
+
 def compute_ratios(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
-    """The headline ratios; at concurrency 64 and 3 budgets when run, else the nearest run."""
-    debits = [r for r in rows if r.name == "debit"]
-    high = _pick({r.concurrency for r in debits}, RATIO_CONCURRENCY)
-    size = _pick({r.budgets_per_op for r in debits}, RATIO_SCOPE_SIZE, fallback_max=False)
-    low = _pick({r.concurrency for r in rows if r.name == "check"}, 1, fallback_max=False)
-    out: dict[str, dict[str, Any]] = {}
+    """The headline ratios, at concurrency 64 (256 for the ceiling) and 3 budgets when run.
 
-    def put(key: str, value: float | None, basis: str) -> None:
-        out[key] = {"value": value, "basis": basis}
+    Any shape that was not run falls back to the nearest that was (largest concurrency, smallest
+    scope size). budgetkit's rows are the hot mode of one process; spread and multi-process rows
+    get ratios of their own.
+    """
+    ours = [r for r in rows if r.name in ("debit", "debit_batched", "check")]
+    size = _pick({r.budgets_per_op for r in ours}, RATIO_SCOPE_SIZE, fallback_max=False)
+    high = _pick({r.concurrency for r in ours}, RATIO_CONCURRENCY)
+    top = _pick({r.concurrency for r in ours}, TOP_CONCURRENCY)
+    low = _pick({r.concurrency for r in ours}, 1, fallback_max=False)
+    ratios = Ratios()
+    if size is not None and high is not None and top is not None and low is not None:
+        _hot_path_ratios(ratios, rows, size, high, top, low)
+        _baseline_ratios(ratios, rows, size, high)
+        _mode_ratios(ratios, rows, size, high)
+    _overspend_ratios(ratios, rows, high or RATIO_CONCURRENCY)
+    return ratios.out
 
-    if high is not None and size is not None:
-        debit = _find(rows, "debit", high, size)
-        debit_ops = debit.ops_per_s if debit else None
-        raw = _find(rows, "raw_evalsha_noop", high)
-        watch = _find(rows, "watch_multi_exec", high)
-        ceiling = next((r for r in rows if r.name == "server_ceiling_debit"), None)
-        basis = f"ops/s, debit of {size} budgets"
-        put(
-            f"debit@{high} / raw_evalsha_noop@{high}",
-            _ratio(debit_ops, raw.ops_per_s if raw else None),
-            basis,
+
+def _hot_path_ratios(
+    ratios: Ratios, rows: Sequence[Row], size: int, high: int, top: int, low: int
+) -> None:
+    debit = find(rows, "debit", high, size)
+    ratios.put(
+        f"debit@{high} / raw_evalsha_noop@{high}",
+        _ratio(_ops(debit), _ops(find(rows, "raw_evalsha_noop", high))),
+        f"ops/s; debit of {size} budgets, batching off (one EVALSHA per call) vs a bare "
+        "EVALSHA of `return 1`",
+    )
+    check = find(rows, "check", low, size)
+    raw_low = find(rows, "raw_evalsha_noop", low)
+    ratios.put(
+        f"check p50@{low} / raw_evalsha_noop p50@{low}",
+        _ratio(check.p50_us if check else None, raw_low.p50_us if raw_low else None),
+        f"p50 latency; check of {size} budgets vs a bare EVALSHA",
+    )
+    ceiling = next((r for r in rows if r.name == "server_ceiling_debit"), None)
+    ratios.put(
+        f"debit_batched@{top} / server_ceiling_debit",
+        _ratio(_ops(find(rows, "debit_batched", top, size)), _ops(ceiling)),
+        f"ops/s; debit of {size} budgets, auto-batching on, vs redis-benchmark driving the same "
+        "script (the server's limit)",
+    )
+
+
+def _baseline_ratios(ratios: Ratios, rows: Sequence[Row], size: int, high: int) -> None:
+    watch = find(rows, "watch_multi_exec", high)
+    postgres = find(rows, "postgres_for_update", high, size)
+    limits = find(rows, "limits_moving_window", high)
+    for name in ("debit_batched", "debit"):
+        ours = _ops(find(rows, name, high, size))
+        batching = "auto-batching on" if name == "debit_batched" else "batching off"
+        ratios.put(
+            f"{name}@{high} / watch_multi_exec@{high}",
+            _ratio(ours, _ops(watch)),
+            f"ops/s on one hot scope; debit of {size} budgets ({batching}) vs WATCH/MULTI/EXEC "
+            "of 3 balances",
+            at_least=WATCH_TARGET if name == "debit_batched" else None,
         )
-        put(
-            f"debit@{high} / watch_multi_exec@{high}",
-            _ratio(debit_ops, watch.ops_per_s if watch else None),
-            basis + " vs WATCH/MULTI/EXEC of 3 balances",
+        ratios.put(
+            f"{name}@{high} / postgres_for_update@{high}",
+            _ratio(ours, _ops(postgres)),
+            f"ops/s on one hot scope; debit of {size} budgets ({batching}) vs a PostgreSQL "
+            "transaction locking the same rows",
+            at_least=POSTGRES_TARGET if name == "debit_batched" else None,
         )
-        put(
-            f"debit@{high} / server_ceiling_debit",
-            _ratio(debit_ops, ceiling.ops_per_s if ceiling else None),
-            basis + " vs redis-benchmark driving the same script",
+    ratios.put(
+        f"debit_batched@{high} / limits_moving_window@{high}",
+        _ratio(_ops(find(rows, "debit_batched", high, size)), _ops(limits)),
+        f"ops/s; debit of {size} budgets vs one moving-window counter of the limits package",
+    )
+
+
+def _mode_ratios(ratios: Ratios, rows: Sequence[Row], size: int, high: int) -> None:
+    hot = _ops(find(rows, "debit_batched", high, size))
+    spread = find(rows, "debit_batched", high, size, mode="spread")
+    if spread is not None:
+        ratios.put(
+            f"debit_batched spread@{high} / debit_batched hot@{high}",
+            _ratio(spread.ops_per_s, hot),
+            "ops/s; one organization per task vs every task on one scope",
         )
-    if low is not None:
-        check = _find(rows, "check", low, size)
-        raw = _find(rows, "raw_evalsha_noop", low)
-        put(
-            f"check p50@{low} / raw_evalsha_noop p50@{low}",
-            _ratio(check.p50_us if check else None, raw.p50_us if raw else None),
-            f"p50 latency, check of {size} budgets",
+    multi = [r for r in rows if r.name == "debit_batched" and r.processes > 1]
+    at = find(multi, "debit_batched", high, size, processes=multi[0].processes) if multi else None
+    if at is not None:
+        ratios.put(
+            f"debit_batched x{at.processes} processes@{high} / debit_batched@{high}",
+            _ratio(at.ops_per_s, hot),
+            f"ops/s; {at.processes} client processes sharing the hot scope vs one process",
         )
-    naive = [r for r in rows if r.name == "naive_check_then_incr"]
+
+
+def _overspend_ratios(ratios: Ratios, rows: Sequence[Row], high: int) -> None:
+    naive = [r for r in rows if r.name == "naive_check_then_incr" and r.overspend is not None]
     if naive:
-        worst = max(naive, key=lambda r: r.concurrency)
-        at = _find(naive, "naive_check_then_incr", RATIO_CONCURRENCY) or worst
-        put(
+        at = find(naive, "naive_check_then_incr", high) or max(naive, key=lambda r: r.concurrency)
+        ratios.put(
             f"naive overspend@{at.concurrency}",
             at.overspend,
-            "usd beyond a 1 usd limit, worst round (budgetkit's debit is atomic)",
+            "usd beyond a 1 usd limit, worst round (GET, compare, INCRBYFLOAT)",
         )
-    return out
+    gate = [r for r in rows if r.name == "reserve_commit_gate" and r.overspend is not None]
+    if gate:
+        worst = max(r.overspend or 0.0 for r in gate)
+        concurrency = ",".join(str(r.concurrency) for r in gate)
+        naive_worst = max((r.overspend or 0.0 for r in naive), default=None)
+        ratios.out["reserve_commit_gate overspend"] = {
+            "value": worst,
+            "basis": f"usd beyond a 1 usd limit, worst round at concurrency {concurrency} "
+            "(atomic reserve, then commit)",
+            "target": "0 where naive_check_then_incr overspends",
+            "met": False if worst > 0 else (True if naive_worst else None),
+        }
+
+
+def _cpu_model() -> str | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    line = next((ln for ln in text.splitlines() if ln.startswith("model name")), None)
+    return line.split(":", 1)[1].strip() if line else None
+
+
+def _memory_gib() -> float | None:
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+    return round(pages * size / 1024**3, 1)
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (other processes share the machine)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def machine_info(redis_info: dict[str, Any]) -> dict[str, Any]:
@@ -119,10 +242,14 @@ def machine_info(redis_info: dict[str, Any]) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gib": _memory_gib(),
         "redis_server": redis_info.get("redis_version"),
         "redis_py": version("redis"),
         "hiredis": version("hiredis"),
         "budgetkit": version("budgetkit"),
+        "limits": version("limits"),
+        "asyncpg": version("asyncpg"),
     }
 
 
@@ -149,6 +276,14 @@ def _cell(key: str, row: dict[str, Any]) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _verdict(ratio: dict[str, Any]) -> str:
+    if "target" not in ratio:
+        return ""
+    met = ratio.get("met")
+    word = "not measured" if met is None else "met" if met else "MISSED"
+    return f" — target {ratio['target']}: **{word}**"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     lines = [
         "# budgetkit benchmark",
@@ -162,7 +297,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(_cell(key, row) for key, _ in COLUMNS) + " |")
     lines += ["", "## Ratios", ""]
     for key, ratio in doc["ratios"].items():
-        lines.append(f"- **{key}**: {ratio['value']} ({ratio['basis']})")
+        lines.append(f"- **{key}**: {ratio['value']} ({ratio['basis']}){_verdict(ratio)}")
     for title, key, field in (("Skipped", "skipped", "reason"), ("Failed", "failed", "error")):
         if doc.get(key):
             lines += ["", f"## {title}", ""]
@@ -180,35 +315,3 @@ def write_json(doc: dict[str, Any], path: Path) -> None:
 def write_markdown(doc: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown(doc), encoding="utf-8")
-
-
-def matplotlib_pyplot() -> Any:
-    """pyplot on the non-interactive Agg backend, or None when matplotlib is missing."""
-    try:
-        matplotlib: Any = importlib.import_module("matplotlib")
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
-    return importlib.import_module("matplotlib.pyplot")
-
-
-def write_png(doc: dict[str, Any], path: Path, pyplot: Any) -> None:
-    """Horizontal bars of ops/s per row (log scale), baselines in grey."""
-    rows = doc["rows"]
-    labels = [f"{r['name']} b={r['budgets_per_op']} c={r['concurrency']}" for r in rows]
-    values = [max(float(r["ops_per_s"]), 1.0) for r in rows]
-    ours = ("check", "debit", "reserve_commit")
-    colors = ["tab:blue" if r["name"] in ours else "tab:gray" for r in rows]
-    figure, axes = pyplot.subplots(figsize=(10, 0.28 * len(rows) + 1.5))
-    try:
-        axes.barh(labels, values, color=colors)
-        axes.set_xscale("log")
-        axes.invert_yaxis()
-        axes.set_xlabel("ops/s (log scale)")
-        axes.set_title("budgetkit benchmark (blue: budgetkit, grey: baselines)")
-        axes.tick_params(axis="y", labelsize=7)
-        figure.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=120)
-    finally:
-        pyplot.close(figure)

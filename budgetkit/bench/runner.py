@@ -1,7 +1,12 @@
 """The order of a run: every workload at every concurrency and scope size, one after another.
 
-Each workload starts from an empty benchmark keyspace (``cleanup`` after each), so ledger streams
-of one run do not inflate the memory or the timings of the next.
+With ``rounds`` > 1 the whole sequence runs that many times and each row is the median of its
+rounds: on a machine shared with other work, a burst of load then lands on one round of many
+rows rather than on all of one row, and the rows (and their ratios) see the same average load.
+Then the extra rows: the spread mode (one organization per task) and the multi-process mode (N
+worker processes sharing the budgets) of a few workloads, at the ratio scope size. Each run
+starts from an empty benchmark keyspace (``cleanup`` after each), so ledger streams of one run
+do not inflate the memory or the timings of the next.
 """
 
 from __future__ import annotations
@@ -15,11 +20,17 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from budgetkit.bench import baselines, ceiling, extras, workloads
+from budgetkit.bench import baselines, ceiling, extras, gate, multiproc, postgres, workloads
 from budgetkit.bench.context import BenchContext, Settings
-from budgetkit.bench.measure import BenchError, Row
+from budgetkit.bench.measure import BenchError, CpuReader, Row, merge_rounds
 from budgetkit.bench.progress import Progress
-from budgetkit.bench.report import compute_ratios, document, machine_info
+from budgetkit.bench.report import (
+    RATIO_CONCURRENCY,
+    RATIO_SCOPE_SIZE,
+    compute_ratios,
+    document,
+    machine_info,
+)
 from budgetkit.errors import BudgetkitError
 
 Job = Callable[[], Awaitable[Row]]
@@ -28,16 +39,23 @@ WORKLOADS = (
     "raw_evalsha_noop",
     "check",
     "debit",
+    "debit_batched",
     "reserve_commit",
+    "reserve_commit_gate",
     "watch_multi_exec",
     "naive_check_then_incr",
     "server_ceiling_debit",
     "limits_moving_window",
     "postgres_for_update",
 )
-SCOPED = ("check", "debit", "reserve_commit")
+SCOPED = ("check", "debit", "debit_batched", "reserve_commit")
+#: Workloads run at the ratio scope size only in a quick run.
+QUICK_ONE_SIZE = ("reserve_commit", "postgres_for_update")
+#: Workloads with extra spread-mode and multi-process rows by default.
+EXTRA_DEFAULT = ("debit", "debit_batched")
 PER_CONCURRENCY: dict[str, Callable[[BenchContext, int], Awaitable[Row]]] = {
     "raw_evalsha_noop": baselines.raw_evalsha_noop,
+    "reserve_commit_gate": gate.reserve_commit_gate,
     "watch_multi_exec": baselines.watch_multi_exec,
     "naive_check_then_incr": baselines.naive_check_then_incr,
     "limits_moving_window": extras.limits_moving_window,
@@ -53,30 +71,72 @@ class Plan:
     scope_sizes: list[int]
     workloads: list[str]
     ceiling_requests: int
+    spread_workloads: list[str] = field(default_factory=list)
+    processes: int = 1
+    mp_workloads: list[str] = field(default_factory=list)
+    quick: bool = False
+    rounds: int = 1
+
+    @property
+    def extra_scope_size(self) -> int:
+        """The scope size of the extra rows: the ratio size when run, else the largest."""
+        sizes = self.scope_sizes
+        return RATIO_SCOPE_SIZE if RATIO_SCOPE_SIZE in sizes else max(sizes)
+
+    def sizes_of(self, name: str) -> list[int]:
+        """Scope sizes of a workload: all of them, but only the ratio size for the secondary
+        ones in a quick run (it has to finish in under a minute)."""
+        if self.quick and name in QUICK_ONE_SIZE:
+            return [self.extra_scope_size]
+        return self.scope_sizes
+
+    @property
+    def extra_concurrency(self) -> list[int]:
+        """Concurrency of the extra rows: the sweep, or only the ratio one in a quick run."""
+        if not self.quick:
+            return self.concurrency
+        sweep = self.concurrency
+        return [RATIO_CONCURRENCY if RATIO_CONCURRENCY in sweep else max(sweep)]
 
 
-def skip_reason(name: str) -> str | None:
+@dataclass(slots=True)
+class Postgres:
+    """The PostgreSQL of this run, or why postgres_for_update is skipped."""
+
+    url: str | None = None
+    cpu: CpuReader | None = None
+    skip: str | None = "not requested"
+
+
+def skip_reason(name: str, pg: Postgres) -> str | None:
     """Why a workload cannot run here, or None."""
     if name in SCOPED:
         return workloads.unavailable_reason(name)
+    if name == "reserve_commit_gate":
+        return workloads.unavailable_reason("reserve_commit")
     if name == "limits_moving_window":
         return extras.limits_skip_reason()
     if name == "postgres_for_update":
-        return extras.postgres_skip_reason()
+        return pg.skip
     return None
 
 
-def jobs(ctx: BenchContext, plan: Plan, skipped: list[dict[str, str]]) -> list[tuple[str, Job]]:
+def jobs(
+    ctx: BenchContext, plan: Plan, pg: Postgres, skipped: list[dict[str, str]]
+) -> list[tuple[str, Job]]:
     """(label, job) of every run of the plan; skipped workloads are reported and left out."""
     out: list[tuple[str, Job]] = []
+    runnable = []
     for name in plan.workloads:
-        reason = skip_reason(name)
+        reason = skip_reason(name, pg)
         if reason is not None:
             ctx.progress.skip(name, reason)
             skipped.append({"name": name, "reason": reason})
-            continue
-        if name in SCOPED:
-            for size in plan.scope_sizes:
+        else:
+            runnable.append(name)
+    for name in runnable:
+        if name in SCOPED or name == "postgres_for_update":
+            for size in plan.sizes_of(name):
                 for c in plan.concurrency:
                     out.append((f"{name} b={size} c={c}", _scoped_job(ctx, name, size, c)))
         elif name == "server_ceiling_debit":
@@ -84,11 +144,36 @@ def jobs(ctx: BenchContext, plan: Plan, skipped: list[dict[str, str]]) -> list[t
         else:
             for c in plan.concurrency:
                 out.append((f"{name} c={c}", _concurrency_job(ctx, name, c)))
+    return out + extra_jobs(ctx, plan, runnable)
+
+
+def extra_jobs(ctx: BenchContext, plan: Plan, runnable: list[str]) -> list[tuple[str, Job]]:
+    """Spread-mode rows (in a hot run) and multi-process rows, at the extra scope size."""
+    out: list[tuple[str, Job]] = []
+    size = plan.extra_scope_size
+    if not ctx.settings.spread:
+        for name in (n for n in plan.spread_workloads if n in runnable and n in SCOPED):
+            for c in plan.extra_concurrency:
+                label = f"{name} spread b={size} c={c}"
+                out.append((label, _scoped_job(ctx, name, size, c, spread=True)))
+    if plan.processes > 1:
+        for name in (n for n in plan.mp_workloads if n in runnable and n in SCOPED):
+            for c in (c for c in plan.extra_concurrency if c >= plan.processes):
+                label = f"{name} x{plan.processes} processes b={size} c={c}"
+                out.append((label, _mp_job(ctx, name, size, c, plan.processes)))
     return out
 
 
-def _scoped_job(ctx: BenchContext, name: str, size: int, concurrency: int) -> Job:
-    return lambda: workloads.run_budgetkit(ctx, name, size, concurrency)
+def _scoped_job(
+    ctx: BenchContext, name: str, size: int, concurrency: int, spread: bool | None = None
+) -> Job:
+    if name == "postgres_for_update":
+        return lambda: postgres.postgres_for_update(ctx, size, concurrency)
+    return lambda: workloads.run_budgetkit(ctx, name, size, concurrency, spread)
+
+
+def _mp_job(ctx: BenchContext, name: str, size: int, concurrency: int, processes: int) -> Job:
+    return lambda: multiproc.run_multiprocess(ctx, name, size, concurrency, processes)
 
 
 def _ceiling_job(ctx: BenchContext, requests: int) -> Job:
@@ -106,35 +191,66 @@ class Outcome:
     failed: list[dict[str, str]] = field(default_factory=list)
 
 
-async def run_jobs(ctx: BenchContext, plan: Plan) -> Outcome:
+async def run_jobs(ctx: BenchContext, plan: Plan, pg: Postgres) -> Outcome:
+    """Every planned job, ``plan.rounds`` times over; a row per job, merged over its rounds."""
     outcome = Outcome()
-    planned = jobs(ctx, plan, outcome.skipped)
-    for index, (label, job) in enumerate(planned, start=1):
-        ctx.progress.step(f"[{index}/{len(planned)}] {label}")
-        try:
-            row = await job()
-        except (BenchError, BudgetkitError, RedisError, OSError) as error:
-            message = f"{type(error).__name__}: {error}"
-            ctx.progress.fail(label, message)
-            outcome.failed.append({"name": label, "error": message})
-        else:
-            outcome.rows.append(row)
-            ctx.progress.row(row)
-        finally:
-            await ctx.cleanup()
+    planned = jobs(ctx, plan, pg, outcome.skipped)
+    per_job: dict[str, list[Row]] = {label: [] for label, _ in planned}
+    ctx.progress.start(len(planned) * plan.rounds)
+    try:
+        for round_index in range(plan.rounds):
+            await _run_round(ctx, planned, round_index, plan.rounds, per_job, outcome)
+    finally:
+        ctx.progress.stop()
+    outcome.rows = [merge_rounds(rows) for rows in per_job.values() if rows]
     return outcome
 
 
-async def run(url: str, plan: Plan, progress: Progress, command: str) -> dict[str, Any]:
+async def _run_round(
+    ctx: BenchContext,
+    planned: list[tuple[str, Job]],
+    round_index: int,
+    rounds: int,
+    per_job: dict[str, list[Row]],
+    outcome: Outcome,
+) -> None:
+    tag = f" round {round_index + 1}/{rounds}" if rounds > 1 else ""
+    for index, (label, job) in enumerate(planned, start=1):
+        ctx.progress.step(f"[{index}/{len(planned)}{tag}] {label}")
+        started = time.perf_counter()
+        try:
+            row = await job()
+        except Exception as error:  # BenchError, Redis, asyncpg, limits...: report, go on
+            message = f"{_error_name(error)}: {error}"
+            ctx.progress.fail(label + tag, message)
+            outcome.failed.append({"name": label + tag, "error": message})
+        else:
+            per_job[label].append(row)
+            ctx.progress.row(row, time.perf_counter() - started)
+        finally:
+            await ctx.cleanup()
+            ctx.progress.advance()
+
+
+def _error_name(error: Exception) -> str:
+    known = (BenchError, BudgetkitError, RedisError, OSError)
+    kind = type(error)
+    return kind.__name__ if isinstance(error, known) else f"{kind.__module__}.{kind.__name__}"
+
+
+async def run(
+    url: str, plan: Plan, progress: Progress, command: str, pg: Postgres | None = None
+) -> dict[str, Any]:
     """Runs the plan against ``url``; returns the report document."""
+    pg = pg or Postgres()
     admin = Redis.from_url(url, decode_responses=True)
     try:
         server: dict[str, Any] = await admin.info("server")
         prefix = f"bkbench{secrets.token_hex(4)}"
-        ctx = BenchContext(url, admin, prefix, plan.settings, progress)
+        ctx = BenchContext(url, admin, prefix, plan.settings, progress, pg.url, pg.cpu)
         started = time.perf_counter()
         try:
-            outcome = await run_jobs(ctx, plan)
+            outcome = await run_jobs(ctx, plan, pg)
         finally:
             await ctx.cleanup()
         elapsed_s = time.perf_counter() - started
