@@ -5,6 +5,7 @@ in exact integer micro-units, and emits edge-triggered events. See README.md.
 """
 
 from budgetkit.client import UNSET, BudgetKit
+from budgetkit.durability import ReplicationTimeout
 from budgetkit.errors import (
     BudgetkitError,
     BudgetNotFound,
@@ -20,6 +21,7 @@ from budgetkit.errors import (
     InvalidPeriod,
     InvalidStatus,
     OutcomeUnknown,
+    PermissionDenied,
     ScriptError,
     UnpricedModel,
 )
@@ -106,9 +108,11 @@ __all__ = [
     "ModelPrice",
     "OpenTelemetryTracing",
     "OutcomeUnknown",
+    "PermissionDenied",
     "PriceTable",
     "PriceTier",
     "PrometheusMetrics",
+    "ReplicationTimeout",
     "Reservation",
     "RollingPeriod",
     "Scope",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 
-from budgetkit.errors import InvalidAmount
+from budgetkit.errors import InvalidAmount, short_repr
 
 __all__ = [
     "MAX_MICROS",
@@ -51,19 +51,10 @@ _ADJUSTED_MAX = 9
 #: Decimal context for quantize(): bounded values have at most 16 significant digits.
 _CONTEXT = Context(prec=40, rounding=ROUND_HALF_UP, traps=[InvalidOperation])
 
-#: Longest repr of a rejected value quoted in an error message, in characters.
-_REPR_CHARS_MAX = 80
-
 
 def _show(value: object) -> str:
-    """Return a short repr of a value for an error message.
-
-    Error messages must name the value, but a caller's huge Decimal must not make a huge message.
-    """
-    text = repr(value)
-    if len(text) <= _REPR_CHARS_MAX:
-        return text
-    return text[: _REPR_CHARS_MAX - 3] + "..."
+    """A short repr of a caller's value for an error message (see errors.short_repr)."""
+    return short_repr(value)
 
 
 def _as_decimal(value: object, *, field: str) -> Decimal:

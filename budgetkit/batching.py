@@ -17,14 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
-from budgetkit.scripts import (
-    ScriptArg,
-    ScriptRuntime,
-    connection_failure,
-    translate_response_error,
-)
+from budgetkit.errors import BudgetUnavailable, OutcomeUnknown
+from budgetkit.scripts import ScriptArg, ScriptRuntime, connection_failure, translate_error
+from budgetkit.urls import RedisClient
 
 BATCH_SIZE_MAX = 256
 
@@ -44,13 +40,13 @@ class ScriptBatcher:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         runtime: ScriptRuntime,
         batch_size_max: int = BATCH_SIZE_MAX,
         on_batch: Callable[[int], None] | None = None,
     ):
         self._on_batch = on_batch
-        self._client = client
+        self._client: Any = client
         self._runtime = runtime
         self._batch_size_max = batch_size_max
         self._queue: list[_Call] = []
@@ -94,30 +90,50 @@ class ScriptBatcher:
         self.batched_calls += len(calls)
         if self._on_batch is not None:
             self._on_batch(len(calls))
+        runtime = self._runtime
+        await runtime.refresh_primary()  # Sentinel: leave a demoted primary (budgetkit.scripts)
         try:
             for name in {c.name for c in calls}:
-                await self._runtime.ensure_loaded(name)
-            pipe = self._client.pipeline(transaction=False)
-            for c in calls:
-                pipe.evalsha(self._runtime.scripts[c.name].sha, len(c.keys), *c.keys, *c.args)
-            results = await pipe.execute(raise_on_error=False)
+                await runtime.ensure_loaded(name)
+            commands = [runtime.command(c.name, c.keys, c.args) for c in calls]
+            durability = runtime.durability
+            if durability is not None:  # WAIT after the pipeline (budgetkit.durability)
+                keys = [c.keys[0] if c.keys else "" for c in calls]
+                mutations = [durability.covers(c.name) for c in calls]
+                results = await durability.run_batch(self._client, commands, keys, mutations)
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                results = await pipe.execute(raise_on_error=False)
         except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
+            sent = isinstance(connection_failure("batch", error), OutcomeUnknown)
+            if sent or runtime.failover_retry_s <= 0:
+                for c in calls:
+                    _settle(c, exception=connection_failure(c.name, error))
+                return
+            # Nothing was sent (Cluster, Sentinel): each call goes alone, following the failover.
             for c in calls:
-                _settle(c, exception=connection_failure(c.name, error))
+                await self._send_alone(c)
             return
         except Exception as error:  # e.g. BudgetUnavailable while loading: every caller sees it
             for c in calls:
-                _settle(c, exception=error)
+                _settle(c, exception=translate_error(c.name, error))
             return
+        again: list[_Call] = []
         for c, result in zip(calls, results, strict=True):
             if isinstance(result, redis_errors.NoScriptError):
-                await self._send_alone(c)  # the runtime reloads and retries once
-            elif isinstance(result, redis_errors.ResponseError):
-                _settle(c, exception=translate_response_error(result))
+                again.append(c)  # the runtime reloads (or EVALs, on a Cluster) and retries once
             elif isinstance(result, Exception):
-                _settle(c, exception=result)
+                failure = translate_error(c.name, result)
+                if type(failure) is BudgetUnavailable and runtime.failover_retry_s > 0:
+                    again.append(c)  # did not run: retried alone, following the failover
+                else:
+                    _settle(c, exception=failure)
             else:
                 _settle(c, result=result)
+        for c in again:  # in the order the calls were made
+            await self._send_alone(c)
 
     async def _send_alone(self, c: _Call) -> None:
         try:

@@ -5,20 +5,33 @@ Data flows one way: caller → validate and convert → one EVALSHA → Lua → 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from budgetkit.amounts import to_micros
+from budgetkit.amounts import MAX_MICROS, to_micros
 from budgetkit.batching import ScriptBatcher
-from budgetkit.errors import BudgetUnavailable, InvalidInput, InvalidLimit, OutcomeUnknown
+from budgetkit.durability import DEFAULT_TIMEOUT_MS as DURABLE_TIMEOUT_MS
+from budgetkit.durability import Durability
+from budgetkit.errors import (
+    BudgetUnavailable,
+    InvalidInput,
+    InvalidLimit,
+    OutcomeUnknown,
+    PermissionDenied,
+    ScriptError,
+    short_repr,
+)
 from budgetkit.evaluate import BudgetSnapshot, check_result, insufficient_result, tool_response
 from budgetkit.ids import (
     new_budget_id,
@@ -47,7 +60,7 @@ from budgetkit.replies import EventRecord, Reply, ms_to_datetime, parse_entries,
 from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
 from budgetkit.scripts import ScriptArg, ScriptRuntime
-from budgetkit.urls import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, client_from_url
+from budgetkit.urls import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, RedisClient, client_from_url
 
 log = logging.getLogger("budgetkit")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -66,6 +79,8 @@ LIST_PAGE_MAX = 1000
 TEXT_BYTES_MAX = 1024
 CURRENCIES_PER_DEBIT_MAX = 64
 EVENTS_BATCH_MAX = 100
+EVENTS_BLOCK_MS_MAX = 60_000
+STREAM_ID_RE = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 DEFAULT_IDEMPOTENCY_TTL_S = 86_400
 IDEMPOTENCY_TTL_S_MAX = 30 * 86_400
 HOLD_TTL_S_MAX = 7 * 86_400
@@ -102,7 +117,11 @@ def _text(value: object, *, field: str, required: bool = False) -> str:
         return ""
     if not isinstance(value, str) or (required and not value):
         raise InvalidInput(f"{field} must be a {'non-empty ' if required else ''}string")
-    if len(value.encode("utf-8")) > TEXT_BYTES_MAX:
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: not text Redis can store as UTF-8
+        raise InvalidInput(f"{field} must be valid Unicode text") from None
+    if size > TEXT_BYTES_MAX:
         raise InvalidInput(f"{field} must be at most {TEXT_BYTES_MAX} bytes")
     return value
 
@@ -169,8 +188,8 @@ def _metadata_json(metadata: object) -> str:
         return ""
     try:
         return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise InvalidInput(f"metadata must be JSON-serializable: {error}") from error
+    except (TypeError, ValueError, RecursionError) as error:
+        raise InvalidInput(f"metadata must be JSON-serializable: {short_repr(error)}") from None
 
 
 def _amounts_micros(amounts: Mapping[str, Amount]) -> dict[str, int]:
@@ -238,11 +257,16 @@ class BudgetKit:
     ``instruments``: metrics/tracing sinks (budgetkit.observability); none by default, at no cost.
     ``read_replica``: a client of a replica; ``check`` and ``check_tool`` then run a read-only
     script there (rollovers evaluated in memory, nothing written) — stale by the replication lag.
+    ``client``: a ``redis.asyncio.Redis`` (one server, or a Sentinel-managed primary) or a
+    ``redis.asyncio.cluster.RedisCluster`` (see budgetkit.scripts for what changes there).
+    ``durable_replicas``: N > 0 waits after each mutation until N replicas acknowledged it
+    (``WAIT N durable_timeout_ms``; ``durable_aof``: ``WAITAOF``, Redis >= 7.2), else raises
+    ``budgetkit.durability.ReplicationTimeout`` (an OutcomeUnknown): see budgetkit.durability.
     """
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         *,
         prefix: str = "bk",
         clock: Clock | None = None,
@@ -251,6 +275,9 @@ class BudgetKit:
         batching: bool = True,
         instruments: Sequence[Instrument] = (),
         read_replica: Redis | None = None,
+        durable_replicas: int = 0,
+        durable_timeout_ms: int = DURABLE_TIMEOUT_MS,
+        durable_aof: bool = False,
     ) -> None:
         if failure_policy not in ("fail_closed", "fail_open"):
             raise InvalidInput("failure_policy must be 'fail_closed' or 'fail_open'")
@@ -262,14 +289,19 @@ class BudgetKit:
         ):
             raise InvalidInput(f"idempotency_ttl_seconds must be in [1, {IDEMPOTENCY_TTL_S_MAX}]")
         self._idempotency_ttl_ms = ttl * 1000
-        self._client = client
+        self._client: Any = client
         self._keys = Keyspace(prefix)
         self._clock = clock
         self._policy = failure_policy
         self._instruments = Instruments(instruments)
         on_reload = self._instruments.script_reloaded if self._instruments else None
         on_batch = self._instruments.batch_sent if self._instruments else None
-        self._runtime = ScriptRuntime(client, on_reload=on_reload)
+        durability = (
+            Durability(durable_replicas, durable_timeout_ms, aof=durable_aof)
+            if durable_replicas != 0
+            else None
+        )
+        self._runtime = ScriptRuntime(client, on_reload=on_reload, durability=durability)
         self._batcher = (
             ScriptBatcher(client, self._runtime, on_batch=on_batch) if batching else None
         )
@@ -288,7 +320,8 @@ class BudgetKit:
         max_connections: int | None = None,
         **kwargs: Any,
     ) -> BudgetKit:
-        """A client for ``redis://``, ``rediss://``, ``unix://`` URLs; the timeouts bound how
+        """A client for ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://h:p,h:p``
+        and ``redis+sentinel://h:p,h:p/service`` URLs (budgetkit.urls); the timeouts bound how
         long a call waits for an unreachable or silent server. Other keywords as the class."""
         client = client_from_url(
             url,
@@ -300,7 +333,8 @@ class BudgetKit:
 
     @property
     def redis(self) -> Redis:
-        return self._client
+        """The client given (a ``RedisCluster`` on a Cluster, typed as ``Redis``)."""
+        return cast(Redis, self._client)
 
     @property
     def keys(self) -> Keyspace:
@@ -467,6 +501,8 @@ class BudgetKit:
         kind = "" if subject_type is None else BudgetSubjectType.parse(subject_type).as_wire()
         sid = "" if subject_id is None else validate_identifier(subject_id, field="subject_id")
         page_size, skip = _page(limit, offset, LIST_PAGE_MAX)
+        if not isinstance(include_disabled, bool):
+            raise InvalidInput("include_disabled must be True or False")
         keys = [self._keys.org_index(org), self._keys.events(org)]
         args = [*self._common_args(org), kind, sid, "1" if include_disabled else "0"]
         reply = await self._run("list", keys, [*args, str(page_size), str(skip)])
@@ -773,6 +809,8 @@ class BudgetKit:
 
     async def resume(self, scope: Scope, levels: Sequence[str] = ("session",)) -> list[Budget]:
         """Resumes the paused budgets of the scope's given levels; returns those resumed."""
+        if isinstance(levels, str) or not isinstance(levels, Sequence) or not levels:
+            raise InvalidInput("levels must be a non-empty sequence of subject types")
         wanted = tuple(BudgetSubjectType.parse(level).as_wire() for level in levels)
         keys = self._scope_keys(scope, wanted)
         reply = await self._run("resume", keys, self._common_args(scope.organization_id))
@@ -802,19 +840,20 @@ class BudgetKit:
         Returns the number of stream entries removed. Bounded: one XTRIM per budget.
         """
         org = validate_identifier(organization_id, field="organization_id")
+        events_cap = None if events_max_len is None else _cap(events_max_len)
+        ledger_cap = None if ledger_max_len is None else _cap(ledger_max_len)
         removed = 0
-        pipe = self._client.pipeline(transaction=False)
-        if events_max_len is not None:
-            pipe.xtrim(self._keys.events(org), maxlen=_cap(events_max_len), approximate=False)
-        if ledger_max_len is not None:
-            ids: list[Any] = await self._client.zrange(self._keys.org_index(org), 0, -1)
-            for raw in ids:
-                bid = _decode(raw)
-                pipe.xtrim(
-                    self._keys.ledger(org, bid), maxlen=_cap(ledger_max_len), approximate=False
-                )
-        for count in await pipe.execute():
-            removed += int(count)
+        async with _redis_errors("trim_history"):
+            pipe = self._client.pipeline(transaction=False)
+            if events_cap is not None:
+                pipe.xtrim(self._keys.events(org), maxlen=events_cap, approximate=False)
+            if ledger_cap is not None:
+                ids: list[Any] = await self._client.zrange(self._keys.org_index(org), 0, -1)
+                for raw in ids:
+                    ledger = self._keys.ledger(org, _decode(raw))
+                    pipe.xtrim(ledger, maxlen=ledger_cap, approximate=False)
+            for count in await pipe.execute():
+                removed += int(count)
         return removed
 
     async def events(
@@ -831,13 +870,20 @@ class BudgetKit:
         it ends when it has caught up. Any number of replicas can read the same stream.
         """
         org = validate_identifier(organization_id, field="organization_id")
+        if after is not None and not _is_stream_id(after):
+            raise InvalidInput("after must be an event id like '1700000000000-0' (or None)")
+        if isinstance(block_ms, bool) or not isinstance(block_ms, int):
+            raise InvalidInput("block_ms must be an int")
+        if not 1 <= block_ms <= EVENTS_BLOCK_MS_MAX:
+            raise InvalidInput(f"block_ms must be in [1, {EVENTS_BLOCK_MS_MAX}]")
         key = self._keys.events(org)
         last = after or "0-0"
         while True:
             block = block_ms if follow else None
-            batches: Any = await self._client.xread(
-                {key: last}, count=EVENTS_BATCH_MAX, block=block
-            )
+            async with _redis_errors("events"):
+                batches: Any = await self._client.xread(
+                    {key: last}, count=EVENTS_BATCH_MAX, block=block
+                )
             if not batches:
                 if follow:
                     continue
@@ -849,21 +895,39 @@ class BudgetKit:
 
 
 def _ttl_ms(ttl_seconds: object) -> int:
-    """A hold TTL in ms: a positive number of seconds (at most 7 days, ms precision)."""
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int | float | Decimal):
-        raise InvalidInput("ttl_seconds must be a number")
-    ttl_ms = int(
-        Decimal(repr(ttl_seconds) if isinstance(ttl_seconds, float) else ttl_seconds) * 1000
-    )
-    if not 1 <= ttl_ms <= HOLD_TTL_S_MAX * 1000:
-        raise InvalidInput(f"ttl_seconds must be in (0, {HOLD_TTL_S_MAX}]")
+    """A hold TTL in ms: a finite number of seconds in (0, 7 days], at most 3 decimals."""
+    micros = to_micros(ttl_seconds, field="ttl_seconds", allow_zero=False)
+    ttl_ms, rest = divmod(micros, 1000)
+    if rest or not 1 <= ttl_ms <= HOLD_TTL_S_MAX * 1000:
+        raise InvalidInput(f"ttl_seconds must be in (0, {HOLD_TTL_S_MAX}] with ms precision")
     return ttl_ms
 
 
+def _is_stream_id(value: object) -> bool:
+    """A Redis stream id: ``ms`` or ``ms-seq``, each part below 2^64."""
+    if not isinstance(value, str) or not STREAM_ID_RE.fullmatch(value):
+        return False
+    return all(int(part) < 2**64 for part in value.split("-"))
+
+
 def _cap(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput("a stream cap must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MICROS:
+        raise InvalidInput("a stream cap must be an integer in [0, 2^53 - 1]")
     return value
+
+
+@contextlib.asynccontextmanager
+async def _redis_errors(operation: str) -> AsyncIterator[None]:
+    """The error seam for the few plain (non-script) reads and trims: redis-py's errors become
+    budgetkit's (these calls are safe to retry, so a lost connection is just unavailable)."""
+    try:
+        yield
+    except redis_errors.NoPermissionError as error:
+        raise PermissionDenied(f"{operation}: {error}") from None
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
+        raise BudgetUnavailable(f"{operation}: cannot reach Redis: {error}") from error
+    except redis_errors.ResponseError as error:
+        raise ScriptError(f"{operation}: {error}") from None
 
 
 def _decode(value: Any) -> str:

@@ -16,6 +16,7 @@ Exceptions are for misuse (invalid input) and failures (store unavailable, corru
     ├── HoldExpired                          reservation outlived its TTL
     ├── IdempotencyConflict                  same key, different request
     ├── CorruptState                         a stored record fails validation; nothing written
+    ├── PermissionDenied                     Redis refused a command or key (ACL)
     ├── BudgetUnavailable                    Redis unreachable; the request was not applied
     │   └── OutcomeUnknown                   the request may or may not have been applied
     └── ScriptError                          an unexpected script reply (a bug)
@@ -89,6 +90,29 @@ class OutcomeUnknown(BudgetUnavailable):
 
 class ScriptError(BudgetkitError):
     """A script replied with something budgetkit does not understand (a bug)."""
+
+
+class PermissionDenied(BudgetkitError):
+    """Redis refused a command (ACL): the user lacks a command or key permission."""
+
+
+SHORT_REPR_CHARS_MAX = 80
+
+
+def short_repr(value: object) -> str:
+    """A short repr of a caller's value for an error message: a huge input (a long string, an
+    int beyond Python's 4,300-digit repr limit) never makes a huge message or a second error."""
+    try:
+        text = repr(value)
+    except ValueError:  # int too large to convert to str
+        return (
+            f"<{type(value).__name__} of about {value.bit_length() * 3 // 10} digits>"
+            if isinstance(value, int)
+            else f"<unprintable {type(value).__name__}>"
+        )
+    if len(text) <= SHORT_REPR_CHARS_MAX:
+        return text
+    return text[: SHORT_REPR_CHARS_MAX - 3] + "..."
 
 
 #: Error code in a ``BK_<CODE> message`` script reply → the error raised for it.

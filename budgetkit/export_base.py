@@ -411,22 +411,16 @@ async def discover_organizations(
     """Every organization with a budget index (``P:{org}:all``), by SCAN (never KEYS).
 
     Bounded work per step (``scan_count`` keys per SCAN call); a full iteration visits the
-    keyspace once. On Redis Cluster run it against every primary (SCAN is per node).
+    keyspace once. On a Redis Cluster, redis-py's ``scan_iter`` fans out over every primary.
     """
     pattern = _glob_escape(keys.prefix) + ":{*}:all"
     head = keys.prefix + ":{"
     found: set[str] = set()
-    cursor: int = 0
-    while True:
-        cursor, batch = await redis.scan(
-            cursor=cursor, match=pattern, count=scan_count, _type="zset"
-        )
-        for raw in batch:
-            name = _text(raw)
-            if name.startswith(head) and name.endswith("}:all"):
-                found.add(name[len(head) : -len("}:all")])
-        if int(cursor) == 0:
-            return sorted(found)
+    async for raw in redis.scan_iter(match=pattern, count=scan_count, _type="zset"):
+        name = _text(raw)
+        if name.startswith(head) and name.endswith("}:all"):
+            found.add(name[len(head) : -len("}:all")])
+    return sorted(found)
 
 
 async def budget_ids(redis: Redis, keys: Keyspace, organization_id: str) -> list[str]:

@@ -16,7 +16,7 @@ import threading
 import time
 import unicodedata
 
-from budgetkit.errors import InvalidIdentifier, InvalidInput
+from budgetkit.errors import InvalidIdentifier, InvalidInput, short_repr
 
 __all__ = [
     "BUDGET_ID_PREFIX",
@@ -54,9 +54,6 @@ _COUNTER_MAX = 0xFFF
 #: A fresh counter starts below this, leaving at least 2048 increments before it overflows.
 _COUNTER_SEED_BOUND = 0x800
 
-#: Longest repr of a rejected value quoted in an error message, in characters.
-_REPR_CHARS_MAX = 80
-
 _HEX32 = "[0-9a-f]{32}"
 _CURRENCY_RE = re.compile(f"[a-z0-9_]{{1,{CURRENCY_CHARS_MAX}}}")
 _TYPED_ID_RES = {
@@ -82,11 +79,8 @@ _EXPLICIT_STATE = _Uuid7State()
 
 
 def _show(value: object) -> str:
-    """Return a short repr of a value for an error message (a huge input stays a short message)."""
-    text = repr(value)
-    if len(text) <= _REPR_CHARS_MAX:
-        return text
-    return text[: _REPR_CHARS_MAX - 3] + "..."
+    """A short repr of a caller's value for an error message (see errors.short_repr)."""
+    return short_repr(value)
 
 
 def _next_ms_and_counter(now_ms: int, *, from_clock: bool) -> tuple[int, int]:

@@ -36,7 +36,7 @@ from pydantic import (
     model_serializer,
 )
 
-from budgetkit.errors import InvalidInput, InvalidPeriod, InvalidStatus
+from budgetkit.errors import InvalidInput, InvalidPeriod, InvalidStatus, short_repr
 from budgetkit.ids import normalize_currency, parse_budget_id, parse_ledger_id, validate_identifier
 from budgetkit.periods import CALENDAR_UNITS, parse_rolling_window
 
@@ -72,16 +72,10 @@ __all__ = [
 #: Longest period of a duration or rolling budget, in seconds (2**53, exact in a Lua double).
 PERIOD_SECONDS_MAX = 2**53
 
-#: Longest repr of a rejected value quoted in an error message, in characters.
-_REPR_CHARS_MAX = 80
-
 
 def _show(value: object) -> str:
-    """Return a short repr of a value for an error message (a huge input stays a short message)."""
-    text = repr(value)
-    if len(text) <= _REPR_CHARS_MAX:
-        return text
-    return text[: _REPR_CHARS_MAX - 3] + "..."
+    """A short repr of a caller's value for an error message (see errors.short_repr)."""
+    return short_repr(value)
 
 
 # ============================================================================

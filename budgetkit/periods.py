@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from budgetkit.errors import InvalidInput, InvalidPeriod
+from budgetkit.errors import InvalidInput, InvalidPeriod, short_repr
 
 __all__ = [
     "CALENDAR_UNITS",
@@ -123,7 +123,7 @@ def aligned_period_start_ms(started_ms: int, now_ms: int, seconds: int) -> int:
     _check_ms(started_ms, field="started_ms")
     _check_ms(now_ms, field="now_ms")
     if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
-        raise InvalidPeriod(f"period seconds must be a positive int, got {seconds!r}")
+        raise InvalidPeriod(f"period seconds must be a positive int, got {short_repr(seconds)}")
     if now_ms < started_ms:
         return started_ms
     period_ms = seconds * 1000

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from budgetkit.amounts import from_micros
-from budgetkit.errors import ScriptError
+from budgetkit.errors import BudgetkitError, CorruptState, ScriptError, short_repr
 from budgetkit.evaluate import BudgetSnapshot, event_message
 from budgetkit.models import (
     Budget,
@@ -125,6 +127,14 @@ class BudgetRecord:
         return self.balance_micros - self.held_micros
 
     def to_budget(self) -> Budget:
+        """The seed model; a record that does not parse is CorruptState (the scripts check the
+        same fields before writing, so this is a second line of defence)."""
+        try:
+            return self._to_budget()
+        except (ValidationError, ValueError, BudgetkitError) as error:
+            raise CorruptState(f"budget {self.id}: {short_repr(str(error))}") from None
+
+    def _to_budget(self) -> Budget:
         period = parse_period(json.loads(self.period_json)) if self.period_json else None
         started = self.period_started_ms
         return Budget(

@@ -5,31 +5,82 @@ are registered with ``SCRIPT LOAD`` the first time a connection pool uses them a
 with ``EVALSHA``; a ``NOSCRIPT`` reply (after ``SCRIPT FLUSH``, a restart or a failover) reloads
 the script and retries once. ``BK_<CODE> message`` error replies become typed errors here — the
 one seam between Redis errors and budgetkit errors.
+
+Topologies (``topology_of``): one server, a Sentinel-managed primary, or a Redis Cluster.
+
+- **Cluster.** ``SCRIPT LOAD`` goes to every primary (best effort); a ``NOSCRIPT`` from a node
+  that lacks a script (a replica promoted by a failover, a node added later and given slots)
+  is answered by one ``EVAL`` of the full source on that node, which runs the call and caches
+  the script there. Every call also declares a *migration guard*: a key of the organization's
+  slot that never exists (``P:{org}:!guard``), appended as the last key and removed from
+  ``KEYS`` by a one-line preamble before the prelude runs. The scope scripts read and write
+  keys they build themselves (budgets, ledgers, holds); while the slot is being migrated, some
+  of those keys may already be on the target node and others still on the source, and Redis
+  fails a script at the first such key — after the writes it already made (verified on Redis
+  7.0: a partial write on the source, and on the importing node a second copy of a key that
+  MIGRATE then refuses with BUSYKEY). Redis runs a multi-key command on a slot in migration
+  only when every declared key is present on the node it reaches; the guard is never present,
+  so during a migration every call gets ``TRYAGAIN`` (not run) instead, and runs on the new
+  owner once the slot is moved. The slot is unavailable for the migration's duration (a few
+  milliseconds per key batch), never inconsistent.
+- **Cluster and Sentinel.** Errors that prove the call did not run (no connection,
+  ``TRYAGAIN`` until redis-py gave up, ``CLUSTERDOWN``, a demoted primary's ``READONLY``,
+  ``NOREPLICAS``, ``LOADING``, ``MASTERDOWN``) are retried with a capped exponential backoff
+  for at most ``failover_retry_s`` seconds (default ``FAILOVER_RETRY_S``), re-discovering the
+  topology in between: that is how a client follows a failover or a resharding. A reply lost
+  after sending (``OutcomeUnknown``) is never retried here. With Sentinel the primary's address
+  is also re-read from the sentinels at most every ``SENTINEL_REFRESH_S`` seconds, so the
+  client leaves a demoted primary within that delay even if the old one still accepts writes.
+- **One server.** Unchanged: no retry, no guard.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool
 
 from budgetkit.errors import (
     SCRIPT_ERROR_CODES,
+    BudgetkitError,
     BudgetUnavailable,
     OutcomeUnknown,
     ScriptError,
 )
 
+if TYPE_CHECKING:
+    from budgetkit.durability import Durability
+    from budgetkit.urls import RedisClient
+
+log = logging.getLogger("budgetkit")
+
 PRELUDE_NAME = "_lib"
 NOSCRIPT_RETRIES_MAX = 1
+#: Cluster/Sentinel: how long a call that provably did not run is retried (seconds).
+FAILOVER_RETRY_S = 10.0
+FAILOVER_DELAY_FIRST_S = 0.05
+FAILOVER_DELAY_MAX_S = 1.0
+#: Sentinel: the primary's address is re-read from the sentinels at most this often.
+SENTINEL_REFRESH_S = 0.5
+#: Cluster: the never-written key every call declares last (see the module docstring).
+GUARD_NAME = "!guard"
+GUARD_PREAMBLE = "local _bk_migration_guard = table.remove(KEYS)\n"
+#: Error codes of replies that mean "not run" (refused before the first write).
+NOT_RUN_CODES = frozenset({"NOREPLICAS", "READONLY", "LOADING", "TRYAGAIN", "CLUSTERDOWN"})
+NOT_RUN_CODES |= {"MASTERDOWN", "BUSY"}
 
 ScriptArg = str | int | bytes
+Topology = Literal["single", "sentinel", "cluster"]
 
 
 def lua_dir() -> Path:
@@ -49,6 +100,12 @@ class Script:
     sha: str
 
 
+def _script(name: str, source: str) -> Script:
+    return Script(
+        name, source, hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
+    )
+
+
 def load_scripts(directory: Path | None = None) -> dict[str, Script]:
     """Reads every operation script of ``directory`` and prepends the prelude."""
     directory = directory or lua_dir()
@@ -57,10 +114,35 @@ def load_scripts(directory: Path | None = None) -> dict[str, Script]:
     for path in sorted(directory.glob("*.lua")):
         if path.stem.startswith("_"):
             continue
-        source = prelude + "\n" + path.read_text(encoding="utf-8")
-        sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
-        scripts[path.stem] = Script(path.stem, source, sha)
+        scripts[path.stem] = _script(path.stem, prelude + "\n" + path.read_text(encoding="utf-8"))
     return scripts
+
+
+def guarded(scripts: dict[str, Script]) -> dict[str, Script]:
+    """The Cluster variants: each drops the migration guard (its last key) before it starts."""
+    return {name: _script(name, GUARD_PREAMBLE + s.source) for name, s in scripts.items()}
+
+
+def slot_prefix(key: str) -> str:
+    """The key up to and including its hash tag: ``bk:{org_1}:b:x`` -> ``bk:{org_1}``."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    if start < 0 or end <= start + 1:
+        raise ScriptError(f"a Redis Cluster key needs a hash tag: {key!r}")
+    return key[: end + 1]
+
+
+def guard_key(key: str) -> str:
+    """The migration guard of ``key``'s slot (never written by anyone)."""
+    return f"{slot_prefix(key)}:{GUARD_NAME}"
+
+
+def topology_of(client: object) -> Topology:
+    if isinstance(client, RedisCluster):
+        return "cluster"
+    if isinstance(getattr(client, "connection_pool", None), SentinelConnectionPool):
+        return "sentinel"
+    return "single"
 
 
 def translate_response_error(error: redis_errors.ResponseError) -> Exception:
@@ -76,55 +158,179 @@ def translate_response_error(error: redis_errors.ResponseError) -> Exception:
     return ScriptError(text)
 
 
-def connection_failure(name: str, error: Exception) -> BudgetUnavailable:
-    """The error for a call whose connection failed: BudgetUnavailable when the connection was
-    never made (nothing was sent), OutcomeUnknown when it broke after the request went out."""
-    if "connecting to" in str(error):  # redis-py's wording for a failed connect
+def _not_run_reply(error: redis_errors.ResponseError) -> bool:
+    """A reply refusing the command before it ran (or at its first write, which is the same:
+    scripts validate before writing, and a refused write writes nothing)."""
+    if isinstance(
+        error,
+        redis_errors.ReadOnlyError
+        | redis_errors.TryAgainError
+        | redis_errors.ClusterDownError
+        | redis_errors.AskError,  # and MovedError: a redirect not followed (durable pipelines)
+    ):
+        return True
+    code = getattr(error, "status_code", None) or str(error).split(" ", 1)[0]
+    return code in NOT_RUN_CODES
+
+
+def _not_sent(error: redis_errors.ConnectionError | redis_errors.TimeoutError) -> bool:
+    """A connection error raised before the command left this process (or from a server
+    that could not have run it: a demoted primary, a node still loading)."""
+    if isinstance(error, redis_errors.MaxConnectionsError | redis_errors.BusyLoadingError):
+        return True
+    if isinstance(error, redis_errors.AuthenticationError):
+        return True
+    text = str(error)
+    return (
+        "connecting to" in text  # redis-py's wording for a failed connect (or its timeout)
+        or "previous master is now a slave" in text  # Sentinel: READONLY from a demoted primary
+        or "No master found" in text  # Sentinel: MasterNotFoundError
+    )
+
+
+def translate_error(name: str, error: BaseException) -> BaseException:
+    """The budgetkit error for a redis-py error raised by a script call."""
+    if isinstance(error, BudgetkitError):
+        return error
+    if isinstance(error, redis_errors.ResponseError):
+        if _not_run_reply(error):
+            return BudgetUnavailable(f"{name} not run, Redis refused it: {error}")
+        return translate_response_error(error)
+    if isinstance(error, redis_errors.ClusterError | redis_errors.SlotNotCoveredError):
+        # redis-py raises these after following MOVED/ASK/TRYAGAIN for too long, or for a slot
+        # no node serves: in every case the command did not run.
+        return BudgetUnavailable(f"{name} not run, the cluster could not serve it: {error}")
+    if isinstance(error, redis_errors.ConnectionError | redis_errors.TimeoutError):
+        return connection_failure(name, error)
+    return error
+
+
+def connection_failure(
+    name: str, error: redis_errors.ConnectionError | redis_errors.TimeoutError
+) -> BudgetUnavailable:
+    """BudgetUnavailable when the command was not sent (nothing applied), OutcomeUnknown when
+    the connection broke after sending (maybe applied: retry with the idempotency key)."""
+    if _not_sent(error):
         return BudgetUnavailable(f"cannot reach Redis: {error}")
     return OutcomeUnknown(f"{name}: connection lost after sending: {error}")
 
 
 class ScriptRuntime:
-    """Calls operation scripts on one Redis client (one connection pool)."""
+    """Calls operation scripts on one Redis client (one connection pool, or one Cluster).
+
+    ``durability``: wait for replica acknowledgements after each mutation (budgetkit.durability).
+    ``failover_retry_s``: how long calls that provably did not run are retried; default 0 on
+    one server and FAILOVER_RETRY_S on a Cluster or a Sentinel-managed primary.
+    """
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         scripts: dict[str, Script] | None = None,
         on_reload: Callable[[], None] | None = None,
+        *,
+        durability: Durability | None = None,
+        failover_retry_s: float | None = None,
     ) -> None:
-        self._client = client
-        self._scripts = scripts if scripts is not None else load_scripts()
+        self._client: Any = client
+        self.topology: Topology = topology_of(client)
+        self._cluster = self.topology == "cluster"
+        base = scripts if scripts is not None else load_scripts()
+        self._scripts = guarded(base) if self._cluster else base
         self._loaded: set[str] = set()
         self._on_reload = on_reload
+        self.durability = durability
+        if failover_retry_s is None:
+            failover_retry_s = 0.0 if self.topology == "single" else FAILOVER_RETRY_S
+        self.failover_retry_s = failover_retry_s
+        self._primary_checked = 0.0
+        self._primary: object = None  # Sentinel: the primary's address as last seen here
         self.reloads = 0
+        self.failover_retries = 0  # calls retried after a not-run error (cluster/sentinel)
+        if isinstance(client, RedisCluster) and client.retry.get_retries() > 0:
+            log.warning(
+                "budgetkit: this RedisCluster client retries commands after connection errors, "
+                "which can apply a script twice; build it with retry=Retry(NoBackoff(), 0) "
+                "(BudgetKit.from_url does)"
+            )
 
     @property
     def scripts(self) -> dict[str, Script]:
         return self._scripts
+
+    def command(
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[ScriptArg],
+        *,
+        source: bool = False,
+        readonly: bool = False,
+    ) -> list[ScriptArg]:
+        """The EVALSHA (``source``: EVAL) command of one call, with the Cluster guard key."""
+        script = self._scripts[name]
+        if self._cluster and keys:
+            keys = [*keys, guard_key(keys[0])]
+        if source:
+            verb, body = ("EVAL_RO" if readonly else "EVAL"), script.source
+        else:
+            verb, body = ("EVALSHA_RO" if readonly else "EVALSHA"), script.sha
+        return [verb, body, len(keys), *keys, *args]
 
     async def call(
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], readonly: bool = False
     ) -> Any:
         """Runs one script atomically; returns its raw reply. ``readonly`` uses EVALSHA_RO
         (allowed on replicas; the script must not write)."""
+        if self.failover_retry_s <= 0:
+            return await self._call(name, keys, args, readonly)
+        delay, deadline = FAILOVER_DELAY_FIRST_S, 0.0
+        while True:
+            await self.refresh_primary()
+            try:
+                return await self._call(name, keys, args, readonly)
+            except OutcomeUnknown:
+                await self.refresh_primary(force=True)
+                raise
+            except BudgetUnavailable:
+                now = time.monotonic()
+                deadline = deadline or now + self.failover_retry_s
+                if now + delay > deadline:
+                    raise
+            self.failover_retries += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FAILOVER_DELAY_MAX_S)
+            await self.refresh_primary(force=True)
+
+    async def _call(
+        self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], readonly: bool
+    ) -> Any:
         script = self._scripts[name]
-        evalsha = self._client.evalsha_ro if readonly else self._client.evalsha
+        durable = self.durability is not None and not readonly and self.durability.covers(name)
         for attempt in range(NOSCRIPT_RETRIES_MAX + 1):
             await self.ensure_loaded(name)
+            # Cluster: after a NOSCRIPT, EVAL the source on the node that lacks it.
+            source = self._cluster and attempt > 0
+            command = self.command(name, keys, args, source=source, readonly=readonly)
             try:
-                return await evalsha(script.sha, len(keys), *keys, *args)
+                if durable:
+                    assert self.durability is not None
+                    return await self.durability.run(self._client, command, keys[0])
+                return await self._client.execute_command(*command)
             except redis_errors.NoScriptError:
-                self._loaded.discard(script.sha)
+                if not self._cluster:  # a Cluster node that lacks it gets it by EVAL instead
+                    self._loaded.discard(script.sha)
                 self.reloads += 1
                 if self._on_reload is not None:
                     self._on_reload()
                 if attempt == NOSCRIPT_RETRIES_MAX:
                     raise ScriptError(f"script {name} vanished again after reload") from None
-            except redis_errors.ResponseError as error:
-                raise translate_response_error(error) from None
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
-                raise connection_failure(name, error) from error
+            except BudgetkitError:
+                raise
+            except (redis_errors.ResponseError, redis_errors.RedisClusterException) as error:
+                raise translate_error(name, error) from None
+            except redis_errors.RedisError as error:
+                raise translate_error(name, error) from error
         raise AssertionError("unreachable")
 
     async def ensure_loaded(self, name: str) -> None:
@@ -136,8 +342,43 @@ class ScriptRuntime:
     async def _load(self, script: Script) -> None:
         try:
             sha = await self._client.script_load(script.source)
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
-            raise BudgetUnavailable(f"cannot reach Redis: {error}") from error
+        except (redis_errors.RedisError, redis_errors.RedisClusterException) as error:
+            if self._cluster:
+                # Best effort on a Cluster (SCRIPT LOAD goes to every primary): a node that
+                # missed it answers NOSCRIPT and gets the script by EVAL, on its own slots only.
+                log.debug("budgetkit: SCRIPT LOAD %s on the cluster: %s", script.name, error)
+                self._loaded.add(script.sha)
+                return
+            if isinstance(error, redis_errors.ConnectionError | redis_errors.TimeoutError):
+                raise BudgetUnavailable(f"cannot reach Redis: {error}") from error
+            raise translate_error(script.name, error) from error
+        if isinstance(sha, bytes):
+            sha = sha.decode()
         if sha != script.sha:
             raise ScriptError(f"server computed {sha} for {script.name}, expected {script.sha}")
         self._loaded.add(script.sha)
+
+    async def refresh_primary(self, force: bool = False) -> None:
+        """Sentinel: re-read the primary's address, at most every SENTINEL_REFRESH_S unless
+        ``force``. When it moved, idle connections to the old primary are closed (redis-py)
+        and busy ones are closed when released (redis-py alone would keep reusing them until
+        the old primary is demoted — up to the sentinels' 10 s INFO period, while it still
+        accepts writes that the demotion then discards)."""
+        if self.topology != "sentinel":
+            return
+        now = time.monotonic()
+        if not force and now - self._primary_checked < SENTINEL_REFRESH_S:
+            return
+        self._primary_checked = now
+        pool = self._client.connection_pool
+        try:
+            address = await pool.get_master_address()
+        except redis_errors.RedisError as error:  # the call itself will say what is wrong
+            log.debug("budgetkit: sentinel discovery failed: %s", error)
+            return
+        before, self._primary = self._primary, address
+        if before is not None and address != before:
+            # (compared with what this runtime saw last: a new connection may already have
+            # updated the pool's own record without touching the busy connections)
+            log.warning("budgetkit: the primary moved from %s to %s", before, address)
+            await pool.update_active_connections_for_reconnect()

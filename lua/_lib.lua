@@ -146,6 +146,51 @@ local function read_hash(key, full)
   return h
 end
 
+local SUBJECT_TYPES = { session = true, app_channel = true, app = true, agent = true, user = true,
+  org = true }
+local ID_CHARS_MAX = 256
+
+-- An opaque identifier as budgetkit writes them: 1..256 bytes, no whitespace, no braces.
+local function is_identifier(v)
+  return type(v) == 'string' and v ~= '' and #v <= ID_CHARS_MAX and not string.find(v, '[%s{}]')
+end
+
+-- True when ``text`` is '' or valid JSON (cjson is in Redis's Lua and in fakeredis).
+local function is_json_or_empty(text)
+  if text == '' then return true end
+  local ok = pcall(cjson.decode, text)
+  return ok
+end
+
+-- The identity and text fields of a budget hash: its id must be the one in its key, the currency
+-- a currency code; a full read also checks the organization, the subject, the period and the
+-- metadata, so a hand-edited record can never be written through or shown half-parsed.
+local function validate_identity(key, h, full)
+  local id = h.id
+  if type(id) ~= 'string' or not string.find(id, '^bdgt_%x+$') or #id ~= 37
+    or string.sub(key, -(#id + 2)) ~= 'b:' .. id then
+    corrupt(key, 'id')
+  end
+  local cur = h.cur
+  if type(cur) ~= 'string' or #cur > 32 or not string.find(cur, '^[a-z0-9_]+$') then
+    corrupt(key, 'cur')
+  end
+  if not full then return end
+  if not is_identifier(h.org) then corrupt(key, 'org') end
+  if not SUBJECT_TYPES[h.st or ''] then corrupt(key, 'st') end
+  if not is_identifier(h.sid) then corrupt(key, 'sid') end
+  local period, pk = h.period or '', h.pk or ''
+  if pk ~= '' and pk ~= 'd' and pk ~= 'c' then corrupt(key, 'pk') end
+  if (pk == '') ~= (period == '') or not is_json_or_empty(period) then corrupt(key, 'period') end
+  if period ~= '' then
+    local kind = cjson.decode(period)
+    kind = type(kind) == 'table' and kind.type or nil
+    local expected = (kind == 'duration' or kind == 'rolling') and 'd' or (kind == 'calendar' and 'c')
+    if expected ~= pk then corrupt(key, 'period') end
+  end
+  if not is_json_or_empty(h.meta or '') then corrupt(key, 'meta') end
+end
+
 -- Reads and validates one budget hash (all of it when ``full``, else HOT_FIELDS); nil when the
 -- key does not exist.
 local function load_budget(key, full)
@@ -154,10 +199,7 @@ local function load_budget(key, full)
   local b = { key = key, id = h.id, org = h.org, st = h.st, sid = h.sid, cur = h.cur,
     period = h.period or '', pk = h.pk or '', pu = h.pu or '', meta = h.meta or '',
     status = h.status, full = full }
-  local identity = full and { 'id', 'org', 'st', 'sid', 'cur' } or { 'id', 'cur' }
-  for _, f in ipairs(identity) do
-    if type(h[f]) ~= 'string' or h[f] == '' then corrupt(key, f) end
-  end
+  validate_identity(key, h, full)
   if not STATUSES[b.status or ''] then corrupt(key, 'status') end
   b.lim = stored_int(h, key, 'lim', 1, MAX_MICROS)
   b.bal = stored_int(h, key, 'bal', -MAX_MICROS, MAX_MICROS)

@@ -332,6 +332,9 @@ def test_events_tail_follow_streams_until_interrupted(cli: Cli) -> None:
         if follower.poll() is None:
             follower.kill()
             follower.wait()
+        for stream in (follower.stdout, follower.stderr):
+            if stream is not None:
+                stream.close()  # a killed follower's pipes must not leak into later tests
     assert follower.returncode == 0, stderr
     assert rest == "" and stderr == ""
 

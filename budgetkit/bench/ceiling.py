@@ -29,6 +29,12 @@ TIMEOUT_S = 600.0
 MS_TO_US = 1000.0
 
 
+def skip_reason() -> str | None:
+    if shutil.which("redis-benchmark") is None:
+        return "redis-benchmark not found on PATH (Debian: apt-get install redis-tools)"
+    return None
+
+
 def target_args(url: str) -> list[str]:
     """redis-benchmark's connection options for a budgetkit URL; BenchError when unsupported."""
     parts = urlsplit(url)

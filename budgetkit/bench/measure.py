@@ -75,6 +75,7 @@ def merge_rounds(rows: Sequence[Row]) -> Row:
         return first
     rates = [r.ops_per_s for r in rows]
     spread = f"median of {len(rows)} rounds, ops/s {min(rates):,.0f}..{max(rates):,.0f}"
+    spread += "; notes of round 1" if first.notes else ""
     return Row(
         name=first.name,
         concurrency=first.concurrency,

@@ -118,6 +118,8 @@ def skip_reason(name: str, pg: Postgres) -> str | None:
         return extras.limits_skip_reason()
     if name == "postgres_for_update":
         return pg.skip
+    if name == "server_ceiling_debit":
+        return ceiling.skip_reason()
     return None
 
 
