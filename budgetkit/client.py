@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,18 +18,17 @@ from typing import Any, Literal, cast
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from budgetkit.amounts import MAX_MICROS, to_micros
+from budgetkit import convert
+from budgetkit.amounts import to_micros
 from budgetkit.batching import ScriptBatcher
 from budgetkit.durability import DEFAULT_TIMEOUT_MS as DURABLE_TIMEOUT_MS
 from budgetkit.durability import Durability
 from budgetkit.errors import (
     BudgetUnavailable,
     InvalidInput,
-    InvalidLimit,
     OutcomeUnknown,
     PermissionDenied,
     ScriptError,
-    short_repr,
 )
 from budgetkit.evaluate import BudgetSnapshot, check_result, insufficient_result, tool_response
 from budgetkit.ids import (
@@ -51,9 +49,7 @@ from budgetkit.models import (
     BudgetStatus,
     BudgetSubjectType,
     BudgetToolResponse,
-    CalendarPeriod,
     LedgerEntry,
-    parse_period,
 )
 from budgetkit.observability import Instrument, Instruments
 from budgetkit.replies import EventRecord, Reply, ms_to_datetime, parse_entries, parse_reply
@@ -76,14 +72,10 @@ DEFAULT_WARN_FRACTION = 0.2
 BUDGETS_PER_SUBJECT_MAX = 16
 LEDGER_PAGE_MAX = 1000
 LIST_PAGE_MAX = 1000
-TEXT_BYTES_MAX = 1024
-CURRENCIES_PER_DEBIT_MAX = 64
 EVENTS_BATCH_MAX = 100
 EVENTS_BLOCK_MS_MAX = 60_000
-STREAM_ID_RE = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 DEFAULT_IDEMPOTENCY_TTL_S = 86_400
 IDEMPOTENCY_TTL_S_MAX = 30 * 86_400
-HOLD_TTL_S_MAX = 7 * 86_400
 UNAVAILABLE_CODE = "budget_unavailable"
 
 
@@ -109,140 +101,6 @@ class _Unset:
 
 
 UNSET: Any = _Unset()
-
-
-def _text(value: object, *, field: str, required: bool = False) -> str:
-    """A free-text field (meter source, description): str, at most TEXT_BYTES_MAX bytes."""
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str) or (required and not value):
-        raise InvalidInput(f"{field} must be a {'non-empty ' if required else ''}string")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:  # a lone surrogate: not text Redis can store as UTF-8
-        raise InvalidInput(f"{field} must be valid Unicode text") from None
-    if size > TEXT_BYTES_MAX:
-        raise InvalidInput(f"{field} must be at most {TEXT_BYTES_MAX} bytes")
-    return value
-
-
-def _warn_fraction_ppm(value: object) -> int:
-    """Warn fraction in [0, 1] with at most 6 decimals, as parts per million."""
-    ppm = to_micros(value, field="warn_fraction")
-    if ppm > 1_000_000:
-        raise InvalidLimit("warn_fraction must be between 0 and 1")
-    return ppm
-
-
-def _period_args(period: object) -> list[ScriptArg]:
-    """JSON, kind, seconds, unit of a period for the scripts ('' for none)."""
-    if period is None:
-        return ["", "", "", ""]
-    parsed: BudgetPeriod = parse_period(period)
-    seconds = parsed.duration_seconds()
-    text = parsed.model_dump_json()
-    if isinstance(parsed, CalendarPeriod):
-        return [text, "c", "", parsed.unit]
-    return [text, "d", str(seconds), ""]
-
-
-def _limit_micros(value: object) -> int:
-    """A limit in micros: a valid amount that is > 0 (SPEC §4 wording on failure)."""
-    micros = to_micros(value, field="limit", allow_negative=True)
-    if micros <= 0:
-        raise InvalidLimit("Limit must be positive")
-    return micros
-
-
-def _soft_micros(value: object, limit_micros: int | None) -> str:
-    """A soft limit in micros ('' for none) with 0 < soft <= limit when the limit is known."""
-    if value is None:
-        return ""
-    micros = to_micros(value, field="soft_limit", allow_negative=True)
-    if micros <= 0 or (limit_micros is not None and micros > limit_micros):
-        raise InvalidLimit("Soft limit must be between 0 and limit")
-    return str(micros)
-
-
-THRESHOLDS_MAX = 16
-THRESHOLD_PPM_MAX = 10_000_000
-
-
-def _thresholds_text(thresholds: object) -> str:
-    """Extra warning thresholds (spent fractions of the limit, e.g. [0.5, 0.8, 0.95]) as the
-    scripts store them: ascending ppm, comma-separated; None or [] for none."""
-    if thresholds is None:
-        return ""
-    if isinstance(thresholds, str | bytes) or not isinstance(thresholds, Sequence):
-        raise InvalidLimit("thresholds must be a list of fractions of the limit, e.g. [0.5, 0.8]")
-    ppms = sorted({to_micros(t, field="threshold") for t in thresholds})
-    if len(ppms) > THRESHOLDS_MAX or (ppms and not 0 < ppms[0] <= ppms[-1] <= THRESHOLD_PPM_MAX):
-        raise InvalidLimit(
-            f"thresholds: at most {THRESHOLDS_MAX} fractions in (0, 10] (1 = the whole limit)"
-        )
-    return ",".join(str(p) for p in ppms)
-
-
-def _metadata_json(metadata: object) -> str:
-    if metadata is None:
-        return ""
-    try:
-        return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as error:
-        raise InvalidInput(f"metadata must be JSON-serializable: {short_repr(error)}") from None
-
-
-def _amounts_micros(amounts: Mapping[str, Amount]) -> dict[str, int]:
-    if not isinstance(amounts, Mapping):
-        raise InvalidInput("amounts must be a mapping of currency to amount")
-    if len(amounts) > CURRENCIES_PER_DEBIT_MAX:
-        raise InvalidInput(f"at most {CURRENCIES_PER_DEBIT_MAX} currencies per call")
-    out: dict[str, int] = {}
-    for currency, amount in amounts.items():
-        code = normalize_currency(currency)
-        if code in out:
-            raise InvalidInput(f"currency {code!r} given twice")
-        out[code] = to_micros(amount, field=f"amount[{code}]")
-    return out
-
-
-def _unpriced_text(currencies: object) -> str:
-    if isinstance(currencies, str) or not isinstance(currencies, Sequence):
-        raise InvalidInput("unpriced_currencies must be a sequence of currency codes")
-    return ",".join(sorted({normalize_currency(c) for c in currencies}))
-
-
-def _amount_args(micros: Mapping[str, int]) -> list[ScriptArg]:
-    """The script form of per-currency amounts: a count, then currency, amount pairs."""
-    args: list[ScriptArg] = [str(len(micros))]
-    for currency, amount in micros.items():
-        args += [currency, str(amount)]
-    return args
-
-
-def _usage_fields(
-    scope: Scope,
-    meter_source: object,
-    ref_type: object,
-    ref_id: object,
-    description: object,
-) -> list[ScriptArg]:
-    """meter_source, ref_type, ref_id, session id, description of a ledger entry ('' = none)."""
-    return [
-        _text(meter_source, field="meter_source", required=True),
-        _text(ref_type, field="ref_type"),
-        _text(ref_id, field="ref_id"),
-        scope.session_id or "",
-        _text(description, field="description"),
-    ]
-
-
-def _page(limit: object, offset: object, limit_max: int) -> tuple[int, int]:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= limit_max:
-        raise InvalidInput(f"limit must be an integer in [1, {limit_max}]")
-    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= 100_000:
-        raise InvalidInput("offset must be an integer in [0, 100000]")
-    return limit, offset
 
 
 class BudgetKit:
@@ -453,8 +311,8 @@ class BudgetKit:
         sid = validate_identifier(subject_id, field="subject_id")
         if kind == "org" and sid != org:
             raise InvalidInput("an org-level budget must have subject_id == organization_id")
-        limit_micros = _limit_micros(limit)
-        soft = _soft_micros(soft_limit, limit_micros)
+        limit_micros = convert.limit_micros(limit)
+        soft = convert.soft_micros(soft_limit, limit_micros)
         bid = new_budget_id()
         keys = [
             self._keys.budget(org, bid),
@@ -472,11 +330,11 @@ class BudgetKit:
             normalize_currency(currency),
             str(limit_micros),
             soft,
-            str(_warn_fraction_ppm(warn_fraction)),
-            *_period_args(period),
-            _metadata_json(metadata),
+            str(convert.warn_fraction_ppm(warn_fraction)),
+            *convert.period_args(period),
+            convert.metadata_json(metadata),
             str(BUDGETS_PER_SUBJECT_MAX),
-            _thresholds_text(thresholds),
+            convert.thresholds_text(thresholds),
         ]
         reply = await self._run("create", keys, args)
         return reply.budgets[0].to_budget()
@@ -500,7 +358,7 @@ class BudgetKit:
         org = validate_identifier(organization_id, field="organization_id")
         kind = "" if subject_type is None else BudgetSubjectType.parse(subject_type).as_wire()
         sid = "" if subject_id is None else validate_identifier(subject_id, field="subject_id")
-        page_size, skip = _page(limit, offset, LIST_PAGE_MAX)
+        page_size, skip = convert.page_bounds(limit, offset, LIST_PAGE_MAX)
         if not isinstance(include_disabled, bool):
             raise InvalidInput("include_disabled must be True or False")
         keys = [self._keys.org_index(org), self._keys.events(org)]
@@ -525,20 +383,22 @@ class BudgetKit:
         thresholds. New thresholds fire at once when the spend already reaches them."""
         org, _, key = self._budget_keys(organization_id, budget_id)
         args = self._common_args(org)
-        limit_micros = None if limit is UNSET else _limit_micros(limit)
+        limit_micros = None if limit is UNSET else convert.limit_micros(limit)
         given: list[tuple[object, Callable[[Any], str]]] = [
             (limit, lambda _: str(limit_micros)),
-            (soft_limit, lambda v: _soft_micros(v, limit_micros)),
+            (soft_limit, lambda v: convert.soft_micros(v, limit_micros)),
             (status, self._settable_status),
         ]
-        for value, convert in given:
-            args += ["0", ""] if value is UNSET else ["1", convert(value)]
-        args += ["0", "", "", "", ""] if period is UNSET else ["1", *_period_args(period)]
+        for value, to_arg in given:
+            args += ["0", ""] if value is UNSET else ["1", to_arg(value)]
+        args += ["0", "", "", "", ""] if period is UNSET else ["1", *convert.period_args(period)]
         args += (
-            ["0", ""] if warn_fraction is UNSET else ["1", str(_warn_fraction_ppm(warn_fraction))]
+            ["0", ""]
+            if warn_fraction is UNSET
+            else ["1", str(convert.warn_fraction_ppm(warn_fraction))]
         )
-        args += ["0", ""] if metadata is UNSET else ["1", _metadata_json(metadata)]
-        args += ["0", ""] if thresholds is UNSET else ["1", _thresholds_text(thresholds)]
+        args += ["0", ""] if metadata is UNSET else ["1", convert.metadata_json(metadata)]
+        args += ["0", ""] if thresholds is UNSET else ["1", convert.thresholds_text(thresholds)]
         reply = await self._run("update", [key, self._keys.events(org)], args)
         return reply.budgets[0].to_budget()
 
@@ -564,7 +424,7 @@ class BudgetKit:
         """Credits ``amount`` (> 0, currency units) to the balance; may exceed the limit."""
         org, bid, key = self._budget_keys(organization_id, budget_id)
         micros = to_micros(amount, field="amount", allow_zero=False)
-        text = _text(description, field="description")
+        text = convert.free_text(description, field="description")
         idem_key, idem_args = self._idempotency(org, "top_up", idempotency_key, [bid, micros, text])
         args = [*self._common_args(org), *idem_args, str(micros), text]
         reply = await self._run("top_up", [key, self._keys.events(org), idem_key], args)
@@ -650,14 +510,20 @@ class BudgetKit:
         passes ``("usd",)`` for an unpriced model): when a budget of the scope is in one of
         them, the call raises UnpricedModel and writes nothing.
         """
-        micros = _amounts_micros(amounts)
-        unpriced = _unpriced_text(unpriced_currencies)
+        micros = convert.amounts_micros(amounts)
+        unpriced = convert.unpriced_text(unpriced_currencies)
         keys = self._scope_keys(scope)
         org = scope.organization_id
-        fields = _usage_fields(scope, meter_source, ref_type, ref_id, description)
+        fields = convert.usage_fields(scope, meter_source, ref_type, ref_id, description)
         request = [keys[:-1], fields, sorted(micros.items()), unpriced]
         idem_key, idem_args = self._idempotency(org, "debit", idempotency_key, request)
-        args = [*self._common_args(org), *idem_args, *fields, unpriced, *_amount_args(micros)]
+        args = [
+            *self._common_args(org),
+            *idem_args,
+            *fields,
+            unpriced,
+            *convert.amount_args(micros),
+        ]
         reply = await self._run("debit", [*keys[:-1], idem_key, keys[-1]], args, snapshots=True)
         return self._debit_result(org, reply)
 
@@ -683,8 +549,8 @@ class BudgetKit:
         exhausted nor paused and can cover it from its available balance (balance minus the
         holds already outstanding). The hold expires after ``ttl_seconds`` (0 < ttl ≤ 7 days).
         """
-        micros = _amounts_micros(amounts)
-        ttl_ms = _ttl_ms(ttl_seconds)
+        micros = convert.amounts_micros(amounts)
+        ttl_ms = convert.ttl_ms(ttl_seconds)
         keys = self._scope_keys(scope)
         org = scope.organization_id
         hold_id = new_hold_id()
@@ -696,7 +562,7 @@ class BudgetKit:
             hold_id,
             str(ttl_ms),
             scope.session_id or "",
-            *_amount_args(micros),
+            *convert.amount_args(micros),
         ]
         hold_key = self._keys.hold(org, hold_id)
         raw = await self._call("reserve", [*keys[:-1], hold_key, idem_key, keys[-1]], args)
@@ -739,11 +605,11 @@ class BudgetKit:
         """
         hold_id = self._granted_hold(hold)
         scope = hold.scope
-        micros = _amounts_micros(actual)
-        unpriced = _unpriced_text(unpriced_currencies)
+        micros = convert.amounts_micros(actual)
+        unpriced = convert.unpriced_text(unpriced_currencies)
         keys = self._scope_keys(scope)
         org = scope.organization_id
-        fields = _usage_fields(scope, meter_source, ref_type, ref_id, description)
+        fields = convert.usage_fields(scope, meter_source, ref_type, ref_id, description)
         request = [hold_id, fields, sorted(micros.items()), unpriced]
         idem_key, idem_args = self._idempotency(org, "commit", idempotency_key, request)
         args = [
@@ -752,7 +618,7 @@ class BudgetKit:
             hold_id,
             *fields,
             unpriced,
-            *_amount_args(micros),
+            *convert.amount_args(micros),
         ]
         hold_key = self._keys.hold(org, hold_id)
         commit_keys = [*keys[:-1], hold_key, idem_key, keys[-1]]
@@ -821,7 +687,7 @@ class BudgetKit:
     ) -> list[LedgerEntry]:
         """A page of the budget's ledger, newest first."""
         org, bid, key = self._budget_keys(organization_id, budget_id)
-        page_size, skip = _page(limit, offset, LEDGER_PAGE_MAX)
+        page_size, skip = convert.page_bounds(limit, offset, LEDGER_PAGE_MAX)
         keys = [key, self._keys.ledger(org, bid)]
         raw = await self._call("ledger", keys, [str(page_size), str(skip)])
         return [record.to_entry() for record in parse_entries(raw)]
@@ -840,8 +706,8 @@ class BudgetKit:
         Returns the number of stream entries removed. Bounded: one XTRIM per budget.
         """
         org = validate_identifier(organization_id, field="organization_id")
-        events_cap = None if events_max_len is None else _cap(events_max_len)
-        ledger_cap = None if ledger_max_len is None else _cap(ledger_max_len)
+        events_cap = None if events_max_len is None else convert.stream_cap(events_max_len)
+        ledger_cap = None if ledger_max_len is None else convert.stream_cap(ledger_max_len)
         removed = 0
         async with _redis_errors("trim_history"):
             pipe = self._client.pipeline(transaction=False)
@@ -870,7 +736,7 @@ class BudgetKit:
         it ends when it has caught up. Any number of replicas can read the same stream.
         """
         org = validate_identifier(organization_id, field="organization_id")
-        if after is not None and not _is_stream_id(after):
+        if after is not None and not convert.is_stream_id(after):
             raise InvalidInput("after must be an event id like '1700000000000-0' (or None)")
         if isinstance(block_ms, bool) or not isinstance(block_ms, int):
             raise InvalidInput("block_ms must be an int")
@@ -892,28 +758,6 @@ class BudgetKit:
                 fields = {_decode(k): _decode(v) for k, v in raw_fields.items()}
                 last = _decode(raw_id)
                 yield EventRecord.from_stream(last, fields).to_event(org)
-
-
-def _ttl_ms(ttl_seconds: object) -> int:
-    """A hold TTL in ms: a finite number of seconds in (0, 7 days], at most 3 decimals."""
-    micros = to_micros(ttl_seconds, field="ttl_seconds", allow_zero=False)
-    ttl_ms, rest = divmod(micros, 1000)
-    if rest or not 1 <= ttl_ms <= HOLD_TTL_S_MAX * 1000:
-        raise InvalidInput(f"ttl_seconds must be in (0, {HOLD_TTL_S_MAX}] with ms precision")
-    return ttl_ms
-
-
-def _is_stream_id(value: object) -> bool:
-    """A Redis stream id: ``ms`` or ``ms-seq``, each part below 2^64."""
-    if not isinstance(value, str) or not STREAM_ID_RE.fullmatch(value):
-        return False
-    return all(int(part) < 2**64 for part in value.split("-"))
-
-
-def _cap(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MICROS:
-        raise InvalidInput("a stream cap must be an integer in [0, 2^53 - 1]")
-    return value
 
 
 @contextlib.asynccontextmanager

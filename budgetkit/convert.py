@@ -1,0 +1,180 @@
+"""Conversion of API arguments into script arguments: validation first, then exact units.
+
+Every function here raises an InvalidInput subclass for a bad value and touches nothing else;
+the client calls them before it builds a single key, so a rejected call never reaches Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+
+from budgetkit.amounts import MAX_MICROS, to_micros
+from budgetkit.errors import InvalidInput, InvalidLimit, short_repr
+from budgetkit.ids import normalize_currency
+from budgetkit.models import BudgetPeriod, CalendarPeriod, parse_period
+from budgetkit.scope import Scope
+from budgetkit.scripts import ScriptArg
+
+Amount = int | float | Decimal
+
+TEXT_BYTES_MAX = 1024
+CURRENCIES_PER_DEBIT_MAX = 64
+HOLD_TTL_S_MAX = 7 * 86_400
+THRESHOLDS_MAX = 16
+THRESHOLD_PPM_MAX = 10_000_000
+STREAM_ID_RE = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
+
+
+def free_text(value: object, *, field: str, required: bool = False) -> str:
+    """A free-text field (meter source, description): str, at most TEXT_BYTES_MAX bytes."""
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise InvalidInput(f"{field} must be a {'non-empty ' if required else ''}string")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: not text Redis can store as UTF-8
+        raise InvalidInput(f"{field} must be valid Unicode text") from None
+    if size > TEXT_BYTES_MAX:
+        raise InvalidInput(f"{field} must be at most {TEXT_BYTES_MAX} bytes")
+    return value
+
+
+def warn_fraction_ppm(value: object) -> int:
+    """Warn fraction in [0, 1] with at most 6 decimals, as parts per million."""
+    ppm = to_micros(value, field="warn_fraction")
+    if ppm > 1_000_000:
+        raise InvalidLimit("warn_fraction must be between 0 and 1")
+    return ppm
+
+
+def period_args(period: object) -> list[ScriptArg]:
+    """JSON, kind, seconds, unit of a period for the scripts ('' for none)."""
+    if period is None:
+        return ["", "", "", ""]
+    parsed: BudgetPeriod = parse_period(period)
+    seconds = parsed.duration_seconds()
+    text = parsed.model_dump_json()
+    if isinstance(parsed, CalendarPeriod):
+        return [text, "c", "", parsed.unit]
+    return [text, "d", str(seconds), ""]
+
+
+def limit_micros(value: object) -> int:
+    """A limit in micros: a valid amount that is > 0 (SPEC §4 wording on failure)."""
+    micros = to_micros(value, field="limit", allow_negative=True)
+    if micros <= 0:
+        raise InvalidLimit("Limit must be positive")
+    return micros
+
+
+def soft_micros(value: object, limit_micros: int | None) -> str:
+    """A soft limit in micros ('' for none) with 0 < soft <= limit when the limit is known."""
+    if value is None:
+        return ""
+    micros = to_micros(value, field="soft_limit", allow_negative=True)
+    if micros <= 0 or (limit_micros is not None and micros > limit_micros):
+        raise InvalidLimit("Soft limit must be between 0 and limit")
+    return str(micros)
+
+
+def thresholds_text(thresholds: object) -> str:
+    """Extra warning thresholds (spent fractions of the limit, e.g. [0.5, 0.8, 0.95]) as the
+    scripts store them: ascending ppm, comma-separated; None or [] for none."""
+    if thresholds is None:
+        return ""
+    if isinstance(thresholds, str | bytes) or not isinstance(thresholds, Sequence):
+        raise InvalidLimit("thresholds must be a list of fractions of the limit, e.g. [0.5, 0.8]")
+    ppms = sorted({to_micros(t, field="threshold") for t in thresholds})
+    if len(ppms) > THRESHOLDS_MAX or (ppms and not 0 < ppms[0] <= ppms[-1] <= THRESHOLD_PPM_MAX):
+        raise InvalidLimit(
+            f"thresholds: at most {THRESHOLDS_MAX} fractions in (0, 10] (1 = the whole limit)"
+        )
+    return ",".join(str(p) for p in ppms)
+
+
+def metadata_json(metadata: object) -> str:
+    if metadata is None:
+        return ""
+    try:
+        return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise InvalidInput(f"metadata must be JSON-serializable: {short_repr(error)}") from None
+
+
+def amounts_micros(amounts: Mapping[str, Amount]) -> dict[str, int]:
+    if not isinstance(amounts, Mapping):
+        raise InvalidInput("amounts must be a mapping of currency to amount")
+    if len(amounts) > CURRENCIES_PER_DEBIT_MAX:
+        raise InvalidInput(f"at most {CURRENCIES_PER_DEBIT_MAX} currencies per call")
+    out: dict[str, int] = {}
+    for currency, amount in amounts.items():
+        code = normalize_currency(currency)
+        if code in out:
+            raise InvalidInput(f"currency {code!r} given twice")
+        out[code] = to_micros(amount, field=f"amount[{code}]")
+    return out
+
+
+def unpriced_text(currencies: object) -> str:
+    if isinstance(currencies, str) or not isinstance(currencies, Sequence):
+        raise InvalidInput("unpriced_currencies must be a sequence of currency codes")
+    return ",".join(sorted({normalize_currency(c) for c in currencies}))
+
+
+def amount_args(micros: Mapping[str, int]) -> list[ScriptArg]:
+    """The script form of per-currency amounts: a count, then currency, amount pairs."""
+    args: list[ScriptArg] = [str(len(micros))]
+    for currency, amount in micros.items():
+        args += [currency, str(amount)]
+    return args
+
+
+def usage_fields(
+    scope: Scope,
+    meter_source: object,
+    ref_type: object,
+    ref_id: object,
+    description: object,
+) -> list[ScriptArg]:
+    """meter_source, ref_type, ref_id, session id, description of a ledger entry ('' = none)."""
+    return [
+        free_text(meter_source, field="meter_source", required=True),
+        free_text(ref_type, field="ref_type"),
+        free_text(ref_id, field="ref_id"),
+        scope.session_id or "",
+        free_text(description, field="description"),
+    ]
+
+
+def page_bounds(limit: object, offset: object, limit_max: int) -> tuple[int, int]:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= limit_max:
+        raise InvalidInput(f"limit must be an integer in [1, {limit_max}]")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= 100_000:
+        raise InvalidInput("offset must be an integer in [0, 100000]")
+    return limit, offset
+
+
+def ttl_ms(ttl_seconds: object) -> int:
+    """A hold TTL in ms: a finite number of seconds in (0, 7 days], at most 3 decimals."""
+    micros = to_micros(ttl_seconds, field="ttl_seconds", allow_zero=False)
+    ttl_ms, rest = divmod(micros, 1000)
+    if rest or not 1 <= ttl_ms <= HOLD_TTL_S_MAX * 1000:
+        raise InvalidInput(f"ttl_seconds must be in (0, {HOLD_TTL_S_MAX}] with ms precision")
+    return ttl_ms
+
+
+def is_stream_id(value: object) -> bool:
+    """A Redis stream id: ``ms`` or ``ms-seq``, each part below 2^64."""
+    if not isinstance(value, str) or not STREAM_ID_RE.fullmatch(value):
+        return False
+    return all(int(part) < 2**64 for part in value.split("-"))
+
+
+def stream_cap(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MICROS:
+        raise InvalidInput("a stream cap must be an integer in [0, 2^53 - 1]")
+    return value
