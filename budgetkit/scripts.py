@@ -308,21 +308,29 @@ class ScriptRuntime:
         script = self._scripts[name]
         durable = self.durability is not None and not readonly and self.durability.covers(name)
         for attempt in range(NOSCRIPT_RETRIES_MAX + 1):
-            await self.ensure_loaded(name)
+            # One server: EVALSHA first and SCRIPT LOAD only on NOSCRIPT, so a worker whose ACL
+            # lacks SCRIPT LOAD runs scripts an operator preloaded. A Cluster loads up front.
+            if self._cluster or attempt > 0:
+                await self.ensure_loaded(name)
             # Cluster: after a NOSCRIPT, EVAL the source on the node that lacks it.
             source = self._cluster and attempt > 0
             command = self.command(name, keys, args, source=source, readonly=readonly)
             try:
                 if durable:
                     assert self.durability is not None
-                    return await self.durability.run(self._client, command, keys[0])
-                return await self._client.execute_command(*command)
+                    reply = await self.durability.run(self._client, command, keys[0])
+                else:
+                    reply = await self._client.execute_command(*command)
+                self._loaded.add(script.sha)  # the server has it: a later NOSCRIPT is a reload
+                return reply
             except redis_errors.NoScriptError:
+                was_loaded = self._cluster or script.sha in self._loaded
                 if not self._cluster:  # a Cluster node that lacks it gets it by EVAL instead
                     self._loaded.discard(script.sha)
-                self.reloads += 1
-                if self._on_reload is not None:
-                    self._on_reload()
+                if was_loaded:  # a reload (flush, restart, failover), not the first load
+                    self.reloads += 1
+                    if self._on_reload is not None:
+                        self._on_reload()
                 if attempt == NOSCRIPT_RETRIES_MAX:
                     raise ScriptError(f"script {name} vanished again after reload") from None
             except BudgetkitError:

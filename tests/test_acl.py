@@ -322,12 +322,6 @@ async def test_per_organization_worker(
             await client.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library limitation B8: ScriptRuntime always sends SCRIPT LOAD before the first "
-    "EVALSHA of each script, so a worker without +script|load fails even when an admin "
-    "preloaded every script (and the NoPermissionError escapes untyped)",
-)
 async def test_worker_without_script_load(server: Server, root: redis_asyncio.Redis) -> None:
     rules = [r for r in acl_users()[WORKER] if r != "+script|load"]
     await root.execute_command("ACL", "SETUSER", "worker-noload", "reset", *rules)

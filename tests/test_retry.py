@@ -233,8 +233,11 @@ async def proxy(real_redis: Redis, redis_server_url: str) -> AsyncIterator[DropP
 
 @pytest_asyncio.fixture
 async def kit(proxy: DropProxy) -> AsyncIterator[bk.BudgetKit]:
-    """The client under test: every command goes through the proxy."""
+    """The client under test: every command goes through the proxy. Its scripts are loaded
+    first, so the EVALSHA the proxy cuts is a real script call (not a first-use NOSCRIPT)."""
     async with bk.BudgetKit.from_url(proxy.url) as client:
+        for name in client.runtime.scripts:
+            await client.runtime.ensure_loaded(name)
         yield client
 
 
