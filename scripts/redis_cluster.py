@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import importlib.util
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,27 @@ def _load_redis_server() -> ModuleType:
 
 redis_server = _load_redis_server()
 RedisServer = redis_server.RedisServer
+
+#: A cluster node's bus listens on its port + 10,000, so node ports stay at or below this.
+CLUSTER_PORT_MAX = 55_535
+CLUSTER_PORT_TRIES_MAX = 200
+
+
+def cluster_port() -> int:
+    """A free 127.0.0.1 port for a cluster node whose bus port (port + 10,000) is free too."""
+    for _ in range(CLUSTER_PORT_TRIES_MAX):
+        port = redis_server.find_free_port()
+        if port > CLUSTER_PORT_MAX:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 RedisServerError = redis_server.RedisServerError
 
 
@@ -201,7 +223,9 @@ class LocalCluster:
         try:
             count = self.primaries_count * (1 + self.replicas_count)
             for i in range(count):
-                server = RedisServer(self.dir / f"node-{i}", extra_args=self._node_args())
+                server = RedisServer(
+                    self.dir / f"node-{i}", port=cluster_port(), extra_args=self._node_args()
+                )
                 server.start()
                 self.servers.append(server)
             cli(
@@ -351,7 +375,11 @@ class LocalCluster:
         """Starts one more (empty) node and adds it as a primary without slots, the way
         ``redis-cli --cluster add-node`` does; waits until every node knows it. Returns its
         port."""
-        server = RedisServer(self.dir / f"node-{len(self.servers)}", extra_args=self._node_args())
+        server = RedisServer(
+            self.dir / f"node-{len(self.servers)}",
+            port=cluster_port(),
+            extra_args=self._node_args(),
+        )
         server.start()
         self.servers.append(server)
         cli(
