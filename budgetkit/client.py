@@ -52,7 +52,14 @@ from budgetkit.models import (
     LedgerEntry,
 )
 from budgetkit.observability import Instrument, Instruments
-from budgetkit.replies import EventRecord, Reply, ms_to_datetime, parse_entries, parse_reply
+from budgetkit.replies import (
+    EventRecord,
+    Reply,
+    ms_to_datetime,
+    parse_entries,
+    parse_reply,
+    text_of,
+)
 from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
 from budgetkit.scripts import ScriptArg, ScriptRuntime
@@ -716,7 +723,7 @@ class BudgetKit:
             if ledger_cap is not None:
                 ids: list[Any] = await self._client.zrange(self._keys.org_index(org), 0, -1)
                 for raw in ids:
-                    ledger = self._keys.ledger(org, _decode(raw))
+                    ledger = self._keys.ledger(org, text_of(raw))
                     pipe.xtrim(ledger, maxlen=ledger_cap, approximate=False)
             for count in await pipe.execute():
                 removed += int(count)
@@ -755,8 +762,8 @@ class BudgetKit:
                     continue
                 return
             for raw_id, raw_fields in batches[0][1]:
-                fields = {_decode(k): _decode(v) for k, v in raw_fields.items()}
-                last = _decode(raw_id)
+                fields = {text_of(k): text_of(v) for k, v in raw_fields.items()}
+                last = text_of(raw_id)
                 yield EventRecord.from_stream(last, fields).to_event(org)
 
 
@@ -772,7 +779,3 @@ async def _redis_errors(operation: str) -> AsyncIterator[None]:
         raise BudgetUnavailable(f"{operation}: cannot reach Redis: {error}") from error
     except redis_errors.ResponseError as error:
         raise ScriptError(f"{operation}: {error}") from None
-
-
-def _decode(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -64,6 +64,7 @@ from budgetkit.export_books import (
 )
 from budgetkit.export_jsonl import JsonlSink
 from budgetkit.export_postgres import PostgresSink
+from budgetkit.replies import text_of
 
 __all__ = [
     "DEFAULT_CONSUMER",
@@ -142,10 +143,6 @@ def _config_digest(snap: BudgetSnapshotRecord) -> str:
     return hashlib.sha256(json.dumps(stable).encode("utf-8")).hexdigest()
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def _stream_replies(raw: Any) -> list[tuple[str, list[tuple[str, dict[str, str] | None]]]]:
     """XREADGROUP's reply (RESP2 list or RESP3 dict) as [(key, [(id, fields or None)])]."""
     if not raw:
@@ -159,10 +156,10 @@ def _stream_replies(raw: Any) -> list[tuple[str, list[tuple[str, dict[str, str] 
         decoded: list[tuple[str, dict[str, str] | None]] = []
         for sid, values in rows:
             if values:
-                decoded.append((_text(sid), {_text(k): _text(v) for k, v in values.items()}))
+                decoded.append((text_of(sid), {text_of(k): text_of(v) for k, v in values.items()}))
             else:
-                decoded.append((_text(sid), None))  # deleted while pending
-        out.append((_text(key), decoded))
+                decoded.append((text_of(sid), None))  # deleted while pending
+        out.append((text_of(key), decoded))
     return out
 
 
@@ -352,10 +349,10 @@ class Exporter:
             raw_hash, info = replies[1 + 2 * i], replies[2 + 2 * i]
             if isinstance(raw_hash, Exception) or not raw_hash:
                 continue  # indexed but gone: nothing to snapshot
-            values = {_text(k): _text(v) for k, v in raw_hash.items()}
+            values = {text_of(k): text_of(v) for k, v in raw_hash.items()}
             last = ZERO_STREAM_ID
             if isinstance(info, dict):
-                last = _text(info["last-generated-id"])
+                last = text_of(info["last-generated-id"])
             elif isinstance(info, Exception) and not str(info).startswith("no such key"):
                 raise info
             snap = BudgetSnapshotRecord(org, bid, taken_us, last, values)
@@ -473,11 +470,13 @@ class Exporter:
             if isinstance(groups, Exception) or not groups:
                 continue
             for g in groups:
-                name = _text(g["name"])
+                name = text_of(g["name"])
                 if int(g["pending"]) > 0:
                     pending_of.append((key, name))
                 else:
-                    bounds.setdefault(key, []).append(next_stream_id(_text(g["last-delivered-id"])))
+                    bounds.setdefault(key, []).append(
+                        next_stream_id(text_of(g["last-delivered-id"]))
+                    )
         if pending_of:
             pipe = self._redis.pipeline(transaction=False)
             for key, name in pending_of:
@@ -487,8 +486,8 @@ class Exporter:
                 if summary.get("min") is None:  # acknowledged meanwhile: trim it next pass
                     bounds.setdefault(key, []).append("0-1")
                     continue
-                bounds.setdefault(key, []).append(_text(summary["min"]))
-                others = [c for c in summary["consumers"] if _text(c["name"]) != self.consumer]
+                bounds.setdefault(key, []).append(text_of(summary["min"]))
+                others = [c for c in summary["consumers"] if text_of(c["name"]) != self.consumer]
                 if name == self.group and others:
                     orphaned.append(key)
             await self._claim(orphaned)

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from budgetkit.errors import BudgetkitError, CorruptState
 from budgetkit.keys import Keyspace
-from budgetkit.replies import EventRecord, ms_to_datetime
+from budgetkit.replies import EventRecord, ms_to_datetime, text_of
 
 __all__ = [
     "DEFAULT_CONSUMER",
@@ -86,10 +86,6 @@ def next_stream_id(text: str) -> str:
     """The smallest stream id greater than ``text`` (XTRIM MINID of it drops ``text``)."""
     ms, seq = parse_stream_id(text)
     return format_stream_id((ms, seq + 1))
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _opt(value: str) -> str | None:
@@ -417,7 +413,7 @@ async def discover_organizations(
     head = keys.prefix + ":{"
     found: set[str] = set()
     async for raw in redis.scan_iter(match=pattern, count=scan_count, _type="zset"):
-        name = _text(raw)
+        name = text_of(raw)
         if name.startswith(head) and name.endswith("}:all"):
             found.add(name[len(head) : -len("}:all")])
     return sorted(found)
@@ -430,7 +426,7 @@ async def budget_ids(redis: Redis, keys: Keyspace, organization_id: str) -> list
     start = 0
     while True:
         page: Sequence[Any] = await redis.zrange(index, start, start + INDEX_PAGE - 1)
-        seen.update((_text(v), None) for v in page)
+        seen.update((text_of(v), None) for v in page)
         start += INDEX_PAGE
         if len(page) < INDEX_PAGE:
             return list(seen)

@@ -30,6 +30,7 @@ from budgetkit.export_base import (
     discover_organizations,
 )
 from budgetkit.periods import aligned_period_start_ms, bucket_start_ms
+from budgetkit.replies import text_of
 
 __all__ = ["BudgetDrift", "ReconcileReport", "RestoreReport", "reconcile", "restore"]
 
@@ -39,10 +40,6 @@ CHUNK_BUDGETS = 256
 TAIL_PAGE = 1000
 PPM = 1_000_000
 PERIOD_RESET_SOURCE = "period_reset"
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
@@ -113,7 +110,7 @@ async def _stream_upto(redis: Redis, key: str, last: str) -> list[tuple[str, dic
     while True:
         page: Any = await redis.xrange(key, start, last, count=TAIL_PAGE)
         for sid, values in page:
-            out.append((_text(sid), {_text(k): _text(v) for k, v in values.items()}))
+            out.append((text_of(sid), {text_of(k): text_of(v) for k, v in values.items()}))
         if len(page) < TAIL_PAGE:
             return out
         start = "(" + out[-1][0]
@@ -159,10 +156,10 @@ async def _reconcile_chunk(
         values, info = replies[2 * i], replies[2 * i + 1]
         if isinstance(values, Exception) or values[0] is None:
             continue  # indexed, hash gone
-        last = _text(info["last-generated-id"]) if isinstance(info, dict) else ZERO_STREAM_ID
+        last = text_of(info["last-generated-id"]) if isinstance(info, dict) else ZERO_STREAM_ID
         if isinstance(info, Exception) and not str(info).startswith("no such key"):
             raise info
-        state[bid] = (int(values[0]), int(values[1]), _text(values[2]), last)
+        state[bid] = (int(values[0]), int(values[1]), text_of(values[2]), last)
     tails: dict[str, list[LedgerRecord]] = {}
     for bid, (_, _, cur, last) in state.items():
         if last != ZERO_STREAM_ID:

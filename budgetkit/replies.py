@@ -43,7 +43,8 @@ def ms_to_datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=millis * 1000)
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
+    """A Redis reply value as text (bytes are UTF-8)."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
