@@ -289,17 +289,15 @@ async def _resume(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _usage_values(a: argparse.Namespace) -> dict[str, Any]:
+    """The ledger options debit and commit share (declared by _usage_options)."""
+    names = ("meter_source", "ref_type", "ref_id", "description", "idempotency_key")
+    return {name: getattr(a, name) for name in names}
+
+
 async def _debit(a: argparse.Namespace) -> int:
     async with _open(a) as kit:
-        result = await kit.debit(
-            _scope(a),
-            _amounts(a),
-            meter_source=a.meter_source,
-            ref_type=a.ref_type,
-            ref_id=a.ref_id,
-            description=a.description,
-            idempotency_key=a.idempotency_key,
-        )
+        result = await kit.debit(_scope(a), _amounts(a), **_usage_values(a))
     _emit(a, result)
     return EXIT_OK
 
@@ -319,15 +317,7 @@ def _hold(a: argparse.Namespace) -> Reservation:
 
 async def _commit(a: argparse.Namespace) -> int:
     async with _open(a) as kit:
-        result = await kit.commit(
-            _hold(a),
-            _amounts(a),
-            meter_source=a.meter_source,
-            ref_type=a.ref_type,
-            ref_id=a.ref_id,
-            description=a.description,
-            idempotency_key=a.idempotency_key,
-        )
+        result = await kit.commit(_hold(a), _amounts(a), **_usage_values(a))
     _emit(a, result)
     return EXIT_OK
 

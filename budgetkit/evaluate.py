@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from budgetkit.amounts import MICROS_PER_UNIT
 from budgetkit.models import (
     ACTION_SEVERITY,
     ActionKind,
@@ -40,9 +41,8 @@ __all__ = [
     "tool_response",
 ]
 
-#: Micro-units per currency unit, and parts per million of a fraction.
-MICROS_PER_UNIT = 1_000_000
-PPM = 1_000_000
+#: Parts per million of a fraction (a warn fraction of 1 is PPM).
+PPM = MICROS_PER_UNIT
 #: Default warn fraction (0.2) in parts per million.
 DEFAULT_WARN_FRACTION_PPM = 200_000
 #: Hint of the tool response when the scope has no budget.

@@ -17,6 +17,7 @@ from redis.exceptions import ResponseError
 
 from budgetkit.client import BudgetKit
 from budgetkit.errors import CorruptState
+from budgetkit.evaluate import PPM
 from budgetkit.export_base import (
     DEFAULT_GROUP,
     LIMIT_CHANGE_SOURCE,
@@ -38,7 +39,6 @@ __all__ = ["BudgetDrift", "ReconcileReport", "RestoreReport", "reconcile", "rest
 CHUNK_BUDGETS = 256
 #: Stream entries per XRANGE page.
 TAIL_PAGE = 1000
-PPM = 1_000_000
 PERIOD_RESET_SOURCE = "period_reset"
 
 

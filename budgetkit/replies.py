@@ -122,11 +122,6 @@ class BudgetRecord:
             updated_ms=int(f[17]),
         )
 
-    @property
-    def available_micros(self) -> int:
-        """Balance minus outstanding holds: what checks and reservations evaluate."""
-        return self.balance_micros - self.held_micros
-
     def to_budget(self) -> Budget:
         """The seed model; a record that does not parse is CorruptState (the scripts check the
         same fields before writing, so this is a second line of defence)."""
@@ -155,18 +150,6 @@ class BudgetRecord:
             status=BudgetStatus.parse(self.status),
             created_at=ms_to_datetime(self.created_ms),
             updated_at=ms_to_datetime(self.updated_ms),
-        )
-
-    def snapshot(self) -> BudgetSnapshot:
-        return BudgetSnapshot(
-            budget_id=self.id,
-            currency=self.currency,
-            limit_micros=self.limit_micros,
-            balance_micros=self.available_micros,
-            soft_limit_micros=self.soft_limit_micros,
-            status=self.status,
-            soft_acknowledged=self.soft_acknowledged,
-            warn_fraction_ppm=self.warn_fraction_ppm,
         )
 
 
