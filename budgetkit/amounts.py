@@ -57,14 +57,33 @@ def _show(value: object) -> str:
     return short_repr(value)
 
 
+#: Longest numeric string accepted as an amount (a bound on what Decimal has to parse).
+_TEXT_LENGTH_MAX = 64
+
+
+def _text_decimal(value: str, *, field: str) -> Decimal:
+    """A numeric string (``"0.25"``, ``"1e-3"``) as a Decimal; anything else is rejected."""
+    text = value.strip()
+    try:
+        if len(text) > _TEXT_LENGTH_MAX:
+            raise InvalidOperation
+        return Decimal(text)
+    except InvalidOperation:
+        raise InvalidAmount(f"{field} must be a number, got {_show(value)}") from None
+
+
 def _as_decimal(value: object, *, field: str) -> Decimal:
     """Return ``value`` as a finite Decimal, reading a float as its shortest round-trip decimal.
 
-    Only int, float and Decimal are amounts; bool is an int to Python but never an amount.
+    Only int, float, Decimal and numeric strings are amounts; bool is an int to Python but never
+    an amount.
     """
+    if isinstance(value, str):
+        value = _text_decimal(value, field=field)
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise InvalidAmount(
-            f"{field} must be an int, float or Decimal, got {type(value).__name__} {_show(value)}"
+            f"{field} must be an int, float, Decimal or numeric string, "
+            f"got {type(value).__name__} {_show(value)}"
         )
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -104,25 +123,32 @@ def _check_bounds(micros: int, value: object, *, field: str) -> None:
 
 
 def to_micros(
-    value: object, *, field: str, allow_negative: bool = False, allow_zero: bool = True
+    value: object,
+    *,
+    field: str,
+    allow_negative: bool = False,
+    allow_zero: bool = True,
+    strict: bool = False,
 ) -> int:
-    """Convert an amount given to the API into integer micro-units, exactly, or reject it.
+    """Convert an amount given to the API into integer micro-units, or reject it (SPEC §2).
 
-    Why: amounts are stored as integers so that sums are exact; anything that cannot be
-    represented exactly (more than 6 decimals, NaN, ±inf, beyond ``MAX_MICROS``) is rejected
-    before anything is written instead of being silently rounded.
+    Why: amounts are stored as integers so that sums are exact. A computed float such as
+    ``1500 * 3e-6`` (0.0045000000000000005) is rounded half-up to the micro-unit (0.0045);
+    ``strict`` rejects more than 6 decimals instead. NaN, ±inf, a wrong type or a value beyond
+    ``MAX_MICROS`` is always rejected before anything is written.
 
-    ``value``: int, float or Decimal, in currency units; a float is read as its shortest
-    round-trip decimal (``repr``), so ``0.1`` is exactly 100,000 micros. ``field`` names the
-    argument in error messages. Returns micros in ``[-MAX_MICROS, MAX_MICROS]`` (``[0, ...]``
-    unless ``allow_negative``; never 0 unless ``allow_zero``). Raises InvalidAmount.
+    ``value``: int, float, Decimal or numeric string, in currency units; a float is read as its
+    shortest round-trip decimal (``repr``), so ``0.1`` is exactly 100,000 micros. ``field`` names
+    the argument in error messages. Returns micros in ``[-MAX_MICROS, MAX_MICROS]``
+    (``[0, ...]`` unless ``allow_negative``; never 0 unless ``allow_zero``: a value that rounds
+    to 0 is then rejected). Raises InvalidAmount.
     """
     exact = _as_decimal(value, field=field)
     if exact.is_signed() and not exact.is_zero() and not allow_negative:
         raise InvalidAmount(f"{field} must not be negative, got {_show(value)}")
     _check_magnitude(exact, field=field)
     quantized = exact.quantize(_MICRO_STEP, context=_CONTEXT)
-    if quantized != exact:
+    if strict and quantized != exact:
         raise InvalidAmount(
             f"{field} has more than {_DECIMALS_MAX} decimal places: {_show(value)} "
             f"(amounts are exact to 1e-{_DECIMALS_MAX})"
@@ -130,7 +156,8 @@ def to_micros(
     micros = _micros_of(quantized)
     _check_bounds(micros, value, field=field)
     if micros == 0 and not allow_zero:
-        raise InvalidAmount(f"{field} must not be zero, got {_show(value)}")
+        rounded = "" if quantized == exact else " after rounding to the micro-unit"
+        raise InvalidAmount(f"{field} must not be zero{rounded}, got {_show(value)}")
     return micros
 
 
@@ -138,7 +165,7 @@ def round_micros(value: Decimal | int | float) -> int:
     """Round an amount computed by budgetkit (a price estimate, a provider cost) to micro-units.
 
     Why: computed values legitimately carry more than 6 decimals; they are rounded half-up (a
-    tie goes away from zero), unlike amounts given by a caller, which must be exact.
+    tie goes away from zero), as ``to_micros`` rounds amounts given by a caller.
 
     ``value`` in currency units; a float is read as its shortest round-trip decimal. Returns
     micros in ``[-MAX_MICROS, MAX_MICROS]``. Raises InvalidAmount for NaN, ±inf, a wrong type, or

@@ -19,7 +19,14 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from budgetkit.errors import BudgetUnavailable, OutcomeUnknown
-from budgetkit.scripts import ScriptArg, ScriptRuntime, connection_failure, translate_error
+from budgetkit.scripts import (
+    ReplyLost,
+    ScriptArg,
+    ScriptRuntime,
+    connection_failure,
+    translate_error,
+)
+from budgetkit.store_errors import passing
 from budgetkit.urls import RedisClient
 
 BATCH_SIZE_MAX = 256
@@ -107,8 +114,13 @@ class ScriptBatcher:
                     pipe.execute_command(*command)
                 results = await pipe.execute(raise_on_error=False)
         except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
-            sent = isinstance(connection_failure("batch", error), OutcomeUnknown)
-            if sent or runtime.failover_retry_s <= 0:
+            lost = connection_failure("batch", error)
+            if isinstance(lost, ReplyLost):
+                # Replies lost: each call is sent again alone, at once (its request record
+                # makes that safe, budgetkit.redelivery).
+                await asyncio.gather(*(self._resend_alone(c, lost) for c in calls))
+                return
+            if isinstance(lost, OutcomeUnknown) or runtime.failover_retry_s <= 0:
                 for c in calls:
                     _settle(c, exception=connection_failure(c.name, error))
                 return
@@ -126,7 +138,8 @@ class ScriptBatcher:
                 again.append(c)  # the runtime reloads (or EVALs, on a Cluster) and retries once
             elif isinstance(result, Exception):
                 failure = translate_error(c.name, result)
-                if type(failure) is BudgetUnavailable and runtime.failover_retry_s > 0:
+                retry = type(failure) is BudgetUnavailable and passing(failure)
+                if retry and runtime.failover_retry_s > 0:
                     again.append(c)  # did not run: retried alone, following the failover
                 else:
                     _settle(c, exception=failure)
@@ -134,6 +147,19 @@ class ScriptBatcher:
                 _settle(c, result=result)
         for c in again:  # in the order the calls were made
             await self._send_alone(c)
+
+    async def _resend_alone(self, c: _Call, lost: OutcomeUnknown) -> None:
+        """Sends a call of a pipeline whose replies were lost again; when the resend does not
+        reach Redis the first send may still have applied: OutcomeUnknown, never unavailable."""
+        try:
+            _settle(c, result=await self._runtime.call(c.name, c.keys, c.args))
+        except OutcomeUnknown as error:
+            _settle(c, exception=error)
+        except BudgetUnavailable as error:
+            unknown = OutcomeUnknown(f"{c.name}: {lost}; sent again: {error}")
+            _settle(c, exception=unknown)
+        except Exception as error:
+            _settle(c, exception=error)
 
     async def _send_alone(self, c: _Call) -> None:
         try:

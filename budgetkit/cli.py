@@ -1,12 +1,13 @@
 """`budgetkit` command line: a thin layer over the public API.
 
 Every command takes ``--redis-url`` (default ``$REDIS_URL``; ``demo`` alone falls back to an
-in-process fakeredis) and ``--json`` (one JSON document on stdout: the models' wire JSON).
-Human output is rich tables (``budgetkit.cli_output``; rich is imported only for it).
+in-process fakeredis) and ``--json`` (one JSON document on stdout: the models' wire JSON), before
+or after the command. Human output is rich tables (``budgetkit.cli_output``; rich is imported only
+for it).
 
-Exit codes: 0 ok (a check that says continue or warn), 1 a check that says pause or stop (also a
-denied ``reserve``), 2 usage or connection error, reported as one line on stderr:
-``budgetkit: <what happened>. <what to do>``.
+Exit codes (``EXIT_CODES_HELP``): 0 ok (a check that says continue or warn), 1 a check that says
+pause or stop (also a denied ``reserve``, drift found by ``reconcile``...), 2 a usage, input or
+connection error, reported as one line on stderr: ``budgetkit: <what happened>. <what to do>``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,16 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from budgetkit.client import UNSET, BudgetKit
+from budgetkit.convert import budget_period
 from budgetkit.errors import (
     BudgetkitError,
     BudgetNotFound,
@@ -38,20 +45,34 @@ from budgetkit.errors import (
     HoldNotFound,
     IdempotencyConflict,
     InvalidInput,
+    InvalidPeriod,
     OutcomeUnknown,
     UnpricedModel,
 )
-from budgetkit.models import BudgetCheckResult, BudgetEvent, json_schemas
-from budgetkit.periods import CALENDAR_UNITS
+from budgetkit.models import BudgetCheckResult, BudgetEvent, BudgetPeriod, json_schemas
 from budgetkit.results import Reservation
 from budgetkit.scope import Scope
+from budgetkit.store_errors import is_acl_refusal, reply_code, server_reply
 
 EXIT_OK, EXIT_LIMIT, EXIT_USAGE = 0, 1, 2
+EXIT_USAGE_HELP = "usage, input or connection error (one line on stderr)"
+EXIT_CODES_HELP = f"""exit codes:
+  0  ok; for check: continue or warn
+  1  check: pause or stop; check-tool: paused or exhausted; reserve: denied;
+     reconcile: drift; restore: mismatches or budgets without a snapshot;
+     demo: a budget did not reconcile
+  2  {EXIT_USAGE_HELP}"""
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
 SUBJECT_TYPES = ("session", "app_channel", "app", "agent", "user", "org", "organization")
 SETTABLE_STATUSES = ("active", "paused", "disabled")
 SHELLS = ("bash", "zsh", "fish")
+REDIS_URL_HELP = "redis://, rediss:// or unix:// URL (default: $REDIS_URL)"
+JSON_HELP = "print one JSON document (the models' wire JSON) instead of tables"
+SESSION_SUBJECT_HELP = (
+    "A session budget is enforced for scopes whose root session is --subject-id (child sessions "
+    "pool there), ignored in a scope that names another root session."
+)
 SCOPE_OPTIONS = (
     ("session", "session id (the budgets of --root-session apply when given)"),
     ("root-session", "root session of a delegation tree"),
@@ -100,15 +121,15 @@ def _json_or_none(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not JSON: {text!r} ({error.msg})") from None
 
 
-def _period(text: str) -> Any:
-    """A period: JSON, ``none``, a calendar unit (``month``) or a rolling window (``5h``)."""
+def _period(text: str) -> BudgetPeriod | None:
+    """A period: ``none``, JSON, or a period string read as the API reads it (``month``, ``5h``)."""
     if text.lower() in ("none", "null"):
         return None
-    if text.lstrip().startswith("{"):
-        return _json_or_none(text)
-    if text in CALENDAR_UNITS:
-        return {"type": "calendar", "unit": text}
-    return {"type": "rolling", "window": text}
+    value: object = _json_or_none(text) if text.lstrip().startswith("{") else text
+    try:
+        return budget_period(value)
+    except InvalidPeriod as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _thresholds(text: str) -> list[Decimal] | None:
@@ -170,15 +191,43 @@ def _reason(error: BaseException) -> str:
 
 
 AUTH_HINTS = ("authenticat", "noauth", "wrongpass", "username-password", "invalid password")
+ACL_HINT = "Grant its user the commands and keys budgetkit needs (docs/acl.md)"
+#: What to do when Redis refused a request, by the code of its reply (budgetkit.store_errors).
+REFUSAL_HINTS = {
+    "READONLY": "Point --redis-url at the primary, not a replica",
+    "OOM": "Free memory on the server or raise its maxmemory",
+    "LOADING": "Wait until it has loaded its data, then retry",
+    "MISCONF": "Fix its persistence (see the server's log), then retry",
+}
+REFUSAL_HINT = "Fix the server or --redis-url, then retry"
+
+
+def _refusal_hint(reply: str) -> str:
+    if is_acl_refusal(reply):
+        return ACL_HINT
+    if "DB index" in reply:
+        return "Use a database the server has (redis://HOST:PORT/0)"
+    return REFUSAL_HINTS.get(reply_code(reply), REFUSAL_HINT)
 
 
 def _unreachable(url: str, error: BaseException) -> CliError:
+    """The one-line error of a store that could not serve a command: unreachable, refusing the
+    credentials, or refusing the command (its reply names why: ACL, DB index, read-only...)."""
     text = str(error).lower()
     if isinstance(error, AuthenticationError) or any(hint in text for hint in AUTH_HINTS):
         return CliError(
             f"Redis at {redact(url)} refused the connection's credentials "
             f"({str(error).rstrip('.')}). Put the right user and password in --redis-url "
             "(redis://USER:PASSWORD@HOST:PORT/0)"
+        )
+    if isinstance(error, BudgetUnavailable):
+        reply = error.server_error
+    else:
+        reply = server_reply(error) if isinstance(error, RedisError) else None
+    if reply is not None:
+        reason = reply.split(" script: ", 1)[0].rstrip(".")  # without Redis's script suffix
+        return CliError(
+            f"Redis at {redact(url)} refused the command ({reason}). {_refusal_hint(reply)}"
         )
     return CliError(
         f"cannot reach Redis at {redact(url)} ({_reason(error)}). "
@@ -197,10 +246,10 @@ async def _open(a: argparse.Namespace) -> AsyncIterator[BudgetKit]:
     try:
         try:
             await kit.redis.ping()
-        except ResponseError:
-            pass  # reachable; e.g. an ACL user without PING: the command itself will tell
-        except (RedisError, OSError) as error:
-            raise _unreachable(url, error) from error
+        except NoPermissionError:
+            pass  # an ACL user without PING: the command itself will tell
+        except (RedisError, RedisClusterException, OSError) as error:
+            raise _unreachable(url, error) from error  # also a refusal: DB index, credentials
         yield kit
     finally:
         with contextlib.suppress(RedisError, OSError):
@@ -252,10 +301,30 @@ def _emit(a: argparse.Namespace, value: Any, *, title: str | None = None) -> Non
     render(value, title=title)
 
 
+class _StoreFailures(logging.Handler):
+    """Keeps the last store failure budgetkit logged (logger ``budgetkit``), so that a check
+    answered by the failure policy names its cause; prints nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: BudgetUnavailable | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for arg in args:
+            if isinstance(arg, BudgetUnavailable):
+                self.last = arg
+
+
+_STORE_FAILURES = _StoreFailures()
+
+
 def _check_failed_closed(kit: BudgetKit, a: argparse.Namespace) -> None:
-    """A check answered by the failure policy (store unreachable) is an error here, not a stop."""
+    """A check answered by the failure policy (store unavailable) is an error here, not a stop."""
     if kit.counters.fail_closed or kit.counters.fail_open:
         url = _redis_url(a)
+        if _STORE_FAILURES.last is not None:
+            raise _unreachable(url, _STORE_FAILURES.last)
         raise CliError(
             f"cannot reach Redis at {redact(url)} (the check could not run). "
             "Start it or pass --redis-url (or set REDIS_URL)"
@@ -545,13 +614,13 @@ def _common() -> argparse.ArgumentParser:
         "--redis-url",
         default=argparse.SUPPRESS,
         metavar="URL",
-        help="redis://, rediss:// or unix:// URL (default: $REDIS_URL)",
+        help=f"{REDIS_URL_HELP}; may also precede the command",
     )
     group.add_argument(
         "--json",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="print one JSON document (the models' wire JSON) instead of tables",
+        help=f"{JSON_HELP}; may also precede the command",
     )
     return common
 
@@ -623,7 +692,8 @@ def _budget_fields(p: argparse.ArgumentParser, *, update: bool) -> None:
         type=_period,
         default=keep,
         metavar="PERIOD",
-        help="reset period: 5h / 30d (rolling), hour..year (calendar), or JSON such as "
+        help="reset period: hour, day, week, month or year (calendar, UTC), a rolling window "
+        "such as 30d, 12h, 90m, 3600s, or JSON such as "
         f'\'{{"type":"duration","seconds":3600}}\'{clear}',
     )
     p.add_argument(
@@ -634,7 +704,8 @@ def _budget_fields(p: argparse.ArgumentParser, *, update: bool) -> None:
         type=_decimal,
         default=UNSET if update else Decimal("0.2"),
         metavar="F",
-        help="warn when this fraction of the limit remains (default 0.2)",
+        help="warn when this fraction of the limit remains"
+        + (" (unchanged when not given)" if update else " (default 0.2)"),
     )
     p.add_argument(
         "--thresholds",
@@ -645,26 +716,49 @@ def _budget_fields(p: argparse.ArgumentParser, *, update: bool) -> None:
     )
 
 
+def _exit_codes(zero: str, one: str) -> str:
+    return f"exit codes: 0 {zero}; 1 {one}; 2 {EXIT_USAGE_HELP}."
+
+
 def build_parser() -> argparse.ArgumentParser:
     from budgetkit import __version__
 
     common, scope = _common(), _scope_options()
     parser = _Parser(
         prog="budgetkit",
-        description="Redis-native budget enforcement. Exit codes: 0 ok, 1 the check said pause "
-        "or stop, 2 usage or connection error.",
-        epilog="Run `budgetkit COMMAND --help` for a command's options.",
+        description="Redis-native budget enforcement.\n\n--redis-url and --json may come "
+        "before the command or after it:\n`budgetkit --json check --org O` is "
+        "`budgetkit check --org O --json`.",
+        epilog=f"{EXIT_CODES_HELP}\n\nRun `budgetkit COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"budgetkit {__version__}")
-    parser.add_argument("--redis-url", default=None, metavar="URL", help=argparse.SUPPRESS)
-    parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        metavar="URL",
+        help=f"{REDIS_URL_HELP}; before or after the command",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False,
+        help=f"{JSON_HELP}; before or after the command",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
-        into: Any, name: str, handler: Handler, *parents: argparse.ArgumentParser, help: str
+        into: Any,
+        name: str,
+        handler: Handler,
+        *parents: argparse.ArgumentParser,
+        help: str,
+        exits: tuple[str, str] | None = None,
     ) -> argparse.ArgumentParser:
+        """A command; ``exits``: what exit codes 0 and 1 mean, for those that exit 1."""
+        epilog = None if exits is None else _exit_codes(*exits)
         p: argparse.ArgumentParser = into.add_parser(
-            name, parents=[*parents, common], help=help, description=help
+            name, parents=[*parents, common], help=help, description=help, epilog=epilog
         )
         p.set_defaults(handler=handler)
         return p
@@ -673,7 +767,12 @@ def build_parser() -> argparse.ArgumentParser:
     actions = budgets.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = add(actions, "create", _budgets_create, help="create a budget (balance = limit)")
     _org(p)
-    p.add_argument("--subject-type", required=True, choices=SUBJECT_TYPES, help="what it limits")
+    p.add_argument(
+        "--subject-type",
+        required=True,
+        choices=SUBJECT_TYPES,
+        help=f"what it limits. {SESSION_SUBJECT_HELP}",
+    )
     p.add_argument("--subject-id", help="the subject's id (default: --org for an org budget)")
     p.add_argument("--currency", default="usd", help="currency code (default usd)")
     _budget_fields(p, update=False)
@@ -684,7 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-disabled", action="store_true", help="list disabled budgets too")
     _page(p, 200)
     _budget_id(add(actions, "show", _budgets_show, help="show one budget"))
-    p = add(actions, "update", _budgets_update, help="change a budget's fields")
+    p = add(actions, "update", _budgets_update, help="change the given fields (others stay)")
     _budget_id(p)
     p.add_argument("--status", default=UNSET, choices=SETTABLE_STATUSES, help="set the status")
     _budget_fields(p, update=True)
@@ -698,15 +797,36 @@ def build_parser() -> argparse.ArgumentParser:
     _budget_id(p)
     _page(p, 50)
 
-    add(sub, "check", _check, scope, help="the most restrictive action for a scope (exit 1: stop)")
-    add(sub, "check-tool", _check_tool, scope, help="the check_budget tool response for a scope")
+    add(
+        sub,
+        "check",
+        _check,
+        scope,
+        help="the most restrictive action for a scope",
+        exits=("continue or warn", "pause or stop"),
+    )
+    add(
+        sub,
+        "check-tool",
+        _check_tool,
+        scope,
+        help="the check_budget tool response for a scope",
+        exits=("active, warning or no_budgets", "paused or exhausted"),
+    )
     add(sub, "resume", _resume, scope, help="resume the paused budgets of a scope").add_argument(
         "--levels", default="session", help="comma-separated levels (default: session)"
     )
     p = add(sub, "debit", _debit, scope, help="charge every budget of a scope, atomically")
     _amount_option(p, "amount to charge")
     _usage_options(p)
-    p = add(sub, "reserve", _reserve, scope, help="hold an amount on a scope (exit 1: denied)")
+    p = add(
+        sub,
+        "reserve",
+        _reserve,
+        scope,
+        help="hold an amount on a scope",
+        exits=("granted", "denied (the printed check says why)"),
+    )
     _amount_option(p, "amount to hold")
     p.add_argument("--ttl", type=float, default=60.0, metavar="SECONDS", help="hold TTL (60)")
     p.add_argument("--idempotency-key", metavar="KEY", help="apply at most once per key")
@@ -733,11 +853,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--batch", type=_positive_int, default=500, help="entries per read (500)")
     p.add_argument("--no-trim", action="store_true", help="keep exported entries in Redis")
-    for name, handler, what in (
-        ("reconcile", _reconcile, "compare Redis balances with the books (exit 1: drift)"),
-        ("restore", _restore, "rebuild budgets in an empty Redis from the books"),
+    for name, handler, what, exits in (
+        (
+            "reconcile",
+            _reconcile,
+            "compare Redis balances with the books",
+            ("the books match Redis", "drift (the report lists it)"),
+        ),
+        (
+            "restore",
+            _restore,
+            "rebuild budgets in an empty Redis from the books",
+            ("restored", "mismatches or budgets without a snapshot (the report lists them)"),
+        ),
     ):
-        p = add(sub, name, handler, help=what)
+        p = add(sub, name, handler, help=what, exits=exits)
         p.add_argument("--sink", required=True, help=sink_help)
         p.add_argument("--org", dest="org_filter", action="append", help="only this org (repeat)")
         if name == "restore":
@@ -746,7 +876,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "schema", _schema, help="JSON Schema of the models")
     p.add_argument("--model", choices=sorted(json_schemas()), help="only this model's schema")
-    add(sub, "demo", _demo, help="simulate a fleet of agent workers (fakeredis without a URL)")
+    add(
+        sub,
+        "demo",
+        _demo,
+        help="simulate a fleet of agent workers (fakeredis without a URL)",
+        exits=("every budget reconciled", "a budget did not reconcile"),
+    )
     bench = sub.add_parser(
         "bench", help="run the benchmarks (see `budgetkit bench --help`)", add_help=False
     )
@@ -800,9 +936,13 @@ def explain(error: BaseException, a: argparse.Namespace) -> str:
             part for part in (getattr(a, "command", None), getattr(a, "action", None)) if part
         )
         return f"invalid input: {error}. Fix the option (see `budgetkit {command} --help`)"
-    if isinstance(error, RedisError | OSError):
+    if isinstance(error, RedisError | RedisClusterException | OSError):
         return str(_unreachable(_redis_url(a), error))
     return f"{error}. This is unexpected: please report it"
+
+
+#: Failures reported as one line (exit 2).
+REPORTED_ERRORS = (CliError, BudgetkitError, RedisError, RedisClusterException, OSError, ValueError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -819,8 +959,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # budgetkit logs store failures as warnings; the CLI reports them as its one-line error, so
     # Python's last-resort handler must not print them too (configured handlers still get them).
     log = logging.getLogger("budgetkit")
-    if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
-        log.addHandler(logging.NullHandler())
+    if _STORE_FAILURES not in log.handlers:
+        log.addHandler(_STORE_FAILURES)
+    _STORE_FAILURES.last = None
     try:
         code: int = asyncio.run(a.handler(a))
     except KeyboardInterrupt:
@@ -829,7 +970,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except (CliError, BudgetkitError, RedisError, OSError, ValueError) as error:
+    except REPORTED_ERRORS as error:
         print(f"budgetkit: {explain(error, a)}.", file=sys.stderr)
         return EXIT_USAGE
     return code

@@ -7,7 +7,6 @@ import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import TypeVar
 
 from rich import box
@@ -20,6 +19,7 @@ from budgetkit.models import (
     BudgetCheckResult,
     BudgetEvent,
     BudgetPeriod,
+    BudgetStatus,
     BudgetToolResponse,
     CalendarPeriod,
     DurationPeriod,
@@ -31,7 +31,6 @@ T = TypeVar("T")
 
 #: Width of the output when stdout is not a terminal and $COLUMNS is unset (ids stay whole).
 PIPE_WIDTH = 160
-MICROS = Decimal(1_000_000)
 
 STATUS_STYLE = {
     "active": "green",
@@ -66,10 +65,6 @@ def amount(value: float | None) -> str:
         return "-"
     text = f"{value:,.6f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
-
-
-def micros_amount(micros: int) -> str:
-    return amount(float(Decimal(micros) / MICROS))
 
 
 def when(value: datetime | None) -> str:
@@ -130,6 +125,35 @@ def subject(budget: Budget) -> str:
     return f"{budget.subject_type.as_wire()}:{budget.subject_id}"
 
 
+#: Under a listing with session budgets: where they apply (SPEC §6).
+SESSION_POOLING_NOTE = (
+    "A session budget is enforced for scopes whose root session is its subject (child sessions "
+    "pool there); it is ignored in a scope that names another root session."
+)
+
+
+def enforced_for(budget: Budget) -> str:
+    """The scopes whose checks and debits use this budget (SPEC §6), as CLI scope options.
+
+    Why: a child session's own budget is never used while its scope names a root session; the
+    detail view says so instead of letting such a budget sit there silently.
+    """
+    sid, kind = budget.subject_id, budget.subject_type.as_wire()
+    if kind == "org":
+        where = f"every scope of organization {sid}"
+    elif kind == "session":
+        where = (
+            f"scopes whose root session is {sid} (--root-session {sid}, or --session {sid} "
+            f"without --root-session): child sessions of {sid} pool here; ignored in a scope "
+            "that names another root session"
+        )
+    else:
+        where = f"scopes with --{kind.replace('_', '-')} {sid}"
+    if budget.status is BudgetStatus.DISABLED:
+        return f"none while disabled (when active: {where})"
+    return where
+
+
 # -- tables -----------------------------------------------------------------------------------
 
 
@@ -154,6 +178,9 @@ def budgets_table(budgets: Sequence[Budget], title: str | None = None) -> Table:
             styled(b.status.value, STATUS_STYLE),
             period_text(b.period),
         )
+    if any(b.subject_type.as_wire() == "session" for b in budgets):
+        table.caption = SESSION_POOLING_NOTE
+        table.caption_justify = "left"
     return table
 
 
@@ -163,6 +190,7 @@ def budget_detail(b: Budget, title: str | None = None) -> Table:
         ("id", b.id),
         ("organization", b.organization_id),
         ("subject", subject(b)),
+        ("enforced for", enforced_for(b)),
         ("currency", b.currency),
         ("limit", amount(b.limit)),
         ("balance", amount(b.balance)),
@@ -303,7 +331,7 @@ def reservation_table(hold: Reservation) -> Table:
     table = _pairs("reservation")
     table.add_row("granted", Text("yes", "green") if hold.granted else Text("no", "bold red"))
     table.add_row("hold id", hold.id or "-")
-    held = ", ".join(f"{micros_amount(m)} {c}" for c, m in hold.amounts_micros.items())
+    held = ", ".join(f"{amount(value)} {c}" for c, value in hold.amounts.items())
     table.add_row("amounts", held or "-")
     table.add_row("expires", when(hold.expires_at))
     if hold.replayed:

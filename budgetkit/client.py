@@ -9,28 +9,36 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.client import Redis as BlockingRedis
+from redis.cluster import RedisCluster as BlockingCluster
 
 from budgetkit import convert
-from budgetkit.amounts import to_micros
+from budgetkit.amounts import from_micros, to_micros
 from budgetkit.batching import ScriptBatcher
 from budgetkit.durability import DEFAULT_TIMEOUT_MS as DURABLE_TIMEOUT_MS
 from budgetkit.durability import Durability
 from budgetkit.errors import (
+    BudgetNotFound,
     BudgetUnavailable,
     InvalidInput,
     OutcomeUnknown,
-    PermissionDenied,
-    ScriptError,
+    UnpricedModel,
 )
-from budgetkit.evaluate import BudgetSnapshot, check_result, insufficient_result, tool_response
+from budgetkit.evaluate import (
+    BudgetSnapshot,
+    check_result,
+    insufficient_result,
+    tool_response,
+    with_root_session_note,
+)
 from budgetkit.ids import (
     new_budget_id,
     new_hold_id,
@@ -41,6 +49,7 @@ from budgetkit.ids import (
     validate_identifier,
 )
 from budgetkit.keys import Keyspace
+from budgetkit.metering import meter_for_charge
 from budgetkit.models import (
     Budget,
     BudgetCheckResult,
@@ -52,8 +61,10 @@ from budgetkit.models import (
     LedgerEntry,
 )
 from budgetkit.observability import Instrument, Instruments
+from budgetkit.redelivery import AUTO_FINGERPRINT, KEEP_FOREVER_MS, request_window_ms
 from budgetkit.replies import (
     EventRecord,
+    Levels,
     Reply,
     ms_to_datetime,
     parse_entries,
@@ -62,7 +73,7 @@ from budgetkit.replies import (
 )
 from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
-from budgetkit.scripts import ScriptArg, ScriptRuntime
+from budgetkit.scripts import ScriptArg, ScriptRuntime, translate_error
 from budgetkit.urls import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, RedisClient, client_from_url
 
 log = logging.getLogger("budgetkit")
@@ -74,6 +85,9 @@ Clock = Callable[[], datetime]
 #: return a stricter (or any) result to use instead; None keeps the result.
 CheckRule = Callable[[Scope, BudgetCheckResult, Sequence[BudgetSnapshot]], BudgetCheckResult | None]
 FailurePolicy = Literal["fail_closed", "fail_open"]
+#: How amounts with more than 6 decimals are read: rounded half-up to the micro-unit (SPEC §2),
+#: or rejected.
+AmountsMode = Literal["round", "strict"]
 
 DEFAULT_WARN_FRACTION = 0.2
 BUDGETS_PER_SUBJECT_MAX = 16
@@ -84,6 +98,8 @@ EVENTS_BLOCK_MS_MAX = 60_000
 DEFAULT_IDEMPOTENCY_TTL_S = 86_400
 IDEMPOTENCY_TTL_S_MAX = 30 * 86_400
 UNAVAILABLE_CODE = "budget_unavailable"
+NO_BUDGET_CODE = "no_budget"
+NO_BUDGET_MESSAGE = "No budget covers this scope."
 
 
 CHECK_ATTEMPTS_MAX = 2  # check is safe to retry: a rollover is never applied twice
@@ -98,6 +114,43 @@ class Counters:
     unavailable: int = 0  # calls that could not reach Redis (not applied)
     outcome_unknown: int = 0  # calls whose reply was lost (maybe applied: retry with the key)
     check_retries: int = 0  # checks retried after a connection error
+
+
+@dataclass(frozen=True, slots=True)
+class _Usage:
+    """What a charge records besides amounts (ledger fields) and its idempotency key."""
+
+    meter_source: str
+    ref_type: str | None
+    ref_id: str | None
+    description: str | None
+    idempotency_key: str | None
+
+
+#: A check of a scope without budgets when budgets are required (SPEC §10).
+_NO_BUDGET = BudgetCheckResult(action="stop", message=NO_BUDGET_MESSAGE, error_code=NO_BUDGET_CODE)
+
+
+def _unbudgeted(micros: Mapping[str, int], snapshots: Sequence[BudgetSnapshot]) -> list[str]:
+    """Currencies of a charge (amount > 0) that no budget of the scope is in."""
+    budgeted = {s.currency for s in snapshots}
+    return sorted(c for c, amount in micros.items() if amount > 0 and c not in budgeted)
+
+
+def _without_hold(
+    snapshots: Sequence[BudgetSnapshot], micros: Mapping[str, int]
+) -> list[BudgetSnapshot]:
+    """The snapshots as they were before a just-granted hold of ``micros`` (SPEC §10: a
+    reservation's own check never counts its own hold)."""
+    out = []
+    for s in snapshots:
+        amount = micros.get(s.currency, 0)
+        if amount > 0:
+            s = replace(
+                s, balance_micros=s.balance_micros + amount, held_micros=s.held_micros - amount
+            )
+        out.append(s)
+    return out
 
 
 class _Unset:
@@ -127,6 +180,11 @@ class BudgetKit:
     ``durable_replicas``: N > 0 waits after each mutation until N replicas acknowledged it
     (``WAIT N durable_timeout_ms``; ``durable_aof``: ``WAITAOF``, Redis >= 7.2), else raises
     ``budgetkit.durability.ReplicationTimeout`` (an OutcomeUnknown): see budgetkit.durability.
+    ``amounts``: ``"round"`` (default) rounds every amount half-up to the micro-unit
+    (``1500 * 3e-6`` charges 0.0045); ``"strict"`` rejects more than 6 decimals (SPEC §2).
+    ``require_budgets``: a check of a scope with no non-disabled budget says stop
+    (error_code ``no_budget``) and a reservation there is denied (SPEC §10); off by default.
+    Every mutation applies exactly once, whoever retries it (budgetkit.redelivery).
     """
 
     def __init__(
@@ -143,7 +201,19 @@ class BudgetKit:
         durable_replicas: int = 0,
         durable_timeout_ms: int = DURABLE_TIMEOUT_MS,
         durable_aof: bool = False,
+        amounts: AmountsMode = "round",
+        require_budgets: bool = False,
     ) -> None:
+        for field, given in (("client", client), ("read_replica", read_replica)):
+            if isinstance(given, BlockingRedis | BlockingCluster):  # a sync client fails late
+                wanted = "redis.asyncio." + (
+                    "cluster.RedisCluster" if isinstance(given, BlockingCluster) else "Redis"
+                )
+                raise InvalidInput(
+                    f"{field} is a blocking {type(given).__module__}.{type(given).__name__}; "
+                    f"budgetkit.BudgetKit is async and needs a {wanted} "
+                    "(in blocking code, use budgetkit.sync.BudgetKit)"
+                )
         if failure_policy not in ("fail_closed", "fail_open"):
             raise InvalidInput("failure_policy must be 'fail_closed' or 'fail_open'")
         ttl = idempotency_ttl_seconds
@@ -154,6 +224,13 @@ class BudgetKit:
         ):
             raise InvalidInput(f"idempotency_ttl_seconds must be in [1, {IDEMPOTENCY_TTL_S_MAX}]")
         self._idempotency_ttl_ms = ttl * 1000
+        if amounts not in ("round", "strict"):
+            raise InvalidInput("amounts must be 'round' or 'strict'")
+        self._strict = amounts == "strict"
+        if not isinstance(require_budgets, bool):
+            raise InvalidInput("require_budgets must be True or False")
+        self._require_budgets = require_budgets
+        self._request_window_ms = request_window_ms(client)
         self._client: Any = client
         self._keys = Keyspace(prefix)
         self._clock = clock
@@ -256,30 +333,44 @@ class BudgetKit:
             raise
 
     async def _run(
-        self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], snapshots: bool = False
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[ScriptArg],
+        snapshots: bool = False,
+        levels: Levels = (),
     ) -> Reply:
-        return parse_reply(await self._call(name, keys, args), snapshots=snapshots)
+        raw = await self._call(name, keys, args)
+        return parse_reply(raw, snapshots=snapshots, levels=levels)
 
-    def _idempotency(
-        self, organization_id: str, operation: str, key: object, request: object
-    ) -> tuple[str, list[ScriptArg]]:
-        """The record key and the (fingerprint, ttl_ms) script args of an idempotent call.
+    def _mutation(
+        self,
+        organization_id: str,
+        operation: str,
+        key: object = None,
+        request: object = None,
+        *,
+        keep: bool = False,
+    ) -> tuple[list[ScriptArg], str, list[ScriptArg]]:
+        """The common args, the request record key and its (fingerprint, ttl_ms) args of one
+        mutating call (budgetkit.redelivery: a call sent twice applies once).
 
-        Records are scoped per organization and operation kind; the fingerprint is a SHA-256
-        of the canonical request, so the same key with another request is detected.
+        With an idempotency ``key`` the record is scoped per organization and operation kind,
+        its fingerprint a SHA-256 of the canonical ``request`` (the same key with another request
+        is detected), kept for the idempotency TTL (``keep``: for good). Without one, the record
+        is the call's own (its random ledger id base), kept for the redelivery window.
         """
+        common = self._common_args(organization_id)
         if key is None:
-            return self._keys.idempotency(organization_id, operation, "-"), [
-                "",
-                self._idempotency_ttl_ms,
-            ]
+            request_id = str(common[2]).removeprefix("ledger_")
+            record = self._keys.request(organization_id, request_id)
+            return common, record, [AUTO_FINGERPRINT, self._request_window_ms]
         name = validate_identifier(key, field="idempotency_key")
         canonical = json.dumps([operation, request], sort_keys=True, separators=(",", ":"))
         fingerprint = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-        return self._keys.idempotency(organization_id, operation, name), [
-            fingerprint,
-            self._idempotency_ttl_ms,
-        ]
+        ttl_ms = KEEP_FOREVER_MS if keep else self._idempotency_ttl_ms
+        record = self._keys.idempotency(organization_id, operation, name)
+        return common, record, [fingerprint, ttl_ms]
 
     def _scope_keys(self, scope: Scope, only: tuple[str, ...] | None = None) -> list[str]:
         if not isinstance(scope, Scope):
@@ -303,34 +394,35 @@ class BudgetKit:
         currency: str,
         limit: Amount,
         soft_limit: Amount | None = None,
-        period: BudgetPeriod | Mapping[str, Any] | None = None,
+        period: BudgetPeriod | Mapping[str, Any] | str | None = None,
         metadata: Any = None,
         warn_fraction: Amount = DEFAULT_WARN_FRACTION,
         thresholds: Sequence[Amount] | None = None,
+        idempotency_key: str | None = None,
     ) -> Budget:
-        """Creates a budget with ``balance = limit``; amounts in currency units (6 decimals).
+        """Creates a budget with ``balance = limit``; amounts in currency units.
 
-        ``thresholds``: extra warning levels as fractions of the limit spent (e.g. [0.5, 0.8,
-        0.95]); each emits one ``budget.threshold`` event per period when the spend reaches it.
+        ``period``: a BudgetPeriod, its JSON-shaped dict, or a string as the CLI takes it
+        (``"month"``, ``"30d"``, ``"12h"``). ``thresholds``: extra warning levels as fractions of
+        the limit spent (e.g. [0.5, 0.8, 0.95]); each emits one ``budget.threshold`` event per
+        period when the spend reaches it. ``idempotency_key``: a setup script run again with the
+        same key gets the budget it created the first time (``get_budget``'s current view; kept
+        for the budget's lifetime), never a second one; the same key with other arguments raises
+        IdempotencyConflict.
+
+        A session-level budget applies to scopes whose *root* session is ``subject_id``: child
+        sessions (``Scope(root_session_id=...)``) pool on their root's budgets, and a budget made
+        for a child session's own id is not enforced while its scopes name a root (SPEC §6).
         """
         org = validate_identifier(organization_id, field="organization_id")
         kind = BudgetSubjectType.parse(subject_type).as_wire()
         sid = validate_identifier(subject_id, field="subject_id")
         if kind == "org" and sid != org:
             raise InvalidInput("an org-level budget must have subject_id == organization_id")
-        limit_micros = convert.limit_micros(limit)
-        soft = convert.soft_micros(soft_limit, limit_micros)
+        limit_micros = convert.limit_micros(limit, strict=self._strict)
+        soft = convert.soft_micros(soft_limit, limit_micros, strict=self._strict)
         bid = new_budget_id()
-        keys = [
-            self._keys.budget(org, bid),
-            self._keys.subject(org, kind, sid),
-            self._keys.org_index(org),
-            self._keys.events(org),
-        ]
-        args: list[ScriptArg] = [
-            self._keys.org(org),
-            self._now_arg(),
-            bid,
+        fields: list[ScriptArg] = [
             org,
             kind,
             sid,
@@ -343,13 +435,27 @@ class BudgetKit:
             str(BUDGETS_PER_SUBJECT_MAX),
             convert.thresholds_text(thresholds),
         ]
-        reply = await self._run("create", keys, args)
-        return reply.budgets[0].to_budget()
+        common, record, record_args = self._mutation(
+            org, "create", idempotency_key, fields, keep=True
+        )
+        keys = [
+            self._keys.budget(org, bid),
+            self._keys.subject(org, kind, sid),
+            self._keys.org_index(org),
+            self._keys.events(org),
+            record,
+        ]
+        reply = await self._run("create", keys, [*common[:2], bid, *fields, *record_args])
+        created = reply.budgets[0]
+        if reply.replayed:  # the budget as it is now, not as it was created
+            return await self.get_budget(org, created.id)
+        return created.to_budget()
 
     async def get_budget(self, organization_id: str, budget_id: str) -> Budget:
         """One budget of the organization; BudgetNotFound for unknown or foreign ids."""
-        org, _, key = self._budget_keys(organization_id, budget_id)
-        reply = await self._run("get", [key, self._keys.events(org)], self._common_args(org))
+        org, bid, key = self._budget_keys(organization_id, budget_id)
+        with _budget_named(org, bid):
+            reply = await self._run("get", [key, self._keys.events(org)], self._common_args(org))
         return reply.budgets[0].to_budget()
 
     async def list_budgets(
@@ -381,19 +487,20 @@ class BudgetKit:
         limit: Amount = UNSET,
         soft_limit: Amount | None = UNSET,
         status: str | BudgetStatus = UNSET,
-        period: BudgetPeriod | Mapping[str, Any] | None = UNSET,
+        period: BudgetPeriod | Mapping[str, Any] | str | None = UNSET,
         metadata: Any = UNSET,
         warn_fraction: Amount = UNSET,
         thresholds: Sequence[Amount] | None = UNSET,
     ) -> Budget:
         """Changes the given fields; an explicit None clears soft_limit, period, metadata or
         thresholds. New thresholds fire at once when the spend already reaches them."""
-        org, _, key = self._budget_keys(organization_id, budget_id)
-        args = self._common_args(org)
-        limit_micros = None if limit is UNSET else convert.limit_micros(limit)
+        org, bid, key = self._budget_keys(organization_id, budget_id)
+        args, record, record_args = self._mutation(org, "update")
+        strict = self._strict
+        limit_micros = None if limit is UNSET else convert.limit_micros(limit, strict=strict)
         given: list[tuple[object, Callable[[Any], str]]] = [
             (limit, lambda _: str(limit_micros)),
-            (soft_limit, lambda v: convert.soft_micros(v, limit_micros)),
+            (soft_limit, lambda v: convert.soft_micros(v, limit_micros, strict=strict)),
             (status, self._settable_status),
         ]
         for value, to_arg in given:
@@ -406,7 +513,10 @@ class BudgetKit:
         )
         args += ["0", ""] if metadata is UNSET else ["1", convert.metadata_json(metadata)]
         args += ["0", ""] if thresholds is UNSET else ["1", convert.thresholds_text(thresholds)]
-        reply = await self._run("update", [key, self._keys.events(org)], args)
+        with _budget_named(org, bid):
+            reply = await self._run(
+                "update", [key, self._keys.events(org), record], [*args, *record_args]
+            )
         return reply.budgets[0].to_budget()
 
     @staticmethod
@@ -430,24 +540,29 @@ class BudgetKit:
     ) -> Budget:
         """Credits ``amount`` (> 0, currency units) to the balance; may exceed the limit."""
         org, bid, key = self._budget_keys(organization_id, budget_id)
-        micros = to_micros(amount, field="amount", allow_zero=False)
+        micros = to_micros(amount, field="amount", allow_zero=False, strict=self._strict)
         text = convert.free_text(description, field="description")
-        idem_key, idem_args = self._idempotency(org, "top_up", idempotency_key, [bid, micros, text])
-        args = [*self._common_args(org), *idem_args, str(micros), text]
-        reply = await self._run("top_up", [key, self._keys.events(org), idem_key], args)
+        common, record, record_args = self._mutation(
+            org, "top_up", idempotency_key, [bid, micros, text]
+        )
+        args = [*common, *record_args, str(micros), text]
+        with _budget_named(org, bid):
+            reply = await self._run("top_up", [key, self._keys.events(org), record], args)
         return reply.budgets[0].to_budget()
 
     # -- enforcement ------------------------------------------------------------------------
 
     async def _check_reply(self, scope: Scope) -> Reply | BudgetCheckResult:
+        """The scope's snapshots, or the failure policy's result when the store is unavailable."""
         keys = self._scope_keys(scope)
+        levels = scope.levels()
         for attempt in range(1, CHECK_ATTEMPTS_MAX + 1):
             try:
                 args = self._common_args(scope.organization_id)
                 if self._replica is not None:
                     raw = await self._replica.call("check_ro", keys, args, readonly=True)
-                    return parse_reply(raw, snapshots=True)
-                return await self._run("check", keys, args, snapshots=True)
+                    return parse_reply(raw, snapshots=True, levels=levels)
+                return await self._run("check", keys, args, snapshots=True, levels=levels)
             except BudgetUnavailable as error:
                 if attempt < CHECK_ATTEMPTS_MAX:
                     self.counters.check_retries += 1
@@ -455,29 +570,33 @@ class BudgetKit:
                 log.warning("budget store unavailable, %s: %s", self._policy, error)
         if self._policy == "fail_open":
             self.counters.fail_open += 1
-            if self._instruments:
-                self._instruments.check_decided("continue", self._policy)
+            self._instruments.check_decided("continue", self._policy)
             return BudgetCheckResult(action="continue", fail_open=True)
         self.counters.fail_closed += 1
-        if self._instruments:
-            self._instruments.check_decided("stop", self._policy)
+        self._instruments.check_decided("stop", self._policy)
         return BudgetCheckResult(
             action="stop",
             message="Budget store unavailable. Try again later.",
             error_code=UNAVAILABLE_CODE,
         )
 
+    def _verdict(self, snapshots: Sequence[BudgetSnapshot]) -> BudgetCheckResult:
+        """The check result of a scope's snapshots (no budget: stop when budgets are required)."""
+        if not snapshots and self._require_budgets:
+            return _NO_BUDGET
+        return check_result(snapshots)
+
     async def check(self, scope: Scope) -> BudgetCheckResult:
         """The most restrictive action over the scope's budgets (one round trip; never raises
-        for an unreachable store: the failure policy decides)."""
+        for an unreachable store: the failure policy decides). ``result.subject_type`` and
+        ``subject_id`` name the level whose budget decided (e.g. the one to resume)."""
         reply = await self._check_reply(scope)
         if isinstance(reply, BudgetCheckResult):
             return reply
-        result = check_result(reply.snapshots)
+        result = self._verdict(reply.snapshots)
         for rule in self._rules:
             result = rule(scope, result, reply.snapshots) or result
-        if self._instruments:
-            self._instruments.check_decided(result.action)
+        self._instruments.check_decided(result.action)
         return result
 
     def add_check_rule(self, rule: CheckRule) -> None:
@@ -492,13 +611,17 @@ class BudgetKit:
         self._rules.append(rule)
 
     async def check_tool(self, scope: Scope) -> BudgetToolResponse:
-        """The check_budget tool's response for an agent (one round trip)."""
+        """The check_budget tool's response for an agent (one round trip). When the scope names
+        a root session, the hint says that the root session's budgets apply (SPEC §6)."""
         reply = await self._check_reply(scope)
         if isinstance(reply, BudgetCheckResult):
             if reply.action == "continue":
                 return BudgetToolResponse(status="active", budgets=[], hint=reply.message)
             return BudgetToolResponse(status="exhausted", budgets=[], hint=reply.message)
-        return tool_response(reply.snapshots)
+        if not reply.snapshots and self._require_budgets:
+            return BudgetToolResponse(status="no_budgets", budgets=[], hint=NO_BUDGET_MESSAGE)
+        response = tool_response(reply.snapshots)
+        return with_root_session_note(response, scope)
 
     async def debit(
         self,
@@ -509,37 +632,57 @@ class BudgetKit:
         ref_id: str | None = None,
         description: str | None = None,
         idempotency_key: str | None = None,
-        unpriced_currencies: Sequence[str] = (),
     ) -> DebitResult:
         """Charges every non-disabled budget of the scope its currency's amount, atomically.
 
-        ``unpriced_currencies``: currencies the usage could not be priced in (record_usage
-        passes ``("usd",)`` for an unpriced model): when a budget of the scope is in one of
-        them, the call raises UnpricedModel and writes nothing.
+        ``amounts``: currency -> amount in currency units (>= 0; rounded half-up to the
+        micro-unit unless the kit is strict). A currency no budget of the scope is in is listed
+        in ``result.unbudgeted``. Applies exactly once, also when a reply is lost and the call is
+        sent again; ``idempotency_key`` extends that to the caller's own retries.
         """
-        micros = convert.amounts_micros(amounts)
-        unpriced = convert.unpriced_text(unpriced_currencies)
+        micros = convert.amounts_micros(amounts, strict=self._strict)
+        usage = _Usage(meter_source, ref_type, ref_id, description, idempotency_key)
+        return await self._charge(scope, micros, usage)
+
+    async def _charge(
+        self,
+        scope: Scope,
+        micros: Mapping[str, int],
+        usage: _Usage,
+        hold_id: str | None = None,
+        unpriced: Sequence[str] = (),
+    ) -> DebitResult:
+        """The one charge path: debit.lua, or commit.lua of ``hold_id``. ``unpriced``:
+        currencies the usage could not be priced in (a budget of the scope in one of them
+        makes the script refuse the call, writing nothing)."""
+        operation = "debit" if hold_id is None else "commit"
+        unpriced_text = convert.unpriced_text(unpriced)
         keys = self._scope_keys(scope)
         org = scope.organization_id
-        fields = convert.usage_fields(scope, meter_source, ref_type, ref_id, description)
-        request = [keys[:-1], fields, sorted(micros.items()), unpriced]
-        idem_key, idem_args = self._idempotency(org, "debit", idempotency_key, request)
+        fields = convert.usage_fields(
+            scope, usage.meter_source, usage.ref_type, usage.ref_id, usage.description
+        )
+        target: object = keys[:-1] if hold_id is None else hold_id
+        request = [target, fields, sorted(micros.items()), unpriced_text]
+        common, record, record_args = self._mutation(org, operation, usage.idempotency_key, request)
+        held = [] if hold_id is None else [hold_id]
+        hold_key = [] if hold_id is None else [self._keys.hold(org, hold_id)]
         args = [
-            *self._common_args(org),
-            *idem_args,
+            *common,
+            *record_args,
+            *held,
             *fields,
-            unpriced,
+            unpriced_text,
             *convert.amount_args(micros),
         ]
-        reply = await self._run("debit", [*keys[:-1], idem_key, keys[-1]], args, snapshots=True)
-        return self._debit_result(org, reply)
-
-    @staticmethod
-    def _debit_result(organization_id: str, reply: Reply) -> DebitResult:
+        script_keys = [*keys[:-1], *hold_key, record, keys[-1]]
+        levels = scope.levels()
+        reply = await self._run(operation, script_keys, args, snapshots=True, levels=levels)
         return DebitResult(
-            check=check_result(reply.snapshots),
-            entries=[e.to_entry() for e in reply.entries],
-            events=[e.to_event(organization_id) for e in reply.events],
+            check=self._verdict(reply.snapshots),
+            entries=reply.ledger_entries(),
+            events=[e.to_event(org) for e in reply.events],
+            unbudgeted=_unbudgeted(micros, reply.snapshots),
             replayed=reply.replayed,
         )
 
@@ -555,98 +698,101 @@ class BudgetKit:
         Granted iff every non-disabled budget with an amount in its currency is neither
         exhausted nor paused and can cover it from its available balance (balance minus the
         holds already outstanding). The hold expires after ``ttl_seconds`` (0 < ttl ≤ 7 days).
+        A granted hold's ``check`` is the scope's check without this hold (SPEC §10).
         """
-        micros = convert.amounts_micros(amounts)
+        micros = convert.amounts_micros(amounts, strict=self._strict)
         ttl_ms = convert.ttl_ms(ttl_seconds)
         keys = self._scope_keys(scope)
         org = scope.organization_id
         hold_id = new_hold_id()
         request = [keys[:-1], sorted(micros.items()), ttl_ms, scope.session_id]
-        idem_key, idem_args = self._idempotency(org, "reserve", idempotency_key, request)
+        common, record, record_args = self._mutation(org, "reserve", idempotency_key, request)
         args: list[ScriptArg] = [
-            *self._common_args(org),
-            *idem_args,
+            *common,
+            *record_args,
             hold_id,
             str(ttl_ms),
             scope.session_id or "",
+            "1" if self._require_budgets else "0",
             *convert.amount_args(micros),
         ]
         hold_key = self._keys.hold(org, hold_id)
-        raw = await self._call("reserve", [*keys[:-1], hold_key, idem_key, keys[-1]], args)
-        reply = parse_reply(raw, tags=3, snapshots=True)
+        raw = await self._call("reserve", [*keys[:-1], hold_key, record, keys[-1]], args)
+        reply = parse_reply(raw, tags=3, snapshots=True, levels=scope.levels())
         verdict, ident, expires = reply.tags
         snapshots = reply.snapshots
+        amounts_out = {currency: from_micros(m) for currency, m in micros.items()}
         if verdict == "denied":
-            denied = next(s for s in snapshots if s.budget_id == ident)
-            check = insufficient_result(denied, micros[denied.currency])
-            if self._instruments:
-                self._instruments.reservation_decided(False, check.error_code)
-            return Reservation(granted=False, scope=scope, amounts_micros=micros, check=check)
-        if self._instruments:
-            self._instruments.reservation_decided(True, None)
+            check = _NO_BUDGET
+            if ident:  # the budget that cannot cover its amount
+                denied = next(s for s in snapshots if s.budget_id == ident)
+                check = insufficient_result(denied, micros[denied.currency])
+            self._instruments.reservation_decided(False, check.error_code)
+            return Reservation(granted=False, scope=scope, amounts=amounts_out, check=check)
+        self._instruments.reservation_decided(True, None)
         return Reservation(
             granted=True,
             id=ident,
             scope=scope,
-            amounts_micros=micros,
+            amounts=amounts_out,
             expires_at=ms_to_datetime(int(expires)),
-            check=check_result(snapshots),
+            check=check_result(_without_hold(snapshots, micros)),
             replayed=reply.replayed,
         )
 
     async def commit(
         self,
-        hold: Reservation,
+        hold: Reservation | str,
         actual: Mapping[str, Amount],
         meter_source: str = "manual",
         ref_type: str | None = None,
         ref_id: str | None = None,
         description: str | None = None,
         idempotency_key: str | None = None,
-        unpriced_currencies: Sequence[str] = (),
+        *,
+        scope: Scope | None = None,
     ) -> DebitResult:
         """Settles a granted hold: debits ``actual`` (may exceed the hold) and drops the hold.
 
-        Raises HoldNotFound when the hold was already committed or released, HoldExpired after
-        its TTL — then record the usage with ``debit``. ``unpriced_currencies`` as for debit.
+        ``hold``: the Reservation reserve() returned (or its id, with the ``scope`` it was
+        made for). Raises HoldNotFound when the hold was already committed or released,
+        HoldExpired after its TTL — then record the usage with ``debit``.
         """
-        hold_id = self._granted_hold(hold)
-        scope = hold.scope
-        micros = convert.amounts_micros(actual)
-        unpriced = convert.unpriced_text(unpriced_currencies)
-        keys = self._scope_keys(scope)
-        org = scope.organization_id
-        fields = convert.usage_fields(scope, meter_source, ref_type, ref_id, description)
-        request = [hold_id, fields, sorted(micros.items()), unpriced]
-        idem_key, idem_args = self._idempotency(org, "commit", idempotency_key, request)
-        args = [
-            *self._common_args(org),
-            *idem_args,
-            hold_id,
-            *fields,
-            unpriced,
-            *convert.amount_args(micros),
-        ]
-        hold_key = self._keys.hold(org, hold_id)
-        commit_keys = [*keys[:-1], hold_key, idem_key, keys[-1]]
-        reply = await self._run("commit", commit_keys, args, snapshots=True)
-        return self._debit_result(org, reply)
+        hold_id, hold_scope = self._granted_hold(hold, scope)
+        micros = convert.amounts_micros(actual, strict=self._strict)
+        usage = _Usage(meter_source, ref_type, ref_id, description, idempotency_key)
+        return await self._charge(hold_scope, micros, usage, hold_id=hold_id)
 
-    async def release(self, hold: Reservation) -> list[Budget]:
-        """Drops a granted hold; returns the budgets it was on (with their new holds)."""
-        hold_id = self._granted_hold(hold)
-        org = hold.scope.organization_id
-        keys = [self._keys.hold(org, hold_id), self._keys.events(org)]
-        reply = await self._run("release", keys, [*self._common_args(org), hold_id])
+    async def release(
+        self, hold: Reservation | str, *, organization_id: str | None = None
+    ) -> list[Budget]:
+        """Drops a granted hold; returns the budgets it was on (with their new holds).
+
+        ``hold``: the Reservation reserve() returned, or its id with ``organization_id``."""
+        if isinstance(hold, str):
+            if organization_id is None:
+                raise InvalidInput("release by hold id needs organization_id")
+            hold_id = parse_hold_id(hold)
+            org = validate_identifier(organization_id, field="organization_id")
+        else:
+            hold_id, hold_scope = self._granted_hold(hold, None)
+            org = hold_scope.organization_id
+        common, record, record_args = self._mutation(org, "release")
+        keys = [self._keys.hold(org, hold_id), self._keys.events(org), record]
+        reply = await self._run("release", keys, [*common, hold_id, *record_args])
         return [record.to_budget() for record in reply.budgets]
 
     @staticmethod
-    def _granted_hold(hold: object) -> str:
+    def _granted_hold(hold: object, scope: Scope | None) -> tuple[str, Scope]:
+        if isinstance(hold, str):
+            if not isinstance(scope, Scope):
+                raise InvalidInput("commit by hold id needs the scope the hold was made for")
+            return parse_hold_id(hold), scope
         if not isinstance(hold, Reservation):
-            raise InvalidInput("hold must be a Reservation returned by reserve()")
+            raise InvalidInput("hold must be a Reservation returned by reserve() or a hold id")
         if not hold.granted or hold.id is None:
             raise InvalidInput("this reservation was denied: there is nothing to commit or release")
-        return parse_hold_id(hold.id)
+        return parse_hold_id(hold.id), hold.scope
 
     async def record_usage(
         self,
@@ -663,30 +809,39 @@ class BudgetKit:
         idempotency_key: str | None = None,
     ) -> DebitResult:
         """Meters one usage record (an LlmUsage by default) and debits it — or commits ``hold``
-        with it — in one round trip. See budgetkit.metering.record_usage."""
-        from budgetkit.metering import record_usage
+        with it — in one round trip. See budgetkit.metering.meter_for_charge.
 
-        return await record_usage(
-            self,
-            scope,
-            usage,
-            meter=meter,
-            currencies=currencies,
-            hold=hold,
-            meter_source=meter_source,
-            ref_type=ref_type,
-            ref_id=ref_id,
-            description=description,
-            idempotency_key=idempotency_key,
-        )
+        Why a ``currencies`` argument: the client does not know the scope's budget currencies
+        without another round trip, so it meters the given ones (default ``("usd", "tokens",
+        "credits")``). Under the default LLM policy an unpriced model with no provider cost
+        raises UnpricedModel, writing nothing, when a usd budget is in the scope.
+        """
+        if not isinstance(scope, Scope):
+            raise InvalidInput(f"scope must be a Scope, got {type(scope).__name__}")
+        if hold is not None and (not isinstance(hold, Reservation) or hold.scope != scope):
+            raise InvalidInput("hold must be a Reservation of the same scope")
+        metered = meter_for_charge(usage, meter=meter, currencies=currencies)
+        fields = _Usage(meter_source, ref_type, ref_id, description, idempotency_key)
+        hold_id = None if hold is None else self._granted_hold(hold, None)[0]
+        try:
+            return await self._charge(scope, metered.micros, fields, hold_id, metered.unpriced)
+        except UnpricedModel:
+            if metered.unpriced_error is None:
+                raise
+            raise metered.unpriced_error from None  # the model's message says what to configure
 
     async def resume(self, scope: Scope, levels: Sequence[str] = ("session",)) -> list[Budget]:
-        """Resumes the paused budgets of the scope's given levels; returns those resumed."""
+        """Resumes the paused budgets of the scope's given levels; returns those resumed.
+
+        ``levels``: subject types, e.g. ``[check.subject_type]`` to resume the level whose
+        budget paused the scope (by default only the root session's own budgets)."""
         if isinstance(levels, str) or not isinstance(levels, Sequence) or not levels:
             raise InvalidInput("levels must be a non-empty sequence of subject types")
         wanted = tuple(BudgetSubjectType.parse(level).as_wire() for level in levels)
         keys = self._scope_keys(scope, wanted)
-        reply = await self._run("resume", keys, self._common_args(scope.organization_id))
+        common, record, record_args = self._mutation(scope.organization_id, "resume")
+        script_keys = [*keys[:-1], record, keys[-1]]
+        reply = await self._run("resume", script_keys, [*common, *record_args])
         return [record.to_budget() for record in reply.budgets]
 
     async def ledger(
@@ -696,8 +851,10 @@ class BudgetKit:
         org, bid, key = self._budget_keys(organization_id, budget_id)
         page_size, skip = convert.page_bounds(limit, offset, LEDGER_PAGE_MAX)
         keys = [key, self._keys.ledger(org, bid)]
-        raw = await self._call("ledger", keys, [str(page_size), str(skip)])
-        return [record.to_entry() for record in parse_entries(raw)]
+        with _budget_named(org, bid):
+            raw = await self._call("ledger", keys, [str(page_size), str(skip)])
+        currency, records = parse_entries(raw)
+        return [record.to_entry(currency) for record in records]
 
     async def trim_history(
         self,
@@ -734,13 +891,15 @@ class BudgetKit:
         organization_id: str,
         after: str | None = None,
         *,
-        follow: bool = True,
+        follow: bool = False,
         block_ms: int = 1000,
     ) -> AsyncIterator[BudgetEvent]:
         """The organization's events after stream id ``after`` (None: from the first).
 
-        With ``follow`` the iterator waits for new events (stop it by breaking out); without,
-        it ends when it has caught up. Any number of replicas can read the same stream.
+        By default the iterator ends when it has caught up with the stream. With
+        ``follow=True`` it tails the stream instead: it waits for new events, ``block_ms`` per
+        XREAD (1 .. 60,000 ms), until the caller stops it by breaking out. Any number of
+        replicas can read the same stream.
         """
         org = validate_identifier(organization_id, field="organization_id")
         if after is not None and not convert.is_stream_id(after):
@@ -767,15 +926,27 @@ class BudgetKit:
                 yield EventRecord.from_stream(last, fields).to_event(org)
 
 
+@contextlib.contextmanager
+def _budget_named(organization_id: str, budget_id: str) -> Iterator[None]:
+    """BudgetNotFound in the caller's words (budget and organization), not a Redis key."""
+    try:
+        yield
+    except BudgetNotFound:
+        raise BudgetNotFound(
+            f"budget {budget_id} not found in organization {organization_id}"
+        ) from None
+
+
 @contextlib.asynccontextmanager
 async def _redis_errors(operation: str) -> AsyncIterator[None]:
     """The error seam for the few plain (non-script) reads and trims: redis-py's errors become
     budgetkit's (these calls are safe to retry, so a lost connection is just unavailable)."""
     try:
         yield
-    except redis_errors.NoPermissionError as error:
-        raise PermissionDenied(f"{operation}: {error}") from None
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
-        raise BudgetUnavailable(f"{operation}: cannot reach Redis: {error}") from error
-    except redis_errors.ResponseError as error:
-        raise ScriptError(f"{operation}: {error}") from None
+    except (redis_errors.RedisError, redis_errors.RedisClusterException) as error:
+        failure = translate_error(operation, error)  # refusals too: budgetkit.store_errors
+        if type(failure) is OutcomeUnknown:
+            failure = BudgetUnavailable(f"{operation}: cannot reach Redis: {error}")
+        if failure is error:
+            raise
+        raise failure from error

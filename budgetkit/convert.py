@@ -9,12 +9,19 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from budgetkit.amounts import MAX_MICROS, to_micros
-from budgetkit.errors import InvalidInput, InvalidLimit, short_repr
+from budgetkit.errors import InvalidInput, InvalidLimit, InvalidPeriod, short_repr
 from budgetkit.ids import normalize_currency
-from budgetkit.models import BudgetPeriod, CalendarPeriod, parse_period
+from budgetkit.models import (
+    BudgetPeriod,
+    CalendarPeriod,
+    DurationPeriod,
+    RollingPeriod,
+    parse_period,
+)
+from budgetkit.periods import parse_calendar_unit, parse_rolling_window
 from budgetkit.scope import Scope
 from budgetkit.scripts import ScriptArg
 
@@ -26,6 +33,12 @@ HOLD_TTL_S_MAX = 7 * 86_400
 THRESHOLDS_MAX = 16
 THRESHOLD_PPM_MAX = 10_000_000
 STREAM_ID_RE = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
+
+#: The period strings budget_period takes (the API and the CLI alike), for error messages.
+PERIOD_STRINGS = (
+    "a calendar unit (hour, day, week, month or year) or a rolling window: a whole number and "
+    "an optional unit s, m, h, d or w, e.g. '30d', '12h', '90m', '3600s', '5 hours'"
+)
 
 
 def free_text(value: object, *, field: str, required: bool = False) -> str:
@@ -51,11 +64,34 @@ def warn_fraction_ppm(value: object) -> int:
     return ppm
 
 
+def budget_period(period: object) -> BudgetPeriod:
+    """A validated period from a period string, a BudgetPeriod, or its JSON-shaped dict.
+
+    Why: the API takes the CLI's period strings (issue 12), through this one parser:
+    ``hour|day|week|month|year`` (any case) → calendar; a rolling window per SPEC §1 (``"30d"``,
+    ``"12h"``, ``"5 hours"``) → rolling, the window kept as given. Raises InvalidPeriod saying
+    what is accepted.
+    """
+    if isinstance(period, str):
+        unit = parse_calendar_unit(period)
+        if unit is not None:
+            return parse_period({"type": "calendar", "unit": unit})
+        if parse_rolling_window(period) is None:
+            raise InvalidPeriod(f"invalid period {short_repr(period)}: expected {PERIOD_STRINGS}")
+        return parse_period({"type": "rolling", "window": period})  # checks 1..2^53 seconds
+    if isinstance(period, Mapping | DurationPeriod | RollingPeriod | CalendarPeriod):
+        return parse_period(period)
+    raise InvalidPeriod(
+        f"period must be {PERIOD_STRINGS}; a BudgetPeriod; or a dict like "
+        f"{{'type': 'duration', 'seconds': 3600}}, got {type(period).__name__}"
+    )
+
+
 def period_args(period: object) -> list[ScriptArg]:
     """JSON, kind, seconds, unit of a period for the scripts ('' for none)."""
     if period is None:
         return ["", "", "", ""]
-    parsed: BudgetPeriod = parse_period(period)
+    parsed = budget_period(period)
     seconds = parsed.duration_seconds()
     text = parsed.model_dump_json()
     if isinstance(parsed, CalendarPeriod):
@@ -63,19 +99,19 @@ def period_args(period: object) -> list[ScriptArg]:
     return [text, "d", str(seconds), ""]
 
 
-def limit_micros(value: object) -> int:
-    """A limit in micros: a valid amount that is > 0 (SPEC §4 wording on failure)."""
-    micros = to_micros(value, field="limit", allow_negative=True)
+def limit_micros(value: object, *, strict: bool = False) -> int:
+    """A limit in micros: a valid amount that is > 0 after rounding (SPEC §2, §4 wording)."""
+    micros = to_micros(value, field="limit", allow_negative=True, strict=strict)
     if micros <= 0:
         raise InvalidLimit("Limit must be positive")
     return micros
 
 
-def soft_micros(value: object, limit_micros: int | None) -> str:
+def soft_micros(value: object, limit_micros: int | None, *, strict: bool = False) -> str:
     """A soft limit in micros ('' for none) with 0 < soft <= limit when the limit is known."""
     if value is None:
         return ""
-    micros = to_micros(value, field="soft_limit", allow_negative=True)
+    micros = to_micros(value, field="soft_limit", allow_negative=True, strict=strict)
     if micros <= 0 or (limit_micros is not None and micros > limit_micros):
         raise InvalidLimit("Soft limit must be between 0 and limit")
     return str(micros)
@@ -105,7 +141,8 @@ def metadata_json(metadata: object) -> str:
         raise InvalidInput(f"metadata must be JSON-serializable: {short_repr(error)}") from None
 
 
-def amounts_micros(amounts: Mapping[str, Amount]) -> dict[str, int]:
+def amounts_micros(amounts: Mapping[str, Amount], *, strict: bool = False) -> dict[str, int]:
+    """Per-currency amounts (>= 0, rounded half-up to the micro-unit unless ``strict``)."""
     if not isinstance(amounts, Mapping):
         raise InvalidInput("amounts must be a mapping of currency to amount")
     if len(amounts) > CURRENCIES_PER_DEBIT_MAX:
@@ -115,7 +152,7 @@ def amounts_micros(amounts: Mapping[str, Amount]) -> dict[str, int]:
         code = normalize_currency(currency)
         if code in out:
             raise InvalidInput(f"currency {code!r} given twice")
-        out[code] = to_micros(amount, field=f"amount[{code}]")
+        out[code] = to_micros(amount, field=f"amount[{code}]", strict=strict)
     return out
 
 
@@ -159,12 +196,14 @@ def page_bounds(limit: object, offset: object, limit_max: int) -> tuple[int, int
 
 
 def ttl_ms(ttl_seconds: object) -> int:
-    """A hold TTL in ms: a finite number of seconds in (0, 7 days], at most 3 decimals."""
-    micros = to_micros(ttl_seconds, field="ttl_seconds", allow_zero=False)
-    ttl_ms, rest = divmod(micros, 1000)
-    if rest or not 1 <= ttl_ms <= HOLD_TTL_S_MAX * 1000:
-        raise InvalidInput(f"ttl_seconds must be in (0, {HOLD_TTL_S_MAX}] with ms precision")
-    return ttl_ms
+    """A hold TTL in ms: a finite number of seconds in (0, 7 days], rounded half-up to the ms."""
+    problem = f"ttl_seconds must be a number of seconds in (0, {HOLD_TTL_S_MAX}]"
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int | float | Decimal):
+        raise InvalidInput(f"{problem}, got {short_repr(ttl_seconds)}")
+    exact = Decimal(repr(ttl_seconds)) if isinstance(ttl_seconds, float) else Decimal(ttl_seconds)
+    if not exact.is_finite() or not 0 < exact <= HOLD_TTL_S_MAX:
+        raise InvalidInput(f"{problem}, got {short_repr(ttl_seconds)}")
+    return max(1, int(exact.scaleb(3).quantize(Decimal(1), rounding=ROUND_HALF_UP)))
 
 
 def is_stream_id(value: object) -> bool:

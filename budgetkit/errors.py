@@ -16,10 +16,11 @@ Exceptions are for misuse (invalid input) and failures (store unavailable, corru
     ├── HoldExpired                          reservation outlived its TTL
     ├── IdempotencyConflict                  same key, different request
     ├── CorruptState                         a stored record fails validation; nothing written
-    ├── PermissionDenied                     Redis refused a command or key (ACL)
-    ├── BudgetUnavailable                    Redis unreachable; the request was not applied
+    ├── BudgetUnavailable                    Redis unreachable or refused it; not applied
+    │   ├── PermissionDenied                 Redis refused a command or key (ACL)
     │   └── OutcomeUnknown                   the request may or may not have been applied
-    └── ScriptError                          an unexpected script reply (a bug)
+    ├── ScriptError                          an unexpected script reply (a bug)
+    └── ClientClosed (RuntimeError)          a call on a blocking client after its close()
 """
 
 from __future__ import annotations
@@ -78,7 +79,16 @@ class CorruptState(BudgetkitError):
 
 
 class BudgetUnavailable(BudgetkitError):
-    """Redis could not be reached; the request was not applied."""
+    """Redis could not be reached, or refused the request; it was not applied.
+
+    ``server_error`` is Redis's reply when it refused (``NOPERM ...``, ``ERR DB index is out of
+    range``, ``READONLY ...``, ``OOM ...``, ``LOADING ...``: see budgetkit.store_errors), None
+    when it could not be reached. ``check`` answers by the failure policy in both cases.
+    """
+
+    def __init__(self, message: str, *, server_error: str | None = None) -> None:
+        super().__init__(message)
+        self.server_error = server_error
 
 
 class OutcomeUnknown(BudgetUnavailable):
@@ -92,8 +102,21 @@ class ScriptError(BudgetkitError):
     """A script replied with something budgetkit does not understand (a bug)."""
 
 
-class PermissionDenied(BudgetkitError):
-    """Redis refused a command (ACL): the user lacks a command or key permission."""
+class PermissionDenied(BudgetUnavailable):
+    """Redis refused a command (ACL): the user lacks a command or key permission.
+
+    An unavailable store for the failure policy (``check`` fails closed or open); Redis refuses
+    before running the command, or, for a command a script runs, when the script reaches it.
+    """
+
+
+class ClientClosed(BudgetkitError, RuntimeError):
+    """The blocking client (``budgetkit.sync.BudgetKit``) was closed.
+
+    Every call made after ``close()`` raises it before anything is sent. A call still running
+    when another thread closes the client raises it too, and may then have been applied (retry
+    on a new client with the same idempotency key).
+    """
 
 
 SHORT_REPR_CHARS_MAX = 80

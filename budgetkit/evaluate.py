@@ -16,11 +16,13 @@ from budgetkit.models import (
     ACTION_SEVERITY,
     ActionKind,
     BudgetCheckResult,
+    BudgetSubjectType,
     BudgetSummary,
     BudgetToolResponse,
     ErrorFields,
     SummaryStatus,
 )
+from budgetkit.scope import Scope
 
 __all__ = [
     "DEFAULT_WARN_FRACTION_PPM",
@@ -36,9 +38,11 @@ __all__ = [
     "insufficient_result",
     "message_for",
     "percent_remaining_tenths",
+    "root_session_note",
     "severity",
     "threshold_message",
     "tool_response",
+    "with_root_session_note",
 ]
 
 #: Parts per million of a fraction (a warn fraction of 1 is PPM).
@@ -72,7 +76,9 @@ class BudgetSnapshot:
     """One budget as a script sees it after rollover and status re-derivation.
 
     Amounts are integer micro-units. ``balance_micros`` is the *available* balance (stored balance
-    minus outstanding holds) and may be negative. ``soft_limit_micros`` is an amount *spent*.
+    minus outstanding holds) and may be negative; ``held_micros`` the outstanding holds (named in
+    stop and pause texts, SPEC §10). ``soft_limit_micros`` is an amount *spent*.
+    ``subject_type``/``subject_id``: the scope level the budget was found at (None = unknown).
     Raises ValueError on an impossible snapshot (non-positive limit, unknown status, ...).
     """
 
@@ -84,6 +90,9 @@ class BudgetSnapshot:
     status: str
     soft_acknowledged: bool
     warn_fraction_ppm: int
+    held_micros: int = 0
+    subject_type: str | None = None
+    subject_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.limit_micros <= 0:
@@ -97,8 +106,8 @@ class BudgetSnapshot:
 
     @property
     def spent_micros(self) -> int:
-        """Amount spent in micro-units, never negative (``max(limit - balance, 0)``)."""
-        return max(self.limit_micros - self.balance_micros, 0)
+        """Amount spent (holds excluded) in micro-units, never negative."""
+        return max(self.limit_micros - self.balance_micros - self.held_micros, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,19 +178,27 @@ def message_for(
     soft_limit_micros: int | None,
     currency: str,
     soft_acknowledged: bool = False,
+    held_micros: int = 0,
 ) -> str | None:
     """The SPEC §5 message of an action for one budget; None for continue.
 
-    Amounts in integer micro-units; ``balance_micros`` is the available balance. A pause gets the
+    Amounts in integer micro-units; ``balance_micros`` is the available balance, ``held_micros``
+    the outstanding holds: when > 0, stop and pause texts say ``{spent} {cur} spent and {held}
+    {cur} reserved`` and reached/exceeded compares spent + held (SPEC §10). A pause gets the
     soft-limit message when the soft limit is set, not acknowledged and reached; otherwise it is an
     operator pause.
     """
     cur = currency
-    spent = max(limit_micros - balance_micros, 0)
-    spent_s, limit_s = format_amount_2dp(spent), format_amount_2dp(limit_micros)
+    used = max(limit_micros - balance_micros, 0)  # spent + held
+    spent_s = format_amount_2dp(max(limit_micros - balance_micros - held_micros, 0))
+    if held_micros > 0:
+        spent_s += f" {cur} spent and {format_amount_2dp(held_micros)} {cur} reserved"
+    else:
+        spent_s += f" {cur} spent"
+    limit_s = format_amount_2dp(limit_micros)
     if kind == "stop":
         return (
-            f"Budget exhausted. {spent_s} {cur} spent {_reached(spent, limit_micros)} the "
+            f"Budget exhausted. {spent_s} {_reached(used, limit_micros)} the "
             f"{limit_s} {cur} limit. Increase the budget to continue."
         )
     if kind == "pause":
@@ -190,12 +207,10 @@ def message_for(
         ):
             soft_s = format_amount_2dp(soft_limit_micros)
             return (
-                f"Budget paused. {spent_s} {cur} spent {_reached(spent, soft_limit_micros)} the "
+                f"Budget paused. {spent_s} {_reached(used, soft_limit_micros)} the "
                 f"{soft_s} {cur} soft limit. Increase or resume the budget to continue."
             )
-        return (
-            f"Budget paused with {spent_s} {cur} spent. Increase or resume the budget to continue."
-        )
+        return f"Budget paused with {spent_s}. Increase or resume the budget to continue."
     if kind == "warn":
         balance_s = format_amount_2dp(balance_micros)
         return f"Budget running low. {balance_s} {cur} remaining of {limit_s} {cur} limit."
@@ -259,26 +274,26 @@ def _rule_action(s: BudgetSnapshot) -> ActionKind:
 
 def _error_details(kind: ActionKind, s: BudgetSnapshot) -> tuple[str | None, ErrorFields | None]:
     spent = s.spent_micros / MICROS_PER_UNIT
+    held = s.held_micros / MICROS_PER_UNIT if s.held_micros > 0 else None
     if kind == "stop":
         fields = ErrorFields(
             budget_id=s.budget_id,
             currency=s.currency,
             limit=s.limit_micros / MICROS_PER_UNIT,
             spent=spent,
+            held=held,
         )
         return "budget_exhausted", fields
     if kind == "pause":
         soft = None if s.soft_limit_micros is None else s.soft_limit_micros / MICROS_PER_UNIT
         fields = ErrorFields(
-            budget_id=s.budget_id, currency=s.currency, soft_limit=soft, spent=spent
+            budget_id=s.budget_id, currency=s.currency, soft_limit=soft, spent=spent, held=held
         )
         return "budget_paused", fields
     return None, None
 
 
-def budget_action(s: BudgetSnapshot) -> Decision:
-    """Decide one budget: exhausted or balance ≤ 0 → stop; paused → pause; else the §3 rules."""
-    kind = _rule_action(s)
+def _decision(kind: ActionKind, s: BudgetSnapshot) -> Decision:
     message = message_for(
         kind,
         s.limit_micros,
@@ -286,9 +301,15 @@ def budget_action(s: BudgetSnapshot) -> Decision:
         s.soft_limit_micros,
         s.currency,
         s.soft_acknowledged,
+        s.held_micros,
     )
     error_code, error_fields = _error_details(kind, s)
     return Decision(kind, message, error_code, error_fields, s)
+
+
+def budget_action(s: BudgetSnapshot) -> Decision:
+    """Decide one budget: exhausted or balance ≤ 0 → stop; paused → pause; else the §3 rules."""
+    return _decision(_rule_action(s), s)
 
 
 def _more_restrictive(
@@ -313,6 +334,10 @@ def _deciding(snapshots: Sequence[BudgetSnapshot]) -> Decision | None:
     return None if best is None else budget_action(best)
 
 
+def _subject_type(s: BudgetSnapshot) -> BudgetSubjectType | None:
+    return None if s.subject_type is None else BudgetSubjectType.parse(s.subject_type)
+
+
 #: The result of every check that finds nothing to report (results are immutable: shared).
 _CONTINUE = BudgetCheckResult(action="continue")
 
@@ -329,6 +354,8 @@ def _result_of(best: Decision | None) -> BudgetCheckResult:
         currency=s.currency,
         error_code=best.error_code,
         error_fields=best.error_fields,
+        subject_type=_subject_type(s),
+        subject_id=s.subject_id,
     )
 
 
@@ -379,11 +406,14 @@ INSUFFICIENT_CODE = "budget_insufficient"
 def insufficient_result(s: BudgetSnapshot, requested_micros: int) -> BudgetCheckResult:
     """Why a reservation was denied on budget ``s`` (SPEC §4 reserve).
 
-    The budget's own stop or pause when it is exhausted or paused; otherwise a stop with
-    error_code ``budget_insufficient``: the amount exceeds the available balance.
+    The budget's own stop or pause when it is exhausted or paused (by its stored status, also
+    when nothing is available: a paused budget says pause); otherwise a stop with error_code
+    ``budget_insufficient``: the amount exceeds the available balance.
     """
-    if s.status in ("exhausted", "paused"):  # the stored status, not the rules on available
-        return check_result([s])
+    if s.status == "exhausted":
+        return _result_of(_decision("stop", s))
+    if s.status == "paused":
+        return _result_of(_decision("pause", s))
     cur = s.currency
     message = (
         f"Budget insufficient. {format_amount_2dp(requested_micros)} {cur} requested, "
@@ -395,6 +425,7 @@ def insufficient_result(s: BudgetSnapshot, requested_micros: int) -> BudgetCheck
         currency=cur,
         limit=s.limit_micros / MICROS_PER_UNIT,
         spent=s.spent_micros / MICROS_PER_UNIT,
+        held=s.held_micros / MICROS_PER_UNIT if s.held_micros > 0 else None,
     )
     return BudgetCheckResult(
         action="stop",
@@ -404,4 +435,25 @@ def insufficient_result(s: BudgetSnapshot, requested_micros: int) -> BudgetCheck
         currency=cur,
         error_code=INSUFFICIENT_CODE,
         error_fields=fields,
+        subject_type=_subject_type(s),
+        subject_id=s.subject_id,
     )
+
+
+def root_session_note(root_session_id: str) -> str:
+    """What a child session's tool hint adds (SPEC §6: child sessions pool on their root)."""
+    return (
+        f"Session budgets are those of the root session {root_session_id}, shared by its "
+        "child sessions."
+    )
+
+
+def with_root_session_note(response: BudgetToolResponse, scope: Scope) -> BudgetToolResponse:
+    """The tool response of a child session's scope says whose session budgets apply: a
+    budget made for the child's own id is not enforced while its scopes name a root."""
+    root = scope.root_session_id
+    if root is None or root == scope.session_id:
+        return response
+    note = root_session_note(root)
+    hint = note if not response.hint else f"{response.hint} {note}"
+    return response.model_copy(update={"hint": hint})

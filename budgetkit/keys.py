@@ -14,6 +14,7 @@ Layout (``P`` = prefix, default ``bk``):
     P:{org}:l:<budget_id>          stream  the budget's ledger
     P:{org}:events                 stream  the org's budget events
     P:{org}:idem:<operation>:<key> list    idempotency record: fingerprint, expiry ms, reply
+    P:{org}:rq:<request id>        list    one call's request record, same shape (redelivery.py)
     P:{org}:h:<hold_id>            hash    a reservation: exp (ms), sess, b:<budget_id> amounts
     P:{org}:hz:<budget_id>         zset    a budget's outstanding holds, score = expiry ms
     P:{org}:ha:<budget_id>         hash    a budget's outstanding holds: hold id -> amount
@@ -61,3 +62,6 @@ class Keyspace:
 
     def idempotency(self, organization_id: str, operation: str, key: str) -> str:
         return f"{self.org(organization_id)}idem:{operation}:{key}"
+
+    def request(self, organization_id: str, request_id: str) -> str:
+        return f"{self.org(organization_id)}rq:{request_id}"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
@@ -55,6 +56,7 @@ __all__ = [
     "LlmUsage",
     "Meter",
     "MeterRegistry",
+    "Metered",
     "ToolCall",
     "ToolCallMeter",
     "UnpricedPolicy",
@@ -62,6 +64,7 @@ __all__ = [
     "from_anthropic_usage",
     "from_openai_usage",
     "meter_amounts",
+    "meter_for_charge",
     "record_usage",
 ]
 
@@ -577,6 +580,40 @@ def meter_amounts(
     return _checked_amounts(_resolve_meter(meter).amounts(usage, wanted), wanted)
 
 
+@dataclass(frozen=True, slots=True)
+class Metered:
+    """A usage record metered for a charge: micro-units per currency; ``unpriced`` lists the
+    currencies it could not be priced in (the charge script refuses the call, writing nothing,
+    if a budget of the scope is in one of them), ``unpriced_error`` the meter's error for them."""
+
+    micros: dict[str, int]
+    unpriced: tuple[str, ...] = ()
+    unpriced_error: UnpricedModel | None = None
+
+
+def meter_for_charge(
+    usage: Any, *, meter: Meter | str | None = None, currencies: Iterable[str] | None = None
+) -> Metered:
+    """Meter one usage record in ``currencies`` (default ``("usd", "tokens", "credits")``).
+
+    Under the default LLM policy an unpriced model with no provider cost is not an error here:
+    the other currencies are metered and usd is marked unpriced, so that the error is raised
+    only when a usd budget is in the scope (SPEC §8) — the script decides, in the same round
+    trip as the charge.
+    """
+    wanted = _currencies(currencies)
+    try:
+        amounts = meter_amounts(usage, meter=meter, currencies=wanted)
+        return Metered({c: round_micros(a) for c, a in amounts.items()})
+    except UnpricedModel as error:
+        if "usd" not in wanted:
+            raise
+        others = [c for c in wanted if c != "usd"]
+        amounts = meter_amounts(usage, meter=meter, currencies=others) if others else {}
+        micros = {c: round_micros(a) for c, a in amounts.items()}
+        return Metered(micros, ("usd",), error)
+
+
 async def record_usage(
     kit: BudgetKit,
     scope: Scope,
@@ -591,48 +628,19 @@ async def record_usage(
     description: str | None = None,
     idempotency_key: str | None = None,
 ) -> DebitResult:
-    """Meter one usage record and charge it: ``debit`` (or ``commit`` of ``hold``), one round trip.
-
-    Why a ``currencies`` argument: the client does not know the scope's budget currencies
-    without another round trip, so it meters the given ones (default ``("usd", "tokens",
-    "credits")``); a budget in another currency is not charged. Under the default LLM policy an
-    unpriced model with no provider cost raises UnpricedModel, and writes nothing, when a usd
-    budget is in the scope: the other currencies are metered and the script refuses the call
-    before its first write if it finds a usd budget (same round trip).
-    ``hold``: a granted Reservation of the same scope, committed with the metered amounts.
-    The remaining keywords are those of ``debit`` / ``commit``.
-    """
-    if not isinstance(scope, Scope):
-        raise InvalidInput(f"scope must be a Scope, got {type(scope).__name__}")
-    if hold is not None and (not isinstance(hold, Reservation) or hold.scope != scope):
-        raise InvalidInput("hold must be a Reservation of the same scope")
-    wanted = _currencies(currencies)
-    unpriced: tuple[str, ...] = ()
-    try:
-        amounts = meter_amounts(usage, meter=meter, currencies=wanted)
-    except UnpricedModel as error:
-        if "usd" not in wanted:
-            raise
-        # Meter the other currencies; the script refuses the call, before any write, only if
-        # a usd budget is in the scope (SPEC §8: the error is raised only then).
-        unpriced_error = error
-        unpriced = ("usd",)
-        others = [c for c in wanted if c != "usd"]
-        amounts = meter_amounts(usage, meter=meter, currencies=others) if others else {}
-    fields: dict[str, Any] = {
-        "meter_source": meter_source,
-        "ref_type": ref_type,
-        "ref_id": ref_id,
-        "description": description,
-        "idempotency_key": idempotency_key,
-        "unpriced_currencies": unpriced,
-    }
-    try:
-        if hold is None:
-            return await kit.debit(scope, amounts, **fields)
-        return await kit.commit(hold, amounts, **fields)
-    except UnpricedModel:
-        raise unpriced_error from None  # the model's own message says what to configure
+    """``kit.record_usage(scope, usage, ...)`` (kept as a function for existing callers)."""
+    return await kit.record_usage(
+        scope,
+        usage,
+        meter=meter,
+        currencies=None if currencies is None else list(currencies),
+        hold=hold,
+        meter_source=meter_source,
+        ref_type=ref_type,
+        ref_id=ref_id,
+        description=description,
+        idempotency_key=idempotency_key,
+    )
 
 
 # ================================================================================================

@@ -430,6 +430,8 @@ class LedgerEntry(_WireModel):
     """One immutable change of a budget's balance: + debit (consumption), - credit (top-up).
 
     ``balance == initial limit - sum(amount)`` over a budget's entries, exactly (SPEC §2).
+    ``currency`` (Python-only, not in the seed's JSON) is the budget's currency, so the entries
+    of one multi-currency debit can be told apart.
     """
 
     id: LedgerId
@@ -441,6 +443,7 @@ class LedgerEntry(_WireModel):
     session_id: Identifier | None = None
     description: Text | None = None
     created_at: Timestamp
+    currency: Text | None = Field(default=None, exclude=True)
 
 
 # ============================================================================
@@ -500,7 +503,8 @@ class BudgetAction:
 class ErrorFields(_WireModel):
     """Interpolation fields of a user-facing budget error (the seed's UserFacingErrorFields).
 
-    ``limit``, ``spent``, ``soft_limit`` in currency units.
+    ``limit``, ``spent``, ``soft_limit`` in currency units; ``held`` (SPEC §10): the budget's
+    outstanding reservations, set when they are part of why a check stops or pauses.
     """
 
     budget_id: Text | None = None
@@ -508,13 +512,17 @@ class ErrorFields(_WireModel):
     limit: Amount | None = None
     spent: Amount | None = None
     soft_limit: Amount | None = None
+    held: Amount | None = None
 
 
 class BudgetCheckResult(_WireModel):
     """The most restrictive action over the budgets of a scope, and why.
 
     ``fail_open`` (Python-only, omitted from JSON while False) marks a ``continue`` returned
-    because the store was unreachable under a fail-open policy.
+    because the store was unreachable under a fail-open policy. ``subject_type`` and
+    ``subject_id`` (Python-only, never in JSON: the seed has no such fields) name the level of
+    the scope whose budget decided a warn, pause or stop — e.g. resume that level with
+    ``kit.resume(scope, levels=[result.subject_type])``.
     """
 
     omitted_when_false: ClassVar[frozenset[str]] = frozenset({"fail_open"})
@@ -527,6 +535,8 @@ class BudgetCheckResult(_WireModel):
     error_code: Text | None = None
     error_fields: ErrorFields | None = None
     fail_open: Annotated[bool, Strict()] = False
+    subject_type: BudgetSubjectType | None = Field(default=None, exclude=True)
+    subject_id: Text | None = Field(default=None, exclude=True)
 
     @classmethod
     def ok(cls) -> BudgetCheckResult:

@@ -1,8 +1,10 @@
 """Budget periods: rolling-window parsing and UTC calendar buckets (SPEC §1, §7).
 
-``parse_rolling_window`` is a port of the seed's Rust function, character for character
-(Rust's ``trim`` and ``to_ascii_lowercase``, u64 overflow). ``bucket_start_ms`` and
-``aligned_period_start_ms`` are the reference implementations the Lua scripts are tested against.
+``parse_calendar_unit`` and ``parse_rolling_window`` read the period strings the API and the CLI
+take (``convert.budget_period`` builds the period from them). ``parse_rolling_window`` is a port
+of the seed's Rust function, character for character (Rust's ``trim`` and ``to_ascii_lowercase``,
+u64 overflow). ``bucket_start_ms`` and ``aligned_period_start_ms`` are the reference
+implementations the Lua scripts are tested against.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ __all__ = [
     "CALENDAR_UNITS",
     "aligned_period_start_ms",
     "bucket_start_ms",
+    "parse_calendar_unit",
     "parse_rolling_window",
 ]
 
@@ -71,6 +74,17 @@ def parse_rolling_window(window: str) -> int | None:
         return None
     seconds = value * multiplier
     return seconds if seconds <= _U64_MAX else None
+
+
+def parse_calendar_unit(text: str) -> str | None:
+    """Return the calendar unit a period string names (``"month"``, ``" Month "``), else None.
+
+    Why: ``create_budget(period="month")`` and ``--period month`` name a calendar period; the
+    string is trimmed and ASCII-lower-cased like a rolling window's unit, so ``"Month"`` is not
+    mistaken for an invalid window.
+    """
+    unit = text.strip(_RUST_WHITESPACE).translate(_ASCII_LOWER)
+    return unit if unit in CALENDAR_UNITS else None
 
 
 def _check_ms(value: int, *, field: str) -> None:

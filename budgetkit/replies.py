@@ -29,7 +29,7 @@ from budgetkit.models import (
 )
 
 RECORD_WIDTH = 18
-SNAPSHOT_WIDTH = 9
+SNAPSHOT_WIDTH = 10
 ENTRY_WIDTH = 9
 EVENT_WIDTH = 10
 
@@ -61,18 +61,29 @@ def _opt_text(value: Field) -> str | None:
     return str(value) if value != "" else None
 
 
-def snapshot_from_fields(f: Sequence[Field]) -> BudgetSnapshot:
+#: The scope levels of a call's subject keys, in key order: (subject type wire, subject id).
+Levels = Sequence[tuple[str, str]]
+
+
+def snapshot_from_fields(f: Sequence[Field], levels: Levels = ()) -> BudgetSnapshot:
     """A check snapshot from SNAPSHOT_WIDTH fields: id, currency, limit, balance, holds, soft
-    limit ('' = none), status, soft acknowledged, warn ppm. Its balance is the available one."""
+    limit ('' = none), status, soft acknowledged, warn ppm, 1-based index of the subject key it
+    was found under (into ``levels``; 0 = none). Its balance is the available one."""
+    held = int(f[4])
+    level = int(f[9])
+    subject_type, subject_id = levels[level - 1] if 0 < level <= len(levels) else (None, None)
     return BudgetSnapshot(
         budget_id=str(f[0]),
         currency=str(f[1]),
         limit_micros=int(f[2]),
-        balance_micros=int(f[3]) - int(f[4]),
+        balance_micros=int(f[3]) - held,
         soft_limit_micros=_opt_int(f[5]),
         status=str(f[6]),
         soft_acknowledged=int(f[7]) == 1,
         warn_fraction_ppm=int(f[8]),
+        held_micros=held,
+        subject_type=subject_type,
+        subject_id=subject_id,
     )
 
 
@@ -181,8 +192,10 @@ class EntryRecord:
             created_ms=int(f[8]),
         )
 
-    def to_entry(self) -> LedgerEntry:
+    def to_entry(self, currency: str | None = None) -> LedgerEntry:
+        """The seed model; ``currency`` is the budget's (Python-only field)."""
         return LedgerEntry(
+            currency=currency,
             id=self.id,
             budget_id=self.budget_id,
             amount=from_micros(self.amount_micros),
@@ -273,15 +286,27 @@ class Reply:
     replayed: bool = False
     tags: tuple[str, ...] = ()
 
+    def currencies(self) -> dict[str, str]:
+        """Budget id -> currency of every budget in the reply (to label its entries)."""
+        found = {s.budget_id: s.currency for s in self.snapshots}
+        found.update((b.id, b.currency) for b in self.budgets)
+        return found
+
+    def ledger_entries(self) -> list[LedgerEntry]:
+        """The entries written, each labelled with its budget's currency."""
+        currencies = self.currencies()
+        return [e.to_entry(currencies.get(e.budget_id)) for e in self.entries]
+
 
 def _chunks(fields: Iterator[Field], count: int, width: int) -> list[list[Field]]:
     return [[next(fields) for _ in range(width)] for _ in range(count)]
 
 
-def parse_reply(raw: Any, tags: int = 0, snapshots: bool = False) -> Reply:
+def parse_reply(raw: Any, tags: int = 0, snapshots: bool = False, levels: Levels = ()) -> Reply:
     """Decodes the shared reply shape, after an optional 'replayed' marker and ``tags`` leading
-    tag fields (reserve.lua's verdict); ``snapshots`` for the scope scripts' budget shape. A
-    malformed reply is a ScriptError (a bug)."""
+    tag fields (reserve.lua's verdict); ``snapshots`` for the scope scripts' budget shape, whose
+    budgets are attributed to ``levels`` (the call's subject keys). A malformed reply is a
+    ScriptError (a bug)."""
     try:
         values = _decode_all(raw)
         replayed = bool(values) and values[0] == "replayed"
@@ -292,7 +317,8 @@ def parse_reply(raw: Any, tags: int = 0, snapshots: bool = False) -> Reply:
         records: list[BudgetRecord] = []
         snaps: list[BudgetSnapshot] = []
         if snapshots:
-            snaps = [snapshot_from_fields(c) for c in _chunks(fields, count, SNAPSHOT_WIDTH)]
+            chunks = _chunks(fields, count, SNAPSHOT_WIDTH)
+            snaps = [snapshot_from_fields(c, levels) for c in chunks]
         else:
             records = [BudgetRecord.from_fields(c) for c in _chunks(fields, count, RECORD_WIDTH)]
         entries = [
@@ -306,10 +332,13 @@ def parse_reply(raw: Any, tags: int = 0, snapshots: bool = False) -> Reply:
     return Reply(now_ms, records, snaps, entries, events, replayed, leading)
 
 
-def parse_entries(raw: Any) -> list[EntryRecord]:
-    """Decodes ledger.lua's reply: a count, then ENTRY_WIDTH fields per entry."""
+def parse_entries(raw: Any) -> tuple[str, list[EntryRecord]]:
+    """Decodes ledger.lua's reply: the budget's currency, a count, then ENTRY_WIDTH fields per
+    entry."""
     try:
         fields = iter(_decode_all(raw))
-        return [EntryRecord.from_fields(c) for c in _chunks(fields, int(next(fields)), ENTRY_WIDTH)]
+        currency = str(next(fields))
+        count = int(next(fields))
+        return currency, [EntryRecord.from_fields(c) for c in _chunks(fields, count, ENTRY_WIDTH)]
     except (StopIteration, ValueError, TypeError) as error:
         raise ScriptError(f"malformed ledger reply: {error}") from error

@@ -31,7 +31,12 @@ Topologies (``topology_of``): one server, a Sentinel-managed primary, or a Redis
   after sending (``OutcomeUnknown``) is never retried here. With Sentinel the primary's address
   is also re-read from the sentinels at most every ``SENTINEL_REFRESH_S`` seconds, so the
   client leaves a demoted primary within that delay even if the old one still accepts writes.
-- **One server.** Unchanged: no retry, no guard.
+- **One server.** No failover retry, no guard.
+- **Every topology.** A call whose connection closed after it was sent (its reply lost) is sent
+  again, at most ``RESENDS_MAX`` times: every mutation carries a request record the script
+  checks first (budgetkit.redelivery), so the resend returns the first reply instead of applying
+  twice. Refusals are told apart from bugs in budgetkit.store_errors; only those a failover ends
+  (``store_errors.PASSING_CODES``) are retried.
 """
 
 from __future__ import annotations
@@ -51,12 +56,13 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from budgetkit.errors import (
-    SCRIPT_ERROR_CODES,
     BudgetkitError,
     BudgetUnavailable,
     OutcomeUnknown,
     ScriptError,
 )
+from budgetkit.redelivery import RESENDS_MAX
+from budgetkit.store_errors import budgetkit_error, passing, refusal, translate_reply
 
 if TYPE_CHECKING:
     from budgetkit.durability import Durability
@@ -75,9 +81,6 @@ SENTINEL_REFRESH_S = 0.5
 #: Cluster: the never-written key every call declares last (see the module docstring).
 GUARD_NAME = "!guard"
 GUARD_PREAMBLE = "local _bk_migration_guard = table.remove(KEYS)\n"
-#: Error codes of replies that mean "not run" (refused before the first write).
-NOT_RUN_CODES = frozenset({"NOREPLICAS", "READONLY", "LOADING", "TRYAGAIN", "CLUSTERDOWN"})
-NOT_RUN_CODES |= {"MASTERDOWN", "BUSY"}
 
 ScriptArg = str | int | bytes
 Topology = Literal["single", "sentinel", "cluster"]
@@ -146,31 +149,9 @@ def topology_of(client: object) -> Topology:
 
 
 def translate_response_error(error: redis_errors.ResponseError) -> Exception:
-    """Maps a ``BK_<CODE> message`` reply to its typed error; anything else is a ScriptError."""
-    text = str(error)
-    start = text.find("BK_")
-    if start >= 0:
-        code, _, message = text[start + 3 :].partition(" ")
-        message = message.split("\n", 1)[0].split(" script:", 1)[0].strip()
-        error_type = SCRIPT_ERROR_CODES.get(code)
-        if error_type is not None:
-            return error_type(message)
-    return ScriptError(text)
-
-
-def _not_run_reply(error: redis_errors.ResponseError) -> bool:
-    """A reply refusing the command before it ran (or at its first write, which is the same:
-    scripts validate before writing, and a refused write writes nothing)."""
-    if isinstance(
-        error,
-        redis_errors.ReadOnlyError
-        | redis_errors.TryAgainError
-        | redis_errors.ClusterDownError
-        | redis_errors.AskError,  # and MovedError: a redirect not followed (durable pipelines)
-    ):
-        return True
-    code = getattr(error, "status_code", None) or str(error).split(" ", 1)[0]
-    return code in NOT_RUN_CODES
+    """Maps a ``BK_<CODE> message`` reply to its typed error; anything else is a ScriptError
+    (``translate_error`` first tells the store's refusals apart: budgetkit.store_errors)."""
+    return budgetkit_error(error) or ScriptError(str(error))
 
 
 def _not_sent(error: redis_errors.ConnectionError | redis_errors.TimeoutError) -> bool:
@@ -189,30 +170,43 @@ def _not_sent(error: redis_errors.ConnectionError | redis_errors.TimeoutError) -
 
 
 def translate_error(name: str, error: BaseException) -> BaseException:
-    """The budgetkit error for a redis-py error raised by a script call."""
+    """The budgetkit error for a redis-py error raised by a script call (or by the connection
+    handshake before it: AUTH, SELECT)."""
     if isinstance(error, BudgetkitError):
         return error
     if isinstance(error, redis_errors.ResponseError):
-        if _not_run_reply(error):
-            return BudgetUnavailable(f"{name} not run, Redis refused it: {error}")
-        return translate_response_error(error)
-    if isinstance(error, redis_errors.ClusterError | redis_errors.SlotNotCoveredError):
-        # redis-py raises these after following MOVED/ASK/TRYAGAIN for too long, or for a slot
-        # no node serves: in every case the command did not run.
+        return translate_reply(name, error)
+    if isinstance(error, redis_errors.ClusterError | redis_errors.RedisClusterException):
+        # redis-py raises these after following MOVED/ASK/TRYAGAIN for too long, for a slot no
+        # node serves, or when no startup node can be reached or agrees on the slots: in every
+        # case before the command was sent.
         return BudgetUnavailable(f"{name} not run, the cluster could not serve it: {error}")
     if isinstance(error, redis_errors.ConnectionError | redis_errors.TimeoutError):
         return connection_failure(name, error)
     return error
 
 
+class ReplyLost(OutcomeUnknown):
+    """The connection closed after the request was sent: the reply is lost, the server is not
+    known to be stuck, so ScriptRuntime.call sends the request again (its request record makes
+    that safe, budgetkit.redelivery). A timeout is a plain OutcomeUnknown: not resent."""
+
+
 def connection_failure(
     name: str, error: redis_errors.ConnectionError | redis_errors.TimeoutError
 ) -> BudgetUnavailable:
-    """BudgetUnavailable when the command was not sent (nothing applied), OutcomeUnknown when
-    the connection broke after sending (maybe applied: retry with the idempotency key)."""
+    """BudgetUnavailable when the command was not sent or the server refused it (WRONGPASS,
+    NOAUTH, LOADING, too many clients: nothing applied), OutcomeUnknown when the connection
+    broke after sending (maybe applied: retry with the idempotency key) — ReplyLost when it
+    closed rather than timed out."""
+    refused = refusal(name, error)
+    if refused is not None:
+        return refused
     if _not_sent(error):
         return BudgetUnavailable(f"cannot reach Redis: {error}")
-    return OutcomeUnknown(f"{name}: connection lost after sending: {error}")
+    if isinstance(error, redis_errors.TimeoutError):
+        return OutcomeUnknown(f"{name}: no reply in time after sending: {error}")
+    return ReplyLost(f"{name}: connection lost after sending: {error}")
 
 
 class ScriptRuntime:
@@ -247,6 +241,7 @@ class ScriptRuntime:
         self._primary: object = None  # Sentinel: the primary's address as last seen here
         self.reloads = 0
         self.failover_retries = 0  # calls retried after a not-run error (cluster/sentinel)
+        self.resends = 0  # calls sent again after their reply was lost (budgetkit.redelivery)
         if isinstance(client, RedisCluster) and client.retry.get_retries() > 0:
             log.warning(
                 "budgetkit: this RedisCluster client retries commands after connection errors, "
@@ -281,7 +276,35 @@ class ScriptRuntime:
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], readonly: bool = False
     ) -> Any:
         """Runs one script atomically; returns its raw reply. ``readonly`` uses EVALSHA_RO
-        (allowed on replicas; the script must not write)."""
+        (allowed on replicas; the script must not write).
+
+        A call whose connection closed after sending (ReplyLost) is sent again, at most
+        RESENDS_MAX times: every mutation carries its request record (budgetkit.redelivery),
+        so a resend returns the first reply instead of applying twice, and the other scripts
+        only read or roll periods over. A timeout is not resent (the server may be stuck: the
+        caller should not wait twice). When a resend cannot reach Redis the first outcome stays
+        unknown: OutcomeUnknown."""
+        try:
+            return await self._call_following_failover(name, keys, args, readonly)
+        except ReplyLost as error:
+            lost: OutcomeUnknown = error
+        for _ in range(RESENDS_MAX):
+            self.resends += 1
+            try:
+                return await self._call_following_failover(name, keys, args, readonly)
+            except ReplyLost as error:
+                lost = error
+            except OutcomeUnknown as error:  # timed out this time: give up
+                raise error from None
+            except BudgetUnavailable:
+                break  # not sent this time; the first send may still have applied
+        raise OutcomeUnknown(str(lost)) from lost
+
+    async def _call_following_failover(
+        self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], readonly: bool
+    ) -> Any:
+        """One call; on a Cluster or Sentinel, calls that provably did not run are retried
+        for at most ``failover_retry_s`` seconds, re-discovering the topology in between."""
         if self.failover_retry_s <= 0:
             return await self._call(name, keys, args, readonly)
         delay, deadline = FAILOVER_DELAY_FIRST_S, 0.0
@@ -292,7 +315,9 @@ class ScriptRuntime:
             except OutcomeUnknown:
                 await self.refresh_primary(force=True)
                 raise
-            except BudgetUnavailable:
+            except BudgetUnavailable as error:
+                if not passing(error):  # a refusal no failover ends (ACL, credentials)
+                    raise
                 now = time.monotonic()
                 deadline = deadline or now + self.failover_retry_s
                 if now + delay > deadline:

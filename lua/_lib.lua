@@ -13,7 +13,7 @@
 --                         separated ('' = none, at most 16); bitmask of those fired this period
 --   created updated       ms
 -- Reply shape shared by every script that returns budgets (see budgetkit/replies.py):
---   { now_ms, n_budgets, n_budgets * (18 record | 9 snapshot) fields,
+--   { now_ms, n_budgets, n_budgets * (18 record | 10 snapshot) fields,
 --     n_entries, n_entries * 9 ledger fields, n_events, n_events * 10 event fields }
 --   Scope scripts (check, debit, reserve, commit) send snapshots; the others full records.
 -- Errors are raised as 'BK_<CODE> <message>' and always before the first write.
@@ -409,8 +409,8 @@ local function flush(batch, events_key)
     redis.call('HSET', h[2], h[3], fmt(h[5]))
   end
   for _, e in ipairs(batch.entries) do
-    redis.call('XADD', e.key, '*', 'id', e.id, 'bid', e.bid, 'amt', fmt(e.amt), 'src', e.src,
-      'rt', e.rt, 'ri', e.ri, 'sess', e.sess, 'desc', e.desc, 'ts', fmt(e.ts))
+    e.sid = redis.call('XADD', e.key, '*', 'id', e.id, 'bid', e.bid, 'amt', fmt(e.amt),
+      'src', e.src, 'rt', e.rt, 'ri', e.ri, 'sess', e.sess, 'desc', e.desc, 'ts', fmt(e.ts))
   end
   for _, ev in ipairs(batch.events) do
     ev.sid = redis.call('XADD', events_key, '*', 'type', ev.type, 'bid', ev.b.id,
@@ -426,11 +426,13 @@ local function push_record(out, b)
   for _, v in ipairs(fields) do table.insert(out, v) end
 end
 
--- What a check needs of a budget (SNAPSHOT_WIDTH = 9 fields; numbers as integer replies).
+-- What a check needs of a budget (SNAPSHOT_WIDTH = 10 fields; numbers as integer replies); the
+-- last is the 1-based index of the scope's subject key the budget was found under (0 = none).
 local function push_snapshot(out, b)
   local n = #out
   out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = b.id, b.cur, b.lim, b.bal, b.held
   out[n + 6], out[n + 7], out[n + 8], out[n + 9] = b.soft or '', b.status, b.ack, b.wf
+  out[n + 10] = b.level or 0
 end
 
 -- The shared reply: budgets (in the given order, each pushed by push_budget: push_record by
@@ -462,12 +464,13 @@ end
 -- id order (ids are time-ordered), with their elapsed periods rolled over.
 local function load_scope(batch, subject_keys, include_disabled, full)
   local budgets = {}
-  for _, skey in ipairs(subject_keys) do
+  for level, skey in ipairs(subject_keys) do
     local ids = redis.call('SMEMBERS', skey)
     table.sort(ids)
     for _, id in ipairs(ids) do
       local b = load_budget(batch.prefix .. 'b:' .. id, full)
       if b == nil or b.id ~= id then corrupt(skey, id) end
+      b.level = level
       if include_disabled or b.status ~= 'disabled' then table.insert(budgets, b) end
     end
   end
@@ -565,32 +568,128 @@ local function tagged(tags, out)
 end
 
 
--- Idempotency records: a list [fingerprint, expires_ms, reply...] under a declared key.
--- A record is judged expired by the operation clock (batch.now); the key TTL only reclaims memory.
+-- Request records make every mutation exactly-once (budgetkit/redelivery.py). Two kinds, under a
+-- declared key, judged expired by the operation clock (batch.now; the key TTL only reclaims
+-- memory):
+-- * Idempotency records (a caller's key; fingerprint = a hash of the request): a list
+--   [fingerprint, expires_ms, reply...]; a retry gets the stored reply prefixed with 'replayed'.
+--   Expiry NEVER_MS keeps one for good (a keyed create).
+-- * Receipts (no caller key: fingerprint AUTO_FINGERPRINT, key P:{org}:rq:<request id>, kept for
+--   the client's redelivery window): a small string 'expires|now|tags|budget ids|entries|events'
+--   (entries as <budget id>:<ledger stream id>, events as stream ids, each list comma-separated).
+--   The same command sent again (a client's retry after a lost reply) applies nothing and gets
+--   the reply rebuilt by ``redelivered``: the first call's tags, entries and events read back
+--   from the streams, and its budgets as they are now.
 local IDEM_PUSH_CHUNK = 500
+local AUTO_FINGERPRINT = '='
+local NEVER_MS = MAX_MICROS
 
--- The stored reply of an earlier call with this key, or nil; BK_IDEMPOTENCY_CONFLICT when the
--- key was used for a different request. fingerprint '' = the call carries no key.
+local function split(text, sep)
+  local out = {}
+  if text == '' then return out end
+  for part in string.gmatch(text, '[^' .. sep .. ']+') do table.insert(out, part) end
+  return out
+end
+
+-- The stored reply of an earlier call with this key, or nil, and (for a receipt) the receipt
+-- table { now, tags, budget_ids, entries, events }; BK_IDEMPOTENCY_CONFLICT when a caller's key
+-- was used for a different request. fingerprint '' = no record.
 local function idem_replay(key, fingerprint, now)
-  if fingerprint == '' then return nil end
+  if fingerprint == '' then return nil, nil end
+  if fingerprint == AUTO_FINGERPRINT then
+    local text = redis.call('GET', key)
+    if not text then return nil, nil end
+    local parts = {}
+    for part in string.gmatch(text .. '|', '([^|]*)|') do table.insert(parts, part) end
+    if #parts ~= 6 or tonumber(parts[1]) == nil then corrupt(key, 'receipt') end
+    if tonumber(parts[1]) <= now then return nil, nil end
+    return nil, { now = tonumber(parts[2]), tags = split(parts[3], ','),
+      budget_ids = split(parts[4], ','), entries = split(parts[5], ','),
+      events = split(parts[6], ',') }
+  end
   local stored = redis.call('LRANGE', key, 0, -1)
-  if #stored < 2 or tonumber(stored[2]) == nil or tonumber(stored[2]) <= now then return nil end
+  if #stored < 2 or tonumber(stored[2]) == nil or tonumber(stored[2]) <= now then
+    return nil, nil
+  end
   if stored[1] ~= fingerprint then
     raise('IDEMPOTENCY_CONFLICT', 'the idempotency key was used for a different request')
   end
   local out = { 'replayed' }
   for i = 3, #stored do table.insert(out, stored[i]) end
-  return out
+  return out, nil
 end
 
-local function idem_store(key, fingerprint, now, ttl_ms, out)
+-- Records a call: its reply ``out`` under a caller's key, or its receipt (``tags`` and the ids
+-- of the budgets its reply shows, ``budget_ids``; '' entries for none) under a request key.
+local function idem_store(key, fingerprint, batch, ttl_ms, out, tags, budget_ids)
   if fingerprint == '' then return end
+  local now = batch.now
+  local expires = ttl_ms == NEVER_MS and NEVER_MS or now + ttl_ms
+  if fingerprint == AUTO_FINGERPRINT then
+    local entries, events = {}, {}
+    for i, e in ipairs(batch.entries) do entries[i] = e.bid .. ':' .. e.sid end
+    for i, ev in ipairs(batch.events) do events[i] = ev.sid end
+    local text = table.concat({ fmt(expires), fmt(now), table.concat(tags or {}, ','),
+      table.concat(budget_ids or {}, ','), table.concat(entries, ','),
+      table.concat(events, ',') }, '|')
+    redis.call('SET', key, text, 'PX', ttl_ms)
+    return
+  end
+  local texts = { fingerprint, fmt(expires) }
+  for _, v in ipairs(out) do table.insert(texts, type(v) == 'number' and fmt(v) or v) end
   redis.call('DEL', key)
-  redis.call('RPUSH', key, fingerprint, fmt(now + ttl_ms))
-  local texts = {}
-  for i, v in ipairs(out) do texts[i] = type(v) == 'number' and fmt(v) or v end
   for i = 1, #texts, IDEM_PUSH_CHUNK do
     redis.call('RPUSH', key, unpack(texts, i, math.min(i + IDEM_PUSH_CHUNK - 1, #texts)))
   end
-  redis.call('PEXPIRE', key, ttl_ms)
+  if ttl_ms ~= NEVER_MS then redis.call('PEXPIRE', key, ttl_ms) end
+end
+
+local ENTRY_FIELDS = { 'id', 'bid', 'amt', 'src', 'rt', 'ri', 'sess', 'desc', 'ts' }
+local EVENT_FIELDS = { 'type', 'bid', 'bal', 'lim', 'cur', 'soft', 'ack', 'ts', 'thr' }
+
+-- One stream entry's fields as a table (nil when it was trimmed away).
+local function stream_fields(key, id)
+  local rows = redis.call('XRANGE', key, id, id)
+  if #rows == 0 then return nil end
+  local h, flat = {}, rows[1][2]
+  for j = 1, #flat, 2 do h[flat[j]] = flat[j + 1] end
+  return h
+end
+
+-- The ids of ``budgets``, for a receipt.
+local function ids_of(budgets)
+  local ids = {}
+  for i, b in ipairs(budgets) do ids[i] = b.id end
+  return ids
+end
+
+-- The reply of a redelivered call (see the receipts above), in the shared reply shape; writes
+-- nothing. ``budgets`` as they are now, pushed by ``push_budget``.
+local function redelivered(batch, receipt, budgets, push_budget, events_key)
+  local out = {}
+  for _, t in ipairs(receipt.tags) do table.insert(out, t) end
+  table.insert(out, receipt.now)
+  table.insert(out, #budgets)
+  for _, b in ipairs(budgets) do push_budget(out, b) end
+  local rows = {}
+  for _, ref in ipairs(receipt.entries) do
+    local bid, sid = string.match(ref, '^([^:]+):(.+)$')
+    local h = bid and stream_fields(batch.prefix .. 'l:' .. bid, sid)
+    if h then table.insert(rows, h) end
+  end
+  table.insert(out, #rows)
+  for _, h in ipairs(rows) do
+    for _, f in ipairs(ENTRY_FIELDS) do table.insert(out, h[f] or '') end
+  end
+  local events = {}
+  for _, sid in ipairs(receipt.events) do
+    local h = stream_fields(events_key, sid)
+    if h then table.insert(events, { sid, h }) end
+  end
+  table.insert(out, #events)
+  for _, ev in ipairs(events) do
+    table.insert(out, ev[1])
+    for _, f in ipairs(EVENT_FIELDS) do table.insert(out, ev[2][f] or '') end
+  end
+  return out
 end

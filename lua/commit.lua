@@ -1,12 +1,12 @@
 -- commit.lua: settle a hold: debit the actual amounts on the scope and drop the hold, atomically.
 -- KEYS[1..n-3] subject index sets of the hold's scope, most specific first
 -- KEYS[n-2]    hold record         bk:{org}:h:<hold_id>
--- KEYS[n-1]    idempotency record  bk:{org}:idem:commit:<key> (untouched without a fingerprint)
+-- KEYS[n-1]    request record      bk:{org}:idem:commit:<key> or bk:{org}:rq:<request id>
 -- KEYS[n]      events stream       bk:{org}:events
 -- ARGV[1]   key prefix of the org  bk:{org}:
 -- ARGV[2]   now_ms ('' = Redis TIME)
 -- ARGV[3]   ledger id base (ledger_ + 30 hex)
--- ARGV[4]   request fingerprint ('' = no idempotency key), ARGV[5] record TTL ms
+-- ARGV[4]   request fingerprint ('=' = a per-call request record), ARGV[5] record TTL ms
 -- ARGV[6]   hold id, ARGV[7] meter_source, ARGV[8] ref_type, ARGV[9] ref_id, ARGV[10] session id,
 --           ARGV[11] description ('' = none for 8..11)
 -- ARGV[12]  currencies the usage could not be priced in, comma-separated ('' = none)
@@ -25,8 +25,12 @@ local hold_id = ARGV[6]
 local source, ref_type, ref_id, session, description = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local unpriced = ARGV[12]
 local amounts = read_amounts(14)
-local replay = idem_replay(idem_key, fingerprint, batch.now)
+local replay, receipt = idem_replay(idem_key, fingerprint, batch.now)
 if replay ~= nil then return replay end
+if receipt ~= nil then
+  local now_budgets = load_scope(batch, subject_keys, false)
+  return redelivered(batch, receipt, now_budgets, push_snapshot, events_key)
+end
 local held = load_hold(hold_key, hold_id, batch.now)
 
 local budgets = load_scope(batch, subject_keys, false)
@@ -36,5 +40,5 @@ charge(batch, budgets, amounts, source, ref_type, ref_id, session, description)
 redis.call('DEL', hold_key)
 flush(batch, events_key)
 local out = reply(batch, budgets, push_snapshot)
-idem_store(idem_key, fingerprint, batch.now, idem_ttl_ms, out)
+idem_store(idem_key, fingerprint, batch, idem_ttl_ms, out)
 return out

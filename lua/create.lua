@@ -3,6 +3,7 @@
 -- KEYS[2]   subject index set      bk:{org}:s:<subject_type>:<subject_id>
 -- KEYS[3]   organization index     bk:{org}:all (zset, score = created ms)
 -- KEYS[4]   events stream          bk:{org}:events (unused; keeps the reply shape)
+-- KEYS[5]   request record         bk:{org}:idem:create:<key> or bk:{org}:rq:<request id>
 -- ARGV[1]   key prefix of the org  bk:{org}:
 -- ARGV[2]   now_ms ('' = Redis TIME)
 -- ARGV[3]   budget id, ARGV[4] organization id, ARGV[5] subject type (wire), ARGV[6] subject id
@@ -12,16 +13,20 @@
 -- ARGV[13]  period seconds (kind d), ARGV[14] calendar unit (kind c)
 -- ARGV[15]  metadata JSON ('' = none), ARGV[16] budgets per subject maximum
 -- ARGV[17]  extra warning thresholds: ascending spent fractions in ppm, comma-separated ('' = none)
--- Returns   the shared reply with the new budget
--- Errors    BK_LIMIT (limit/soft limit), BK_INVALID (arguments, duplicate id, too many budgets)
+-- ARGV[18]  request fingerprint ('=' = a per-call request record), ARGV[19] record TTL ms
+--           (2^53-1 = kept for good: a keyed create replays for the budget's lifetime)
+-- Returns   the shared reply with the new budget ('replayed' + the stored reply on a replay)
+-- Errors    BK_LIMIT (limit/soft limit), BK_INVALID (arguments, duplicate id, too many budgets),
+--           BK_IDEMPOTENCY_CONFLICT (same key, different request)
 -- Invariants nothing is written unless every check passed; balance = limit; status active
-local budget_key, subject_key, org_index_key = KEYS[1], KEYS[2], KEYS[3]
+local budget_key, subject_key, org_index_key, idem_key = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
 local prefix, now_arg, id, org, st, sid, cur = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
   ARGV[6], ARGV[7]
 local limit_arg, soft_arg, wf_arg = ARGV[8], ARGV[9], ARGV[10]
 local period, pk, ps_arg, pu, meta = ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]
 local per_subject_max = tonumber(ARGV[16])
 local thr_text = ARGV[17]
+local fingerprint, idem_ttl_ms = ARGV[18], arg_int(ARGV[19], 'idempotency ttl', 1, MAX_MICROS)
 
 local now = now_ms(now_arg)
 local lim = tonumber(limit_arg)
@@ -48,6 +53,15 @@ elseif pk == 'c' then
 elseif pk ~= '' then
   return fail('INVALID', 'unknown period kind')
 end
+local batch = new_batch(prefix, now, nil)
+local replay, receipt = idem_replay(idem_key, fingerprint, now)
+if replay ~= nil then return replay end
+if receipt ~= nil then
+  local made = load_budget(budget_key, true)
+  if made == nil then return fail('NOT_FOUND', budget_key) end
+  refresh(batch, made)
+  return redelivered(batch, receipt, { made }, push_record, KEYS[4])
+end
 if redis.call('EXISTS', budget_key) == 1 then return fail('INVALID', 'budget id already exists') end
 if redis.call('SCARD', subject_key) >= per_subject_max then
   return fail('INVALID', 'a subject has at most ' .. fmt(per_subject_max) .. ' budgets')
@@ -58,11 +72,12 @@ local b = { key = budget_key, id = id, org = org, st = st, sid = sid, cur = cur,
   meta = meta, status = 'active', op = 0, ack = 0, wz = 0, created = now, updated = now,
   thr = thr, thr_text = thr_text, thrf = 0, config = true }
 b.pstart = period_start_at(b, now)
-local batch = new_batch(prefix, now, nil)
 redis.call('HSET', budget_key, 'id', id, 'org', org, 'st', st, 'sid', sid, 'cur', cur,
   'created', fmt(now))
 settle(batch, b, 'active', 0)
 flush(batch, KEYS[4])
 redis.call('SADD', subject_key, id)
 redis.call('ZADD', org_index_key, now, id)
-return reply(batch, { b })
+local out = reply(batch, { b })
+idem_store(idem_key, fingerprint, batch, idem_ttl_ms, out)
+return out

@@ -1,11 +1,11 @@
 -- debit.lua: atomically charge every non-disabled budget of a scope in its own currency.
 -- KEYS[1..n-2] subject index sets of the scope, most specific first (bk:{org}:s:<type>:<id>)
--- KEYS[n-1]    idempotency record  bk:{org}:idem:debit:<key> (untouched without a fingerprint)
+-- KEYS[n-1]    request record      bk:{org}:idem:debit:<key> or bk:{org}:rq:<request id>
 -- KEYS[n]      events stream       bk:{org}:events
 -- ARGV[1]   key prefix of the org  bk:{org}:
 -- ARGV[2]   now_ms ('' = Redis TIME)
 -- ARGV[3]   ledger id base (ledger_ + 30 hex)
--- ARGV[4]   request fingerprint ('' = no idempotency key), ARGV[5] record TTL ms
+-- ARGV[4]   request fingerprint ('=' = a per-call request record), ARGV[5] record TTL ms
 -- ARGV[6]   meter_source, ARGV[7] ref_type, ARGV[8] ref_id, ARGV[9] session id,
 --           ARGV[10] description ('' = none for 7..10)
 -- ARGV[11]  currencies the usage could not be priced in, comma-separated ('' = none)
@@ -27,13 +27,14 @@ local fingerprint, idem_ttl_ms = ARGV[4], arg_int(ARGV[5], 'idempotency ttl', 1,
 local source, ref_type, ref_id, session, description = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local unpriced = ARGV[11]
 local amounts = read_amounts(13)
-local replay = idem_replay(idem_key, fingerprint, batch.now)
+local replay, receipt = idem_replay(idem_key, fingerprint, batch.now)
 if replay ~= nil then return replay end
 
 local budgets = load_scope(batch, subject_keys, false)
+if receipt ~= nil then return redelivered(batch, receipt, budgets, push_snapshot, events_key) end
 refuse_unpriced(budgets, unpriced)
 charge(batch, budgets, amounts, source, ref_type, ref_id, session, description)
 flush(batch, events_key)
 local out = reply(batch, budgets, push_snapshot)
-idem_store(idem_key, fingerprint, batch.now, idem_ttl_ms, out)
+idem_store(idem_key, fingerprint, batch, idem_ttl_ms, out)
 return out

@@ -1,6 +1,7 @@
 -- update.lua: change a budget's limit, soft limit, status, period, warn fraction or metadata.
 -- KEYS[1]   budget hash            bk:{org}:b:<budget_id>
 -- KEYS[2]   events stream          bk:{org}:events
+-- KEYS[3]   request record         bk:{org}:rq:<request id>
 -- ARGV[1]   key prefix of the org  bk:{org}:
 -- ARGV[2]   now_ms ('' = Redis TIME)
 -- ARGV[3]   ledger id base (ledger_ + 30 hex)
@@ -11,12 +12,16 @@
 -- ARGV[15,16] warn fraction given 0/1, ppm 0..1e6
 -- ARGV[17,18] metadata given 0/1, metadata JSON ('' = clear)
 -- ARGV[19,20] thresholds given 0/1, ascending spent fractions in ppm, comma-separated ('' = none)
+-- ARGV[21]  request fingerprint ('='), ARGV[22] record TTL ms (a resent call replays its reply)
 -- Returns   the shared reply with the budget
 -- Errors    BK_NOT_FOUND, BK_LIMIT, BK_STATUS, BK_INVALID, BK_CORRUPT
 -- Invariants 0 < soft <= limit holds for the result; a limit change moves the balance by the
 --            same delta and writes a limit_change entry (amount = -delta); status re-derived
-local budget_key, events_key = KEYS[1], KEYS[2]
+local budget_key, events_key, idem_key = KEYS[1], KEYS[2], KEYS[3]
 local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
+local fingerprint, idem_ttl_ms = ARGV[21], arg_int(ARGV[22], 'idempotency ttl', 1, MAX_MICROS)
+local replay, receipt = idem_replay(idem_key, fingerprint, batch.now)
+if replay ~= nil then return replay end
 local lim_given, soft_given, status_given = ARGV[4] == '1', ARGV[6] == '1', ARGV[8] == '1'
 local period_given, wf_given, meta_given = ARGV[10] == '1', ARGV[15] == '1', ARGV[17] == '1'
 local thr_given = ARGV[19] == '1'
@@ -24,6 +29,7 @@ local thr_given = ARGV[19] == '1'
 local b = load_budget(budget_key, true)
 if b == nil then return fail('NOT_FOUND', budget_key) end
 refresh(batch, b)  -- in memory only until flush, like every change below
+if receipt ~= nil then return redelivered(batch, receipt, { b }, push_record, events_key) end
 
 local lim = b.lim
 if lim_given then
@@ -99,4 +105,6 @@ end
 b.config = true
 settle(batch, b, old_status, old_wz)
 flush(batch, events_key)
-return reply(batch, { b })
+local out = reply(batch, { b })
+idem_store(idem_key, fingerprint, batch, idem_ttl_ms, out)
+return out

@@ -78,3 +78,30 @@ class AsyncOverSync:
         events = await asyncio.to_thread(lambda: list(self.sync.events(organization_id, after)))
         for event in events:
             yield event
+
+
+def build_kit(kind: str, redis: Any, **kwargs: Any) -> Any:
+    """A kit of ``kind`` ("async", or "sync": the blocking facade driven through threads) on
+    the server behind ``redis`` (a real or fake client); ``kwargs`` go to the constructor.
+    Returns the kit and a closer to await at teardown."""
+    import fakeredis
+
+    import budgetkit.sync as bk_sync
+
+    if kind == "async":
+        return bk.BudgetKit(redis, **kwargs)
+    pool_kwargs = redis.connection_pool.connection_kwargs
+    if "server" in pool_kwargs:  # fakeredis: a second client of the same fake server
+        server = pool_kwargs["server"]
+        sync_kit = bk_sync.BudgetKit(lambda: fakeredis.FakeAsyncRedis(server=server), **kwargs)
+    else:
+        url = f"redis://{pool_kwargs.get('host', '127.0.0.1')}:{pool_kwargs['port']}/0"
+        sync_kit = bk_sync.BudgetKit.from_url(url, **kwargs)
+    return AsyncOverSync(sync_kit)
+
+
+async def close_kit(kit: Any) -> None:
+    """Closes what build_kit made for the sync kind (the async kit's client belongs to the
+    fixture that made it)."""
+    if isinstance(kit, AsyncOverSync):
+        await asyncio.to_thread(kit.sync.close)

@@ -249,13 +249,14 @@ async def assert_refused(
             await w.evalsha(sha, 0)
         counts["lua"] += 1
 
-    # Admin-only budgetkit operations: refused before their first write.
+    # Admin-only budgetkit operations: refused before their first write (an unavailable store
+    # for the failure policy: PermissionDenied is a BudgetUnavailable).
     for call in (
         lambda: worker.create_budget(org, "session", "s9", "usd", 1),
         lambda: worker.list_budgets(org),
         lambda: worker.ledger(org, budget_id),
     ):
-        with pytest.raises(bk.ScriptError, match=r"(?i)permission|can't"):
+        with pytest.raises(bk.PermissionDenied, match=r"(?i)permission|can't"):
             await call()
         counts["admin-only operations"] += 1
     with pytest.raises(bk.PermissionDenied):
@@ -305,13 +306,14 @@ async def test_per_organization_worker(
         await tenant.commit(hold, {"usd": 1})
         before = await redis_snapshot(root)
         foreign = bk.Scope("org_b", session_id="s1")
+        refused = await tenant.check(foreign)  # fails closed: never raises
+        assert refused.action == "stop" and refused.error_code == "budget_unavailable"
         for call in (
-            lambda: tenant.check(foreign),
             lambda: tenant.debit(foreign, {"usd": 1}),
             lambda: tenant.reserve(foreign, {"usd": 1}),
             lambda: starred.debit(bk.Scope("ab", session_id="s1"), {"usd": 1}),
         ):
-            with pytest.raises(bk.ScriptError, match=r"(?i)permission"):
+            with pytest.raises(bk.PermissionDenied, match=r"(?i)permission"):
                 await call()
         with pytest.raises(bk.PermissionDenied):
             await first_event(tenant, "org_b", follow=False)

@@ -27,7 +27,7 @@ import redis
 import budgetkit as bk
 from budgetkit.cli import build_parser, main, redact
 from budgetkit.cli_completion import completion_script, walk
-from budgetkit.cli_output import console
+from budgetkit.cli_output import SESSION_POOLING_NOTE, console
 
 T = TypeVar("T")
 TIMEOUT_S = 60
@@ -209,6 +209,34 @@ def test_budgets_create_list_show_update_disable_top_up_ledger(cli: Cli) -> None
     assert len(everything.json()) == 2
 
 
+@pytest.mark.real
+def test_budgets_show_and_list_say_which_session_a_budget_is_enforced_for(cli: Cli) -> None:
+    """SPEC §6: a child session's own budget is ignored while its scope names a root session."""
+    child = _budget(cli, "session", "c1", 1)
+    org = _budget(cli, "org", "org_1", 100)
+    cli.lib(lambda kit: kit.debit(bk.Scope("org_1", session_id="c1"), {"usd": 1}))
+    shown, org_shown = (
+        cli.here("budgets", "show", "--org", "org_1", "--id", b.id) for b in (child, org)
+    )
+    listed = cli.here("budgets", "list", "--org", "org_1")
+    assert shown.code == 0 and org_shown.code == 0 and listed.code == 0
+    [row] = [line for line in shown.stdout.splitlines() if "enforced for" in line]
+    assert (
+        "scopes whose root session is c1 (--root-session c1, or --session c1 without "
+        "--root-session): child sessions of c1 pool here; ignored in a scope that names another "
+        "root session"
+    ) in row
+    assert "every scope of organization org_1" in org_shown.stdout
+    assert " ".join(SESSION_POOLING_NOTE.split()) in " ".join(listed.stdout.split())
+    # What the text claims: stop for c1 as its own root; its budget ignored under root r1.
+    own, under_root = cli.many(
+        ["check", "--org", "org_1", "--session", "c1", "--json"],
+        ["check", "--org", "org_1", "--session", "c1", "--root-session", "r1", "--json"],
+    )
+    assert (own.code, own.json()["action"], own.json()["budget_id"]) == (1, "stop", child.id)
+    assert (under_root.code, under_root.json()["action"]) == (0, "continue")
+
+
 # -- check, check-tool, debit, resume --------------------------------------------------------
 
 
@@ -270,7 +298,7 @@ def test_reserve_commit_release(cli: Cli) -> None:
     held = cli("reserve", *SCOPE, "--amount", "usd=0.6", "--ttl", "30", "--json")
     hold = bk.Reservation.model_validate(held.json())
     assert held.code == 0 and hold.granted and hold.id is not None
-    assert hold.amounts_micros == {"usd": 600_000}
+    assert hold.amounts == {"usd": 0.6}
     denied = cli.here("reserve", *SCOPE, "--amount", "usd=0.6", "--json")
     assert denied.code == 1 and denied.json()["granted"] is False
 
@@ -409,6 +437,108 @@ def test_completion_covers_every_command() -> None:
         "completion",
     ):
         assert command in paths
+
+
+# -- help -------------------------------------------------------------------------------------
+
+
+def _help(*command: str) -> str:
+    """A command's --help, whitespace collapsed (argparse wraps to the terminal width)."""
+    out = run_here_out(*command, "--help")
+    assert out.code == 0 and out.stderr == "", out.stderr
+    return " ".join(out.stdout.split())
+
+
+EXIT_2 = "2 usage, input or connection error (one line on stderr)"
+
+
+def test_help_states_each_exit_code() -> None:
+    top = run_here_out("--help").stdout.splitlines()
+    assert "exit codes:" in top
+    assert "  0  ok; for check: continue or warn" in top
+    assert any(line.startswith("  1  check: pause or stop; check-tool: paused or ") for line in top)
+    assert f"  {EXIT_2.replace(' ', '  ', 1)}" in top
+    assert "exit codes: 0 continue or warn; 1 pause or stop; " + EXIT_2 in _help("check")
+    tool = _help("check-tool")
+    assert "exit codes: 0 active, warning or no_budgets; 1 paused or exhausted; " + EXIT_2 in tool
+    assert "exit codes: 0 granted; 1 denied (the printed check says why); " + EXIT_2 in _help(
+        "reserve"
+    )
+    assert "exit codes: 0 the books match Redis; 1 drift" in _help("reconcile")
+    for command in (("check",), ("reserve",), ("reconcile",), ("--help",)):
+        assert "exit 1: stop" not in _help(*command)
+
+
+def test_help_says_json_and_redis_url_may_precede_the_command() -> None:
+    top = run_here_out("--help").stdout
+    assert "--redis-url and --json may come before the command or after it:" in top.splitlines()
+    assert "`budgetkit --json check --org O` is `budgetkit check --org O --json`." in top
+    options = " ".join(top.split())
+    placed = "; before or after the command"
+    assert f"--redis-url URL redis://, rediss:// or unix:// URL (default: $REDIS_URL){placed}" in (
+        options
+    )
+    assert f"--json print one JSON document (the models' wire JSON) instead of tables{placed}" in (
+        options
+    )
+    assert "instead of tables; may also precede the command" in _help("check")
+    parse = build_parser().parse_args
+    scope = ["--org", "o"]
+    for args in (
+        ["--json", "--redis-url", "redis://h/0", "check", *scope],
+        ["check", *scope, "--json", "--redis-url", "redis://h/0"],
+        ["--json", "check", *scope, "--redis-url", "redis://h/0"],
+        ["--redis-url", "redis://other/0", "check", *scope, "--redis-url", "redis://h/0", "--json"],
+    ):
+        a = parse(args)
+        assert (a.json, a.redis_url, a.command) == (True, "redis://h/0", "check"), args
+    a = parse(["check", *scope])
+    assert (a.json, a.redis_url) == (False, None)
+
+
+@pytest.mark.real
+def test_json_and_redis_url_before_the_command_run_it(cli: Cli) -> None:
+    create = ["budgets", "create", "--org", "org_1", "--subject-type", "session"]
+    before = run_here_out(
+        "--json", "--redis-url", cli.url, *create, "--subject-id", "s1", "--limit", "1"
+    )
+    assert before.code == 0, before.stderr
+    budget = bk.Budget.model_validate(before.json())
+    check = run_here_out("--redis-url", cli.url, "--json", "check", *SCOPE)
+    assert check.code == 0 and check.json()["action"] == "continue"
+    shown = run_all(
+        ["--json", "budgets", "show", "--org", "org_1", "--id", budget.id, "--redis-url", cli.url]
+    )[0]
+    assert bk.Budget.model_validate(shown.json()) == budget
+
+
+def test_update_help_claims_no_default() -> None:
+    update, create = _help("budgets", "update"), _help("budgets", "create")
+    fraction = "--warn-fraction F warn when this fraction of the limit remains"
+    assert f"{fraction} (unchanged when not given)" in update
+    assert "default" not in update.split("--warn-fraction F", 1)[1].split("--thresholds")[0]
+    assert "change the given fields (others stay)" in update
+    assert f"{fraction} (default 0.2)" in create
+
+
+def test_create_help_says_where_a_session_budget_applies() -> None:
+    create = _help("budgets", "create")
+    assert (
+        "what it limits. A session budget is enforced for scopes whose root session is "
+        "--subject-id (child sessions pool there), ignored in a scope that names another root "
+        "session."
+    ) in create
+    assert "hour, day, week, month or year (calendar, UTC), a rolling window such as 30d" in create
+
+
+def test_invalid_period_is_a_usage_error_listing_what_is_accepted() -> None:
+    create = ["budgets", "create", "--org", "o", "--subject-type", "org", "--limit", "1"]
+    line = run_here(*create, "--period", "fortnight")  # no Redis URL: argparse rejects it first
+    assert (
+        "argument --period: invalid period 'fortnight': expected a calendar unit (hour, day, "
+        "week, month or year) or a rolling window: a whole number and an optional unit"
+    ) in line
+    assert "`budgetkit budgets create --help`" in line
 
 
 # -- errors -----------------------------------------------------------------------------------

@@ -83,25 +83,44 @@ def spec_identifier_ok(value: object) -> bool:
     return size <= 256 and all(c.isprintable() and not c.isspace() and c not in "{}" for c in value)
 
 
-def spec_micros(value: object) -> int | None:
-    """SPEC §2: the exact micro-units of an amount given to the API, or None when it must be
-    rejected whatever its sign (wrong type, NaN, ±inf, more than 6 decimals, beyond 2**53-1)."""
+def spec_exact(value: object) -> Decimal | None:
+    """SPEC §2: the exact decimal of an amount given to the API (a float through its shortest
+    repr, a numeric string of at most 64 characters), or None for a wrong type, NaN or ±inf."""
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > 64:
+            return None
+        try:
+            value = Decimal(text)
+        except decimal.InvalidOperation:
+            return None
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         return None
     if isinstance(value, float):
         if not math.isfinite(value):
             return None
-        exact = Decimal(repr(value))  # the shortest round-trip decimal
-    else:
-        exact = Decimal(value)
-        if not exact.is_finite():
-            return None
+        return Decimal(repr(value))  # the shortest round-trip decimal
+    exact = Decimal(value)
+    return exact if exact.is_finite() else None
+
+
+def spec_negative(value: object) -> bool:
+    """Whether an amount is below zero before rounding (rejected where negatives are)."""
+    exact = spec_exact(value)
+    return exact is not None and exact < 0
+
+
+def spec_micros(value: object) -> int | None:
+    """SPEC §2: the micro-units of an amount given to the API, rounded half-up (away from
+    zero), or None when it must be rejected whatever its sign (wrong type, NaN, ±inf, beyond
+    2**53-1)."""
+    exact = spec_exact(value)
+    if exact is None:
+        return None
     if not exact.is_zero() and exact.adjusted() >= 10:  # >= 1e10 units > 2**53-1 micros
         return None
     scaled = exact.scaleb(6, context=_WIDE)
-    if scaled != scaled.to_integral_value(context=_WIDE):
-        return None
-    micros = int(scaled)
+    micros = int(scaled.to_integral_value(rounding=decimal.ROUND_HALF_UP, context=_WIDE))
     return micros if abs(micros) <= MAX_MICROS else None
 
 
@@ -115,13 +134,11 @@ def spec_currency_ok(value: object) -> bool:
 
 
 def spec_ttl_ok(value: object) -> bool:
-    """A hold TTL: a number of seconds in (0, 7 days], whole milliseconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+    """A hold TTL: a number (no string) of seconds in (0, 7 days], rounded to the ms."""
+    if isinstance(value, str):
         return False
-    exact = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    if not exact.is_finite() or (not exact.is_zero() and exact.adjusted() > 12):
-        return False
-    return 1 <= int(exact.scaleb(3, context=_WIDE)) <= HOLD_TTL_MS_MAX
+    exact = spec_exact(value)
+    return exact is not None and 0 < exact <= Decimal(HOLD_TTL_MS_MAX) / 1000
 
 
 def amounts_ok(value: object) -> bool:
@@ -134,7 +151,7 @@ def amounts_ok(value: object) -> bool:
             return False
         seen.add(currency.lower())
         micros = spec_micros(amount)
-        if micros is None or micros < 0:
+        if micros is None or micros < 0 or spec_negative(amount):
             return False
     return True
 
@@ -148,7 +165,7 @@ def thresholds_ok(value: object) -> bool:
     ppms = set()
     for item in value:
         micros = spec_micros(item)
-        if micros is None or micros <= 0 or micros > 10_000_000:
+        if micros is None or micros <= 0 or micros > 10_000_000 or spec_negative(item):
             return False
         ppms.add(micros)
     return len(ppms) <= 16
@@ -397,7 +414,10 @@ def amount_verdict(low: int | None) -> Callable[[object], V]:
 
     def verdict(value: object) -> V:
         micros = spec_micros(value)
-        return V(value, micros is not None and (low is None or micros >= low))
+        signed_ok = low is None or (
+            micros is not None and micros >= low and not spec_negative(value)
+        )
+        return V(value, micros is not None and signed_ok)
 
     return verdict
 
@@ -412,7 +432,7 @@ def _soft(value: object) -> V:
 
 def _warn(value: object) -> V:
     micros = spec_micros(value)
-    return V(value, micros is not None and 0 <= micros <= 1_000_000)
+    return V(value, micros is not None and 0 <= micros <= 1_000_000 and not spec_negative(value))
 
 
 soft_limits = st.one_of(st.just(None), numbers).map(_soft)

@@ -40,7 +40,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import budgetkit as bk
-from budgetkit.evaluate import BudgetSnapshot, check_result, event_message, tool_response
+from budgetkit.evaluate import (
+    BudgetSnapshot,
+    check_result,
+    event_message,
+    tool_response,
+    with_root_session_note,
+)
 from tests.reference_model import (
     CALENDAR_UNITS,
     PPM,
@@ -405,6 +411,8 @@ def snapshot(b: Budget) -> BudgetSnapshot:
         status=b.status,
         soft_acknowledged=b.acknowledged,
         warn_fraction_ppm=b.warn_ppm,
+        subject_type=b.subject_type,
+        subject_id=b.subject_id,
     )
 
 
@@ -843,7 +851,11 @@ class Harness:
         )
         assert outcome is not None
         snapshots = [snapshot(b) for b in outcome.budgets]
-        expected = tool_response(snapshots) if op.tool else check_result(snapshots)
+        expected = (
+            with_root_session_note(tool_response(snapshots), kit_scope)
+            if op.tool
+            else check_result(snapshots)
+        )
         assert result.model_dump() == expected.model_dump(), (result, expected)
         self.expect_events(outcome)
         return False

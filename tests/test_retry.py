@@ -2,10 +2,12 @@
 
 A tiny TCP proxy sits between the client and a private redis-server. Armed, it forwards the next
 EVALSHA to Redis, waits for Redis's complete reply (so the script *was* applied), then closes
-both sockets instead of forwarding that reply. The client must raise ``OutcomeUnknown`` (a
-``BudgetUnavailable``); a retry with the same idempotency key, on a fresh connection through the
-same proxy, must return the original outcome (``replayed=True``) and change nothing, so each
-operation is applied exactly once. The proxy parses RESP frames in both directions (RESP2 and
+both sockets instead of forwarding that reply (``times`` EVALSHAs in a row, or every one until
+disarmed). SPEC §10: whoever sends the call again — redis-py's own retry, budgetkit's resend —
+the mutation applies exactly once and returns the first reply; when every reply is lost the call
+raises ``OutcomeUnknown`` (a ``BudgetUnavailable``) having applied exactly once, and a retry with
+the same idempotency key returns the original outcome (``replayed=True``) and changes nothing.
+The proxy parses RESP frames in both directions (RESP2 and
 RESP3: redis-py pipelines HELLO / CLIENT SETINFO on connect), pairs each reply with its command,
 and drops only the reply of the armed EVALSHA, so the SCRIPT LOAD of a first use passes through.
 """
@@ -17,14 +19,18 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from support import all_entries, assert_invariant, micros
 
 import budgetkit as bk
+import budgetkit.sync as bk_sync
 
 pytestmark = pytest.mark.real
 
@@ -105,6 +111,7 @@ class DropProxy:
     upstream_host: str
     upstream_port: int
     armed: bytes | None = None
+    armed_times: int = 0  # how many more replies of ``armed`` to lose (-1: every one)
     connections: int = 0
     commands: list[bytes] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
@@ -121,10 +128,14 @@ class DropProxy:
         port = self._server.sockets[0].getsockname()[1]
         return f"redis://127.0.0.1:{port}/0"
 
-    def arm(self, command: bytes = b"EVALSHA") -> None:
+    def arm(self, command: bytes = b"EVALSHA", times: int = 1) -> None:
+        """Lose the replies of the next ``times`` commands named ``command`` (-1: all)."""
         assert self.armed is None, "already armed"
         self._drop_event.clear()
-        self.armed = command
+        self.armed, self.armed_times = command, times
+
+    def disarm(self) -> None:
+        self.armed, self.armed_times = None, 0
 
     async def wait_dropped(self) -> Dropped:
         await asyncio.wait_for(self._drop_event.wait(), DROP_WAIT_S)
@@ -187,7 +198,9 @@ class DropProxy:
                 del buf[:end]
                 swallow = self.armed is not None and name == self.armed
                 if swallow:
-                    self.armed = None  # one shot
+                    self.armed_times -= 1
+                    if self.armed_times == 0:
+                        self.disarm()
                 self.commands.append(name)
                 pending.append((name, swallow))
             writer.write(data)  # raw bytes, in order, as soon as they arrive
@@ -268,15 +281,18 @@ async def state(direct: bk.BudgetKit, budget: bk.Budget) -> tuple[int, int, int]
 
 
 async def lose_reply(proxy: DropProxy, call: Awaitable[object]) -> bk.OutcomeUnknown:
-    """Arms the proxy, runs the call, expects OutcomeUnknown after Redis applied the script."""
-    proxy.arm()
-    with pytest.raises(bk.OutcomeUnknown) as caught:
-        await call
+    """Loses every reply of the call (and of its resends): OutcomeUnknown after Redis applied
+    the script."""
+    proxy.arm(times=-1)
+    try:
+        with pytest.raises(bk.OutcomeUnknown) as caught:
+            await call
+    finally:
+        proxy.disarm()
     dropped = await proxy.wait_dropped()
     assert dropped.command == b"EVALSHA"
     assert dropped.reply[:1] == b"*", dropped.reply[:200]  # a script reply, not an error
     assert isinstance(caught.value, bk.BudgetUnavailable)
-    assert proxy.armed is None
     return caught.value
 
 
@@ -378,4 +394,135 @@ async def test_debit_without_key_is_unknown_but_applied_once(
     again = await kit.debit(scope(), {"usd": 2.5})
     assert not again.replayed
     assert await state(direct, user) == (micros(95), micros(95), 2)
+    await assert_invariant(direct, ORG, user.id, 100)
+
+
+# -- exactly once, whoever retries (SPEC §10) ---------------------------------------------------
+
+#: How each construction path builds a kit on a url (sync paths are run in a worker thread).
+PATHS = ("from_url", "plain_default_retry", "plain_custom_retry", "sync_from_url", "sync_plain")
+CALLS_PER_PATH = 5
+
+
+def plain_client(url: str, **kwargs: Any) -> Redis:
+    """``redis.asyncio.Redis(host, port)`` as the README shows it: redis-py's default retry
+    policy applies (``Redis.from_url`` has none)."""
+    parts = urlsplit(url)
+    return Redis(host=parts.hostname or "127.0.0.1", port=parts.port or 6379, **kwargs)
+
+
+class PathKit:
+    """One construction path's client, with an async face for the test either way."""
+
+    def __init__(self, path: str, url: str) -> None:
+        self.path = path
+        self._async: bk.BudgetKit | None = None
+        self._sync: bk_sync.BudgetKit | None = None
+        if path == "from_url":
+            self._async = bk.BudgetKit.from_url(url)
+        elif path == "plain_default_retry":  # Redis(host, port) retries 10 times (redis-py 8)
+            self._async = bk.BudgetKit(plain_client(url))
+        elif path == "plain_custom_retry":
+            retry = Retry(ExponentialBackoff(cap=0.05, base=0.01), 3)
+            self._async = bk.BudgetKit(plain_client(url, retry=retry))
+        elif path == "sync_from_url":
+            self._sync = bk_sync.BudgetKit.from_url(url)
+        else:
+            self._sync = bk_sync.BudgetKit(lambda: plain_client(url))
+
+    async def run(self, method: str, *args: object, **kwargs: object) -> Any:
+        if self._async is not None:
+            return await getattr(self._async, method)(*args, **kwargs)
+        assert self._sync is not None
+        return await asyncio.to_thread(getattr(self._sync, method), *args, **kwargs)
+
+    async def close(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+        if self._sync is not None:
+            await asyncio.to_thread(self._sync.close)
+
+
+@pytest_asyncio.fixture(params=PATHS)
+async def path_kit(request: pytest.FixtureRequest, proxy: DropProxy) -> AsyncIterator[PathKit]:
+    client = PathKit(request.param, proxy.url)
+    yield client
+    await client.close()
+
+
+async def test_lost_replies_apply_each_call_exactly_once(
+    path_kit: PathKit, direct: bk.BudgetKit, proxy: DropProxy
+) -> None:
+    """N debits, each losing its first reply: each returns normally, N entries, exact books."""
+    user, org = await budgets(direct)
+    await path_kit.run("check", scope())  # scripts loaded: the lost reply is a real call's
+    for i in range(CALLS_PER_PATH):
+        proxy.arm(times=1)
+        result = await path_kit.run("debit", scope(), {"usd": 1.5}, ref_id=f"gen_{i}")
+        assert not proxy.armed, "the reply was lost"
+        assert not result.replayed  # a resend returns the first reply, as it was
+        assert {e.budget_id for e in result.entries} == {user.id, org.id}
+    assert len(proxy.dropped) == CALLS_PER_PATH
+    spent = 1.5 * CALLS_PER_PATH
+    assert await state(direct, user) == (
+        micros(100 - spent),
+        micros(100 - spent),
+        CALLS_PER_PATH,
+    )
+    await assert_invariant(direct, ORG, user.id, 100)
+    await assert_invariant(direct, ORG, org.id, 1000)
+
+
+async def test_every_mutation_survives_a_lost_reply(
+    path_kit: PathKit, direct: bk.BudgetKit, proxy: DropProxy, real_redis: Redis
+) -> None:
+    """create, top_up, update, reserve, commit, release and resume each lose one reply and
+    still apply exactly once."""
+
+    async def once(method: str, *args: object, **kwargs: object) -> Any:
+        proxy.arm(times=1)
+        result = await path_kit.run(method, *args, **kwargs)
+        assert not proxy.armed, f"{method}: the reply was lost"
+        return result
+
+    await path_kit.run("check", scope())
+    user = await once("create_budget", ORG, "user", USER, "usd", 100, soft_limit=10)
+    listed = await direct.list_budgets(ORG)
+    assert [b.id for b in listed] == [user.id]  # one budget, not two
+    topped = await once("top_up", ORG, user.id, 5)
+    assert topped.balance == 105
+    updated = await once("update_budget", ORG, user.id, limit=110)
+    assert (updated.limit, updated.balance) == (110, 115)
+    hold = await once("reserve", scope(), {"usd": 20})
+    assert hold.granted
+    assert await real_redis.hlen(f"bk:{{{ORG}}}:ha:{user.id}") == 1
+    committed = await once("commit", hold, {"usd": 20})
+    assert committed.check.action == "pause"  # 15 spent (limit 110, balance 95) >= soft 10
+    second = await once("reserve", scope(), {"usd": 1})
+    assert not second.granted  # paused: denied, nothing held
+    resumed = await once("resume", scope(), levels=["user"])
+    assert [b.id for b in resumed] == [user.id]
+    third = await once("reserve", scope(), {"usd": 3})
+    released = await once("release", third)
+    assert [b.id for b in released] == [user.id]
+    assert await real_redis.hlen(f"bk:{{{ORG}}}:ha:{user.id}") == 0
+    entries = await all_entries(direct, ORG, user.id)
+    assert sorted(e.amount for e in entries) == [-10, -5, 20]  # limit change, top-up, commit
+    await assert_invariant(direct, ORG, user.id, 100)
+
+
+async def test_every_reply_lost_is_outcome_unknown_applied_once(
+    path_kit: PathKit, direct: bk.BudgetKit, proxy: DropProxy
+) -> None:
+    """No reply ever arrives: the call gives up with OutcomeUnknown, applied exactly once."""
+    user, _ = await budgets(direct)
+    await path_kit.run("check", scope())
+    proxy.arm(times=-1)
+    try:
+        with pytest.raises(bk.OutcomeUnknown):
+            await path_kit.run("debit", scope(), {"usd": 2})
+    finally:
+        proxy.disarm()
+    assert len(proxy.dropped) >= 2  # sent again at least once, every reply lost
+    assert await state(direct, user) == (micros(98), micros(98), 1)
     await assert_invariant(direct, ORG, user.id, 100)

@@ -84,7 +84,7 @@ async def test_invalid_thresholds_change_nothing(
 ) -> None:
     b = await kit.create_budget(ORG, "session", "s1", "usd", 10)
     before = await redis_snapshot(redis)  # type: ignore[operator]
-    for bad in ([0], [-0.5], [11], [i / 100 for i in range(1, 18)], "0.5", [0.1234567]):
+    for bad in ([0], [-0.5], [11], [i / 100 for i in range(1, 18)], "0.5", [0.0000001]):
         with pytest.raises(bk.InvalidInput):
             await kit.update_budget(ORG, b.id, thresholds=bad)  # type: ignore[arg-type]
         with pytest.raises(bk.InvalidInput):

@@ -53,11 +53,25 @@ def target_args(url: str) -> list[str]:
     return args
 
 
+#: redis-benchmark's placeholder: a random 12-digit number per request and occurrence (``-r``).
+RAND_PLACEHOLDER = "__rand_int__"
+RAND_RANGE = 10**9  # redis-benchmark reads -r as a C int
+
+
 async def debit_command(prefix: str, scope: Scope) -> list[str]:
-    """``EVALSHA sha numkeys keys... args...`` exactly as BudgetKit.debit sends it."""
-    return await recorded_command(
+    """``EVALSHA sha numkeys keys... args...`` as BudgetKit.debit sends it, with a random
+    request record key per request: the same command sent twice applies once
+    (budgetkit.redelivery), so every request must be a new one."""
+    command = await recorded_command(
         prefix, lambda kit: kit.debit(scope, {"usd": DEBIT_USD}, meter_source="bench")
     )
+    records = [i for i, arg in enumerate(command) if ":rq:" in arg]
+    if len(records) != 1:
+        raise BenchError(f"expected one request record key in the debit, found {len(records)}")
+    key = command[records[0]]
+    unique = RAND_PLACEHOLDER * 2  # two independent draws: 10**18 request ids
+    command[records[0]] = key[: -len(unique)] + unique
+    return command
 
 
 def parse_csv(text: str) -> dict[str, float]:
@@ -90,6 +104,7 @@ async def server_ceiling_debit(ctx: BenchContext, requests: int) -> Row:
     if binary is None:
         raise BenchError("redis-benchmark not found on PATH")
     argv = [binary, *target_args(ctx.url), "-c", str(CLIENTS), "-P", str(PIPELINE)]
+    argv += ["-r", str(RAND_RANGE)]
     client = ctx.client(1)
     try:
         kit = ctx.kit(client)

@@ -77,6 +77,7 @@ TPL_ORG = "tplorg"
 TPL_SUBJECT = "tplsubject"
 BUDGET_ID = re.compile(r"bdgt_[0-9a-f]{32}")
 LEDGER_BASE = re.compile(r"ledger_[0-9a-f]{30}")
+REQUEST_ID = re.compile(r":rq:[0-9a-f]{30}")
 BUDGETS_PER_ORG = 100
 SCOPE_SIZES = [1, 2, 3, 4, 5, 6]
 QUICK_SCOPE_SIZES = [1, 3, 6]
@@ -184,11 +185,16 @@ class GrowthRun:
             lambda kit: kit.create_budget(TPL_ORG, "user", TPL_SUBJECT, "usd", HUGE_LIMIT_USD),
         )
         budget_id = _find(BUDGET_ID, template)
+        request = _find(REQUEST_ID, template)
 
         def command(i: int) -> list[str]:
             org, subject, new_id = f"g{i // BUDGETS_PER_ORG}", f"u{i}", new_budget_id()
+            new_request = _new_request_id()
             return [
-                part.replace(budget_id, new_id).replace(TPL_ORG, org).replace(TPL_SUBJECT, subject)
+                part.replace(budget_id, new_id)
+                .replace(TPL_ORG, org)
+                .replace(TPL_SUBJECT, subject)
+                .replace(request, new_request)
                 for part in template
             ]
 
@@ -201,10 +207,12 @@ class GrowthRun:
             lambda kit: kit.debit(scope, {"usd": DEBIT_USD}, meter_source="bench"),
         )
         base = _find(LEDGER_BASE, template)
+        request = _find(REQUEST_ID, template)
 
         def command(_: int) -> list[str]:
             new_base = new_ledger_id()[: len(base)]
-            return [part.replace(base, new_base) for part in template]
+            new_request = _new_request_id()
+            return [part.replace(base, new_base).replace(request, new_request) for part in template]
 
         await self.pipelined(template[1], command, range(count))
 
@@ -258,6 +266,12 @@ async def _only_budget(run: GrowthRun, scope: Scope) -> str:
     (level, subject), *_ = scope.levels()
     members = await run.ctx.admin.smembers(run.keys.subject(scope.organization_id, level, subject))
     return str(next(iter(members)))
+
+
+def _new_request_id() -> str:
+    """A fresh request record key suffix (``:rq:<30 hex>``) for a recorded command: the same
+    request sent twice applies once (budgetkit.redelivery)."""
+    return ":rq:" + secrets.token_hex(15)
 
 
 def _find(pattern: re.Pattern[str], command: Sequence[str]) -> str:
