@@ -1,7 +1,7 @@
 """budgetkit: Redis-native budget enforcement for AI-agent platforms.
 
 Every budget's balance lives in Redis; one Lua call debits a whole session hierarchy atomically,
-in exact integer micro-units, and emits edge-triggered events. See README.md.
+in exact integer micro-units, and emits edge-triggered events. The documentation: docs/ (mkdocs).
 """
 
 from budgetkit.client import UNSET, BudgetKit

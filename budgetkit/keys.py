@@ -14,7 +14,8 @@ Layout (``P`` = prefix, default ``bk``):
     P:{org}:l:<budget_id>          stream  the budget's ledger
     P:{org}:events                 stream  the org's budget events
     P:{org}:idem:<operation>:<key> list    idempotency record: fingerprint, expiry ms, reply
-    P:{org}:rq:<request id>        list    one call's request record, same shape (redelivery.py)
+    P:{org}:rq:<request id>        string  one call's receipt, 'expires|now|tags|budgets|entries|
+                                           events' (lua/_lib.lua; budgetkit.redelivery)
     P:{org}:h:<hold_id>            hash    a reservation: exp (ms), sess, b:<budget_id> amounts
     P:{org}:hz:<budget_id>         zset    a budget's outstanding holds, score = expiry ms
     P:{org}:ha:<budget_id>         hash    a budget's outstanding holds: hold id -> amount

@@ -244,9 +244,9 @@ class ScriptRuntime:
         self.resends = 0  # calls sent again after their reply was lost (budgetkit.redelivery)
         if isinstance(client, RedisCluster) and client.retry.get_retries() > 0:
             log.warning(
-                "budgetkit: this RedisCluster client retries commands after connection errors, "
-                "which can apply a script twice; build it with retry=Retry(NoBackoff(), 0) "
-                "(BudgetKit.from_url does)"
+                "budgetkit: this RedisCluster client retries commands after connection errors; "
+                "request records keep every mutation exactly-once, but they are kept longer "
+                "for it (budgetkit.redelivery). BudgetKit.from_url builds clients without retries"
             )
 
     @property

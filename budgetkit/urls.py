@@ -59,9 +59,10 @@ def client_from_url(
     max_connections: int | None = None,
 ) -> Any:
     """A client with bounded timeouts (a server that stops answering surfaces after
-    ``socket_timeout_s``). Scripts are not idempotent, so redis-py's automatic retry of a
-    command after a dropped connection is switched off (for a Cluster too: its retry would
-    resend a pipeline whose replies were lost): a lost reply surfaces as OutcomeUnknown.
+    ``socket_timeout_s``). redis-py's automatic retry of a command after a dropped connection
+    is switched off (for a Cluster too): budgetkit resends a call whose reply was lost itself,
+    a bounded number of times, and its request record makes the resend apply nothing twice
+    (budgetkit.redelivery); with no retries of redis-py's, the redelivery window is short.
     Following a failover (a redirect, a new primary) is budgetkit's job: see
     ``budgetkit.scripts.ScriptRuntime`` — it retries only what provably did not run.
 

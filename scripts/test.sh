@@ -1,38 +1,25 @@
 #!/usr/bin/env bash
 # The one test command (README and .ci/run call it):
-#   install the package with dev extras, make sure redis-server exists, lint + type-check,
+#   install the package with dev extras into the project venv .venv (scripts/venv.sh; PYTHON=...
+#   names the interpreter it is built from), make sure redis-server exists, lint + type-check,
 #   start ONE private redis-server on a free loopback port (never 6379) in a temp dir,
 #   run pytest against it (extra args are passed to pytest), and stop the server on exit.
+# Everything Python runs on the venv's interpreter.
 # Exits with pytest's status (5 = no tests collected counts as a failure).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PY="${PYTHON:-python3}"
-
-log() { printf '==> %s\n' "$*" >&2; }
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh # log, apt_install, venv_install
 
 # --- 1. install ---------------------------------------------------------------------------
-log "installing budgetkit with dev extras"
-PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    "$PY" -m pip install -q -e '.[dev]'
+log "installing budgetkit with dev and docs extras into .venv"
+venv_install -e '.[dev,docs]'
+PY="$VENV_PYTHON"
 
 # --- 2. redis-server ------------------------------------------------------------------------
 redis_pids() { pgrep -x redis-server 2>/dev/null | sort || true; }
-
-apt_install() {
-    # Install Debian packages without letting their init scripts start system services (standard
-    # Debian policy-rc.d mechanism; only when no policy is in place already, removed right after).
-    local policy=/usr/sbin/policy-rc.d made_policy=0 rc=0
-    if [[ ! -e "$policy" ]]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
-        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    fi
-    { apt-get update -qq \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } || rc=$?
-    if [[ "$made_policy" == 1 ]]; then rm -f "$policy"; trap - EXIT; fi
-    return "$rc"
-}
 
 install_redis() {
     local before after pid rc=0
@@ -85,6 +72,13 @@ log "ruff format --check"
 "$PY" -m ruff format --check .
 log "mypy --strict"
 "$PY" -m mypy --strict
+log "mkdocs build --strict (the documentation site, into a temporary directory)"
+docs_site="$(mktemp -d "${TMPDIR:-/tmp}/budgetkit-docs.XXXXXX")"
+docs_status=0
+NO_MKDOCS_2_WARNING=1 "$PY" -m mkdocs build --strict --quiet --site-dir "$docs_site" \
+    || docs_status=$?
+rm -rf "$docs_site"
+[[ "$docs_status" == 0 ]] || { echo "error: mkdocs build --strict failed" >&2; exit "$docs_status"; }
 
 # --- 4. private redis-server ----------------------------------------------------------------
 tmpdir="$(mktemp -d "${TMPDIR:-/tmp}/budgetkit-test.XXXXXX")"
