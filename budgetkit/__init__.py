@@ -4,8 +4,8 @@ Every budget's balance lives in Redis; one Lua call debits a whole session hiera
 in exact integer micro-units, and emits edge-triggered events. The documentation: docs/ (mkdocs).
 """
 
-from budgetkit.client import UNSET, BudgetKit
-from budgetkit.durability import ReplicationTimeout
+from budgetkit.client import UNSET, BudgetKit, KitOptions, Unset
+from budgetkit.durability import Durability
 from budgetkit.errors import (
     BudgetkitError,
     BudgetNotFound,
@@ -23,6 +23,7 @@ from budgetkit.errors import (
     InvalidStatus,
     OutcomeUnknown,
     PermissionDenied,
+    ReplicationTimeout,
     ScriptError,
     UnpricedModel,
 )
@@ -65,6 +66,7 @@ from budgetkit.periods import parse_rolling_window
 from budgetkit.pricing import ModelPrice, PriceTable, PriceTier
 from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
+from budgetkit.urls import ConnectionOptions
 
 __version__ = "0.1.0"
 
@@ -86,10 +88,12 @@ __all__ = [
     "BudgetkitError",
     "CalendarPeriod",
     "ClientClosed",
+    "ConnectionOptions",
     "CorruptState",
     "DataMeter",
     "DataUsage",
     "DebitResult",
+    "Durability",
     "DurationPeriod",
     "ErrorFields",
     "HoldExpired",
@@ -102,6 +106,7 @@ __all__ = [
     "InvalidLimit",
     "InvalidPeriod",
     "InvalidStatus",
+    "KitOptions",
     "LedgerEntry",
     "LlmMeter",
     "LlmUsage",
@@ -123,6 +128,7 @@ __all__ = [
     "ToolCallMeter",
     "UnpricedModel",
     "UnpricedPolicy",
+    "Unset",
     "__version__",
     "default_registry",
     "from_anthropic_usage",

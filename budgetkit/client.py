@@ -6,6 +6,7 @@ Data flows one way: caller → validate and convert → one EVALSHA → Lua → 
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import json
 import logging
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal, cast
+from typing import Any, Final, Literal, TypedDict, Unpack, cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -23,8 +24,7 @@ from redis.cluster import RedisCluster as BlockingCluster
 from budgetkit import convert
 from budgetkit.amounts import from_micros, to_micros
 from budgetkit.batching import ScriptBatcher
-from budgetkit.durability import DEFAULT_TIMEOUT_MS as DURABLE_TIMEOUT_MS
-from budgetkit.durability import Durability
+from budgetkit.durability import Durability, DurableWriter
 from budgetkit.errors import (
     BudgetNotFound,
     BudgetUnavailable,
@@ -74,7 +74,7 @@ from budgetkit.replies import (
 from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
 from budgetkit.scripts import ScriptArg, ScriptRuntime, translate_error
-from budgetkit.urls import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, RedisClient, client_from_url
+from budgetkit.urls import ConnectionOptions, RedisClient, client_from_url
 
 log = logging.getLogger("budgetkit")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -153,14 +153,33 @@ def _without_hold(
     return out
 
 
-class _Unset:
-    """Marks an update parameter that was not given (``None`` clears instead)."""
+class Unset(enum.Enum):
+    """The type of ``UNSET``: an update parameter that was not given (``None`` clears)."""
+
+    UNSET = "UNSET"
 
     def __repr__(self) -> str:
         return "UNSET"
 
 
-UNSET: Any = _Unset()
+#: Marks an update parameter that was not given (the field stays as it is).
+UNSET: Final = Unset.UNSET
+
+
+class KitOptions(TypedDict, total=False):
+    """The keywords of ``BudgetKit(client, ...)`` (defaults and meaning there), as accepted by
+    ``BudgetKit.from_url`` and the blocking client."""
+
+    prefix: str
+    clock: Clock | None
+    failure_policy: FailurePolicy
+    idempotency_ttl_seconds: int
+    batching: bool
+    instruments: Sequence[Instrument]
+    read_replica: Redis | None
+    durability: Durability | None
+    amounts: AmountsMode
+    require_budgets: bool
 
 
 class BudgetKit:
@@ -177,9 +196,9 @@ class BudgetKit:
     script there (rollovers evaluated in memory, nothing written) — stale by the replication lag.
     ``client``: a ``redis.asyncio.Redis`` (one server, or a Sentinel-managed primary) or a
     ``redis.asyncio.cluster.RedisCluster`` (see budgetkit.scripts for what changes there).
-    ``durable_replicas``: N > 0 waits after each mutation until N replicas acknowledged it
-    (``WAIT N durable_timeout_ms``; ``durable_aof``: ``WAITAOF``, Redis >= 7.2), else raises
-    ``budgetkit.durability.ReplicationTimeout`` (an OutcomeUnknown): see budgetkit.durability.
+    ``durability``: a ``Durability(replicas, timeout_ms, aof)`` waits after each mutation until
+    that many replicas acknowledged it (``WAIT``; ``aof``: ``WAITAOF``, Redis >= 7.2), else
+    raises ReplicationTimeout (an OutcomeUnknown): see budgetkit.durability. None: off.
     ``amounts``: ``"round"`` (default) rounds every amount half-up to the micro-unit
     (``1500 * 3e-6`` charges 0.0045); ``"strict"`` rejects more than 6 decimals (SPEC §2).
     ``require_budgets``: a check of a scope with no non-disabled budget says stop
@@ -198,9 +217,7 @@ class BudgetKit:
         batching: bool = True,
         instruments: Sequence[Instrument] = (),
         read_replica: Redis | None = None,
-        durable_replicas: int = 0,
-        durable_timeout_ms: int = DURABLE_TIMEOUT_MS,
-        durable_aof: bool = False,
+        durability: Durability | None = None,
         amounts: AmountsMode = "round",
         require_budgets: bool = False,
     ) -> None:
@@ -238,12 +255,10 @@ class BudgetKit:
         self._instruments = Instruments(instruments)
         on_reload = self._instruments.script_reloaded if self._instruments else None
         on_batch = self._instruments.batch_sent if self._instruments else None
-        durability = (
-            Durability(durable_replicas, durable_timeout_ms, aof=durable_aof)
-            if durable_replicas != 0
-            else None
-        )
-        self._runtime = ScriptRuntime(client, on_reload=on_reload, durability=durability)
+        if durability is not None and not isinstance(durability, Durability):
+            raise InvalidInput("durability must be a budgetkit.Durability or None")
+        writer = None if durability is None else DurableWriter(durability)
+        self._runtime = ScriptRuntime(client, on_reload=on_reload, durability=writer)
         self._batcher = (
             ScriptBatcher(client, self._runtime, on_batch=on_batch) if batching else None
         )
@@ -254,24 +269,22 @@ class BudgetKit:
 
     @classmethod
     def from_url(
-        cls,
-        url: str,
-        *,
-        socket_timeout_s: float = SOCKET_TIMEOUT_S,
-        connect_timeout_s: float = CONNECT_TIMEOUT_S,
-        max_connections: int | None = None,
-        **kwargs: Any,
+        cls, url: str, *, connection: ConnectionOptions | None = None, **options: Unpack[KitOptions]
     ) -> BudgetKit:
         """A client for ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://h:p,h:p``
-        and ``redis+sentinel://h:p,h:p/service`` URLs (budgetkit.urls); the timeouts bound how
-        long a call waits for an unreachable or silent server. Other keywords as the class."""
+        and ``redis+sentinel://h:p,h:p/service`` URLs (budgetkit.urls). ``connection``: timeouts
+        (how long a call waits for an unreachable or silent server) and the pool size
+        (``ConnectionOptions``; None: its defaults). ``options``: the class's keywords."""
+        settings = connection or ConnectionOptions()
+        if not isinstance(settings, ConnectionOptions):
+            raise InvalidInput("connection must be a budgetkit.ConnectionOptions or None")
         client = client_from_url(
             url,
-            socket_timeout_s=socket_timeout_s,
-            connect_timeout_s=connect_timeout_s,
-            max_connections=max_connections,
+            socket_timeout_s=settings.socket_timeout_s,
+            connect_timeout_s=settings.connect_timeout_s,
+            max_connections=settings.max_connections,
         )
-        return cls(client, **kwargs)
+        return cls(client, **options)
 
     @property
     def redis(self) -> Redis:
@@ -484,13 +497,13 @@ class BudgetKit:
         organization_id: str,
         budget_id: str,
         *,
-        limit: Amount = UNSET,
-        soft_limit: Amount | None = UNSET,
-        status: str | BudgetStatus = UNSET,
-        period: BudgetPeriod | Mapping[str, Any] | str | None = UNSET,
+        limit: Amount | Unset = UNSET,
+        soft_limit: Amount | Unset | None = UNSET,
+        status: str | BudgetStatus | Unset = UNSET,
+        period: BudgetPeriod | Mapping[str, Any] | str | Unset | None = UNSET,
         metadata: Any = UNSET,
-        warn_fraction: Amount = UNSET,
-        thresholds: Sequence[Amount] | None = UNSET,
+        warn_fraction: Amount | Unset = UNSET,
+        thresholds: Sequence[Amount] | Unset | None = UNSET,
     ) -> Budget:
         """Changes the given fields; an explicit None clears soft_limit, period, metadata or
         thresholds. New thresholds fire at once when the spend already reaches them."""

@@ -2,9 +2,9 @@
 
 Redis replicates asynchronously: a primary answers a write before any replica has it, so a
 failover that promotes a replica can lose the last acknowledged writes (the replication lag).
-``BudgetKit(..., durable_replicas=N, durable_timeout_ms=T)`` closes that window for budgetkit's
-mutations (create, update, top_up, debit, reserve, commit, release, resume): after the script,
-on the same connection, it sends ``WAIT N T`` and raises ``ReplicationTimeout`` (an
+``BudgetKit(..., durability=Durability(replicas=N, timeout_ms=T))`` closes that window for
+budgetkit's mutations (create, update, top_up, debit, reserve, commit, release, resume): after
+the script, on the same connection, it sends ``WAIT N T`` and raises ``ReplicationTimeout`` (an
 ``OutcomeUnknown``: the write *was* applied on the primary) when fewer than N replicas
 acknowledged it within T ms. Retrying with the same idempotency key is then safe either way:
 it replays the record if it survived, or applies the call once if it was lost.
@@ -37,12 +37,13 @@ replicate (their rollovers are recomputed, not lost).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import MovedError
 
-from budgetkit.errors import InvalidInput, OutcomeUnknown
+from budgetkit.errors import InvalidInput, ReplicationTimeout
 from budgetkit.scripts import GUARD_PREAMBLE, ScriptArg, guard_key, slot_prefix
 
 #: The scripts whose writes must survive a failover (check, get, list, ledger only roll periods
@@ -60,11 +61,6 @@ MARKER_TTL_MS = 10_000
 MARKER_SCRIPT = GUARD_PREAMBLE + "redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) return 1"
 
 
-class ReplicationTimeout(OutcomeUnknown):
-    """A mutation was applied on the primary, but fewer than the required replicas acknowledged
-    it in time: a failover now could lose it. Retry with the same idempotency key."""
-
-
 def marker_key(key: str) -> str:
     """The durability marker of ``key``'s organization (its slot, on a Cluster)."""
     return f"{slot_prefix(key)}:{MARKER_NAME}"
@@ -74,24 +70,38 @@ def _node(client: RedisCluster, key: str) -> Any:
     return client.nodes_manager.get_node_from_slot(client.keyslot(key))
 
 
+@dataclass(frozen=True, slots=True)
 class Durability:
-    """Wait for ``replicas`` replica acknowledgements (at most ``timeout_ms``) after each
-    mutation. ``aof``: WAITAOF (the replicas fsynced it to their AOF; Redis >= 7.2)."""
+    """Durable mode's settings: wait for ``replicas`` replica acknowledgements (at most
+    ``timeout_ms`` ms, 1..60000) after each mutation; ``aof``: WAITAOF (the replicas fsynced it
+    to their AOF; Redis >= 7.2). ``BudgetKit(client, durability=Durability(1))``."""
 
-    def __init__(
-        self, replicas: int, timeout_ms: int = DEFAULT_TIMEOUT_MS, *, aof: bool = False
-    ) -> None:
+    replicas: int
+    timeout_ms: int = DEFAULT_TIMEOUT_MS
+    aof: bool = False
+
+    def __post_init__(self) -> None:
+        replicas, timeout_ms = self.replicas, self.timeout_ms
         if isinstance(replicas, bool) or not isinstance(replicas, int):
-            raise InvalidInput("durable_replicas must be an integer")
+            raise InvalidInput("durability replicas must be an integer")
         if not 1 <= replicas <= REPLICAS_MAX:
-            raise InvalidInput(f"durable_replicas must be in [1, {REPLICAS_MAX}] (0: off)")
+            raise InvalidInput(f"durability replicas must be in [1, {REPLICAS_MAX}]")
         if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int):
-            raise InvalidInput("durable_timeout_ms must be an integer")
+            raise InvalidInput("durability timeout_ms must be an integer")
         if not 1 <= timeout_ms <= TIMEOUT_MS_MAX:
-            raise InvalidInput(f"durable_timeout_ms must be in [1, {TIMEOUT_MS_MAX}]")
-        self.replicas = replicas
-        self.timeout_ms = timeout_ms
-        self.aof = bool(aof)
+            raise InvalidInput(f"durability timeout_ms must be in [1, {TIMEOUT_MS_MAX}]")
+        if not isinstance(self.aof, bool):
+            raise InvalidInput("durability aof must be True or False")
+
+
+class DurableWriter:
+    """Runs mutations under a Durability: the scripts, a marker write and WAIT in one pipeline
+    (see the module docstring); counts what it sent."""
+
+    def __init__(self, settings: Durability) -> None:
+        self.replicas = settings.replicas
+        self.timeout_ms = settings.timeout_ms
+        self.aof = settings.aof
         self._aof_checked = False
         self.waits = 0  # WAIT / WAITAOF commands sent
         self.markers = 0  # marker writes (one per pipeline that holds a mutation)
@@ -99,7 +109,7 @@ class Durability:
 
     def __repr__(self) -> str:
         kind = "WAITAOF" if self.aof else "WAIT"
-        return f"Durability({kind} {self.replicas} replicas, {self.timeout_ms} ms)"
+        return f"DurableWriter({kind} {self.replicas} replicas, {self.timeout_ms} ms)"
 
     @staticmethod
     def covers(name: str) -> bool:

@@ -19,6 +19,7 @@ Exceptions are for misuse (invalid input) and failures (store unavailable, corru
     ├── BudgetUnavailable                    Redis unreachable or refused it; not applied
     │   ├── PermissionDenied                 Redis refused a command or key (ACL)
     │   └── OutcomeUnknown                   the request may or may not have been applied
+    │       └── ReplicationTimeout           applied on the primary, too few replicas confirmed
     ├── ScriptError                          an unexpected script reply (a bug)
     └── ClientClosed (RuntimeError)          a call on a blocking client after its close()
 """
@@ -96,6 +97,12 @@ class OutcomeUnknown(BudgetUnavailable):
 
     Retry with the same idempotency key to apply it at most once.
     """
+
+
+class ReplicationTimeout(OutcomeUnknown):
+    """A mutation was applied on the primary, but fewer than the required replicas acknowledged
+    it in time (``BudgetKit(durability=...)``): a failover now could lose it. Retry with the
+    same idempotency key."""
 
 
 class ScriptError(BudgetkitError):

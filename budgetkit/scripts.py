@@ -65,7 +65,7 @@ from budgetkit.redelivery import RESENDS_MAX
 from budgetkit.store_errors import budgetkit_error, passing, refusal, translate_reply
 
 if TYPE_CHECKING:
-    from budgetkit.durability import Durability
+    from budgetkit.durability import DurableWriter
     from budgetkit.urls import RedisClient
 
 log = logging.getLogger("budgetkit")
@@ -223,7 +223,7 @@ class ScriptRuntime:
         scripts: dict[str, Script] | None = None,
         on_reload: Callable[[], None] | None = None,
         *,
-        durability: Durability | None = None,
+        durability: DurableWriter | None = None,
         failover_retry_s: float | None = None,
     ) -> None:
         self._client: Any = client

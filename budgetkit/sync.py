@@ -26,7 +26,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from budgetkit.client import (
     DEFAULT_WARN_FRACTION,
@@ -35,9 +35,11 @@ from budgetkit.client import (
     Amount,
     CheckRule,
     Counters,
+    KitOptions,
+    Unset,
 )
 from budgetkit.client import BudgetKit as AsyncBudgetKit
-from budgetkit.errors import BudgetUnavailable, ClientClosed
+from budgetkit.errors import BudgetUnavailable, ClientClosed, InvalidInput
 from budgetkit.keys import Keyspace
 from budgetkit.models import (
     Budget,
@@ -51,7 +53,7 @@ from budgetkit.models import (
 )
 from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
-from budgetkit.urls import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, RedisClient, client_from_url
+from budgetkit.urls import ConnectionOptions, RedisClient, client_from_url
 
 T = TypeVar("T")
 
@@ -67,10 +69,10 @@ class BudgetKit:
         client_factory: Callable[[], RedisClient],
         *,
         call_timeout_s: float = CALL_TIMEOUT_S,
-        **kwargs: Any,
+        **options: Unpack[KitOptions],
     ) -> None:
         """``client_factory`` builds the redis.asyncio client (it is called on the loop
-        thread, where its connections live); ``kwargs`` go to the async BudgetKit."""
+        thread, where its connections live); ``options`` are the async BudgetKit's keywords."""
         self._timeout_s = call_timeout_s
         # Orders "closed?" checks and submissions against close(); reentrant, as a collected
         # events iterator may close its stream (_discard) while this thread holds it.
@@ -85,7 +87,7 @@ class BudgetKit:
         async def build() -> AsyncBudgetKit:
             client = client_factory()
             try:
-                return AsyncBudgetKit(client, **kwargs)
+                return AsyncBudgetKit(client, **options)
             except BaseException:
                 await client.aclose()
                 raise
@@ -102,25 +104,26 @@ class BudgetKit:
         cls,
         url: str,
         *,
-        socket_timeout_s: float = SOCKET_TIMEOUT_S,
-        connect_timeout_s: float = CONNECT_TIMEOUT_S,
-        max_connections: int | None = None,
+        connection: ConnectionOptions | None = None,
         call_timeout_s: float = CALL_TIMEOUT_S,
-        **kwargs: Any,
+        **options: Unpack[KitOptions],
     ) -> BudgetKit:
-        """Like ``budgetkit.BudgetKit.from_url`` (same URLs, timeouts and keywords);
+        """Like ``budgetkit.BudgetKit.from_url`` (same URLs, ``connection`` and keywords);
         ``call_timeout_s`` bounds how long each blocking call waits for its answer."""
+        settings = connection or ConnectionOptions()
+        if not isinstance(settings, ConnectionOptions):
+            raise InvalidInput("connection must be a budgetkit.ConnectionOptions or None")
 
         def client_factory() -> RedisClient:
             client: RedisClient = client_from_url(
                 url,
-                socket_timeout_s=socket_timeout_s,
-                connect_timeout_s=connect_timeout_s,
-                max_connections=max_connections,
+                socket_timeout_s=settings.socket_timeout_s,
+                connect_timeout_s=settings.connect_timeout_s,
+                max_connections=settings.max_connections,
             )
             return client
 
-        return cls(client_factory, call_timeout_s=call_timeout_s, **kwargs)
+        return cls(client_factory, call_timeout_s=call_timeout_s, **options)
 
     @property
     def async_kit(self) -> AsyncBudgetKit:
@@ -315,13 +318,13 @@ class BudgetKit:
         organization_id: str,
         budget_id: str,
         *,
-        limit: Amount = UNSET,
-        soft_limit: Amount | None = UNSET,
-        status: str | BudgetStatus = UNSET,
-        period: BudgetPeriod | Mapping[str, Any] | str | None = UNSET,
+        limit: Amount | Unset = UNSET,
+        soft_limit: Amount | Unset | None = UNSET,
+        status: str | BudgetStatus | Unset = UNSET,
+        period: BudgetPeriod | Mapping[str, Any] | str | Unset | None = UNSET,
         metadata: Any = UNSET,
-        warn_fraction: Amount = UNSET,
-        thresholds: Sequence[Amount] | None = UNSET,
+        warn_fraction: Amount | Unset = UNSET,
+        thresholds: Sequence[Amount] | Unset | None = UNSET,
     ) -> Budget:
         """Changes the given fields; an explicit None clears soft_limit, period, metadata or
         thresholds. New thresholds fire at once when the spend already reaches them."""

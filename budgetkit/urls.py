@@ -12,6 +12,7 @@ Schemes (the cluster and sentinel ones follow the ``limits`` library's conventio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
 
@@ -29,6 +30,7 @@ SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
 #: Sentinels answer one small command each: a silent one is skipped quickly.
 SENTINEL_TIMEOUT_S = 0.5
+TIMEOUT_S_MAX = 600.0
 SINGLE_NODE_SCHEMES = ("redis://", "rediss://", "unix://")
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
@@ -36,6 +38,30 @@ SCHEMES = SINGLE_NODE_SCHEMES + CLUSTER_SCHEMES + SENTINEL_SCHEMES
 
 #: Any client budgetkit runs on: one server (also a Sentinel-managed primary) or a Cluster.
 RedisClient: TypeAlias = Redis | RedisCluster
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """How ``BudgetKit.from_url`` connects: ``socket_timeout_s`` bounds how long a call waits
+    for a silent server, ``connect_timeout_s`` a connection attempt (both > 0, at most 600 s);
+    ``max_connections`` caps the pool (None: redis-py's default)."""
+
+    socket_timeout_s: float = SOCKET_TIMEOUT_S
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    max_connections: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("socket_timeout_s", "connect_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidInput(f"{name} must be a number of seconds")
+            if not 0 < value <= TIMEOUT_S_MAX:
+                raise InvalidInput(f"{name} must be in (0, {TIMEOUT_S_MAX}]")
+        count = self.max_connections
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, int) or count < 1
+        ):
+            raise InvalidInput("max_connections must be a positive integer or None")
 
 
 def _no_retry() -> Retry:

@@ -78,7 +78,9 @@ async def wait_cost(seconds: float) -> list[dict[str, Any]]:
             "the replica to connect",
         )
         for durable in (0, 1):
-            async with bk.BudgetKit.from_url(primary.url, durable_replicas=durable) as kit:
+            async with bk.BudgetKit.from_url(
+                primary.url, durability=bk.Durability(durable) if durable else None
+            ) as kit:
                 org = f"org_wait_{durable}"
                 scope, _ = await scope_budgets(kit, org, limit=10**9)
                 await timed_debits(kit, [scope], 1, 0.3)  # warm-up (scripts loaded)
@@ -127,7 +129,7 @@ async def sentinel_failover(durable: int, min_replicas: bool = False) -> dict[st
     extra = ["--min-replicas-to-write", "1", "--min-replicas-max-lag", "1"] if min_replicas else []
     with redis_cluster.SentinelGroup(extra_args=extra) as group:
         async with bk.BudgetKit.from_url(
-            group.url, durable_replicas=durable, durable_timeout_ms=250
+            group.url, durability=bk.Durability(durable, 250) if durable else None
         ) as kit:
             org = "org_sentinel"
             scope, budgets = await scope_budgets(kit, org)

@@ -240,7 +240,9 @@ async def test_primary_failover_under_load_keeps_every_acknowledged_debit(
     and the new primary, which never loaded the scripts, got them transparently."""
     cluster = cluster_factory(extra_args=["--min-replicas-to-write", "1"])
     org = "org_failover"
-    async with bk.BudgetKit.from_url(cluster.url, durable_replicas=durable) as kit:
+    async with bk.BudgetKit.from_url(
+        cluster.url, durability=bk.Durability(durable) if durable else None
+    ) as kit:
         scope, budgets = await scope_budgets(kit, org)
         slot = kit.redis.keyslot(kit.keys.org_index(org))
         primary = cluster.slot_owner(slot)
@@ -277,9 +279,7 @@ async def test_primary_crash_under_load_durable_loses_no_acknowledged_debit(
     lost: docs/deployment.md.)"""
     cluster = cluster_factory(node_timeout_ms=1000)
     org = "org_crash"
-    async with bk.BudgetKit.from_url(
-        cluster.url, durable_replicas=1, durable_timeout_ms=500
-    ) as kit:
+    async with bk.BudgetKit.from_url(cluster.url, durability=bk.Durability(1, 500)) as kit:
         scope, budgets = await scope_budgets(kit, org)
         slot = kit.redis.keyslot(kit.keys.org_index(org))
         primary = cluster.slot_owner(slot)

@@ -348,7 +348,9 @@ async def test_sigkill_under_load_appendfsync_always(
     server = redis_server_factory(appendonly=True)  # the fixture adds --appendfsync always
     seed = random.randrange(2**32)
     stats: Counter[str] = Counter()
-    kit = bk.BudgetKit.from_url(server.url, socket_timeout_s=SOCKET_TIMEOUT_S)
+    kit = bk.BudgetKit.from_url(
+        server.url, connection=bk.ConnectionOptions(socket_timeout_s=SOCKET_TIMEOUT_S)
+    )
     try:
         async with asyncio.timeout(TEST_DEADLINE_S):
             limits = await create_budgets(kit)
@@ -437,7 +439,9 @@ async def test_sigkill_under_load_appendfsync_everysec(
     server = redis_server_factory(appendonly=True, extra_args=["--appendfsync", "everysec"])
     seed = random.randrange(2**32)
     stats: Counter[str] = Counter()
-    kit = bk.BudgetKit.from_url(server.url, socket_timeout_s=SOCKET_TIMEOUT_S)
+    kit = bk.BudgetKit.from_url(
+        server.url, connection=bk.ConnectionOptions(socket_timeout_s=SOCKET_TIMEOUT_S)
+    )
     try:
         async with asyncio.timeout(TEST_DEADLINE_S):
             limits = await create_budgets(kit)
@@ -473,7 +477,9 @@ async def test_sigkill_without_aof_keeps_last_snapshot(
     server = redis_server_factory()  # appendonly no, no automatic snapshots (--save '')
     seed = random.randrange(2**32)
     stats: Counter[str] = Counter()
-    kit = bk.BudgetKit.from_url(server.url, socket_timeout_s=SOCKET_TIMEOUT_S)
+    kit = bk.BudgetKit.from_url(
+        server.url, connection=bk.ConnectionOptions(socket_timeout_s=SOCKET_TIMEOUT_S)
+    )
     try:
         async with asyncio.timeout(TEST_DEADLINE_S):
             limits = await create_budgets(kit)

@@ -53,7 +53,9 @@ async def test_prometheus_metrics(redis: Redis) -> None:
 async def test_failure_policy_is_counted() -> None:
     registry = CollectorRegistry()
     kit = bk.BudgetKit.from_url(
-        "redis://127.0.0.1:1/0", connect_timeout_s=0.2, instruments=[PrometheusMetrics(registry)]
+        "redis://127.0.0.1:1/0",
+        connection=bk.ConnectionOptions(connect_timeout_s=0.2),
+        instruments=[PrometheusMetrics(registry)],
     )
     result = await kit.check(bk.Scope(organization_id=ORG, session_id="s1"))
     assert result.error_code == "budget_unavailable"

@@ -28,11 +28,12 @@ from redis.asyncio import Redis
 from support import all_entries, assert_invariant
 
 import budgetkit as bk
-from budgetkit.durability import Durability, ReplicationTimeout
+from budgetkit.durability import DurableWriter
+from budgetkit.errors import ReplicationTimeout
 
 pytestmark = pytest.mark.real
 NO_SYNC_DELAY = ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s
-TIMEOUT_MS = 1000  # durable_timeout_ms: generous, the CI machine is shared
+TIMEOUT_MS = 1000  # Durability.timeout_ms: generous, the CI machine is shared
 
 
 async def _wait_replica_synced(primary: Redis, replicas: int = 1, timeout_s: float = 10.0) -> None:
@@ -121,7 +122,7 @@ async def test_sentinel_failover_durable_keeps_every_acknowledged_debit(
     debit is on the new primary exactly once."""
     group = sentinel_factory()
     org = "org_sentinel_durable"
-    async with bk.BudgetKit.from_url(group.url, durable_replicas=1, durable_timeout_ms=250) as kit:
+    async with bk.BudgetKit.from_url(group.url, durability=bk.Durability(1, 250)) as kit:
         scope, budgets = await scope_budgets(kit, org)
         old_port = group.primary_port()
         load = DebitLoad(kit, scope).start()
@@ -153,7 +154,7 @@ async def test_durable_mode_waits_and_reports_a_missing_acknowledgement(
     redis_server_factory: Callable[..., Any],
 ) -> None:
     """WAIT 1 after each mutation: with the replica up a debit succeeds; with the replica
-    stopped it raises ReplicationTimeout after durable_timeout_ms although the primary applied
+    stopped it raises ReplicationTimeout after its timeout_ms although the primary applied
     it; retrying with the same key keeps failing until the replica is back, then replays —
     applied exactly once."""
     primary_server = redis_server_factory(extra_args=NO_SYNC_DELAY)
@@ -164,7 +165,7 @@ async def test_durable_mode_waits_and_reports_a_missing_acknowledgement(
     try:
         await _wait_replica_synced(primary)
         async with bk.BudgetKit.from_url(
-            primary_server.url, durable_replicas=1, durable_timeout_ms=TIMEOUT_MS
+            primary_server.url, durability=bk.Durability(1, TIMEOUT_MS)
         ) as kit:
             org = "org_durable"
             scope, budgets = await scope_budgets(kit, org, limit=100)
@@ -206,7 +207,7 @@ async def test_durable_mode_batches_share_one_wait(
     primary = Redis.from_url(primary_server.url)
     try:
         await _wait_replica_synced(primary)
-        async with bk.BudgetKit.from_url(primary_server.url, durable_replicas=1) as kit:
+        async with bk.BudgetKit.from_url(primary_server.url, durability=bk.Durability(1)) as kit:
             org = "org_durable_batch"
             scope, budgets = await scope_budgets(kit, org, limit=1000)
             durability = kit.runtime.durability
@@ -223,16 +224,18 @@ async def test_durable_mode_batches_share_one_wait(
 
 
 async def test_durable_arguments_are_validated(fake_redis: Any) -> None:
-    for bad in ({"durable_replicas": -1}, {"durable_replicas": 17}, {"durable_replicas": True}):
+    for bad in (-1, 0, 17, True):
         with pytest.raises(bk.InvalidInput):
-            bk.BudgetKit(fake_redis, **bad)
+            bk.Durability(bad)
     for timeout in (0, 60_001, 1.5):
         with pytest.raises(bk.InvalidInput):
-            bk.BudgetKit(fake_redis, durable_replicas=1, durable_timeout_ms=timeout)
+            bk.Durability(1, timeout_ms=timeout)
+    with pytest.raises(bk.InvalidInput, match=r"durability must be a budgetkit\.Durability"):
+        bk.BudgetKit(fake_redis, durability=1)  # type: ignore[arg-type]
     assert bk.BudgetKit(fake_redis).runtime.durability is None
-    durability = Durability(2, 250)
+    durability = DurableWriter(bk.Durability(2, 250))
     assert durability.wait_command() == ["WAIT", 2, 250]
-    assert Durability(1, 100, aof=True).wait_command() == ["WAITAOF", 0, 1, 100]
+    assert DurableWriter(bk.Durability(1, 100, aof=True)).wait_command() == ["WAITAOF", 0, 1, 100]
     assert durability.acknowledged(2) == 2 and durability.acknowledged([1, 3]) == 3
 
 
@@ -240,7 +243,7 @@ async def test_durable_aof_needs_waitaof(redis_server_factory: Callable[..., Any
     """WAITAOF exists from Redis 7.2: on an older server the first mutation is refused before
     anything is sent."""
     server = redis_server_factory()
-    async with bk.BudgetKit.from_url(server.url, durable_replicas=1, durable_aof=True) as kit:
+    async with bk.BudgetKit.from_url(server.url, durability=bk.Durability(1, aof=True)) as kit:
         version = str((await kit.redis.info("server"))["redis_version"])
         if tuple(int(p) for p in version.split(".")[:2]) >= (7, 2):
             pytest.skip(f"Redis {version} has WAITAOF")

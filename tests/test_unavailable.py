@@ -84,8 +84,15 @@ async def retry_until_answered(kit: bk.BudgetKit, key: str, amount: float) -> bk
 
 
 @contextlib.asynccontextmanager
-async def client(url: str, **kwargs: Any) -> AsyncIterator[bk.BudgetKit]:
-    kit = bk.BudgetKit.from_url(url, **kwargs)
+async def client(
+    url: str, socket_timeout_s: float | None = None, **kwargs: Any
+) -> AsyncIterator[bk.BudgetKit]:
+    connection = (
+        bk.ConnectionOptions()
+        if socket_timeout_s is None
+        else bk.ConnectionOptions(socket_timeout_s=socket_timeout_s)
+    )
+    kit = bk.BudgetKit.from_url(url, connection=connection, **kwargs)
     try:
         yield kit
     finally:
