@@ -40,6 +40,7 @@ from budgetkit.evaluate import (
     with_root_session_note,
 )
 from budgetkit.ids import (
+    LEDGER_ID_BASE_LEN,
     new_budget_id,
     new_hold_id,
     new_ledger_id,
@@ -324,7 +325,11 @@ class BudgetKit:
         return str((now - EPOCH) // timedelta(milliseconds=1))  # exact: no float on the way
 
     def _common_args(self, organization_id: str) -> list[ScriptArg]:
-        return [self._keys.org(organization_id), self._now_arg(), new_ledger_id()[:37]]
+        return [
+            self._keys.org(organization_id),
+            self._now_arg(),
+            new_ledger_id()[:LEDGER_ID_BASE_LEN],
+        ]
 
     async def _call(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         """One script call; counts (and logs) the calls Redis could not answer."""
@@ -508,28 +513,28 @@ class BudgetKit:
         """Changes the given fields; an explicit None clears soft_limit, period, metadata or
         thresholds. New thresholds fire at once when the spend already reaches them."""
         org, bid, key = self._budget_keys(organization_id, budget_id)
-        args, record, record_args = self._mutation(org, "update")
+        common, record, record_args = self._mutation(org, "update")
         strict = self._strict
-        limit_micros = None if limit is UNSET else convert.limit_micros(limit, strict=strict)
-        given: list[tuple[object, Callable[[Any], str]]] = [
-            (limit, lambda _: str(limit_micros)),
-            (soft_limit, lambda v: convert.soft_micros(v, limit_micros, strict=strict)),
-            (status, self._settable_status),
-        ]
-        for value, to_arg in given:
-            args += ["0", ""] if value is UNSET else ["1", to_arg(value)]
-        args += ["0", "", "", "", ""] if period is UNSET else ["1", *convert.period_args(period)]
-        args += (
-            ["0", ""]
-            if warn_fraction is UNSET
-            else ["1", str(convert.warn_fraction_ppm(warn_fraction))]
-        )
-        args += ["0", ""] if metadata is UNSET else ["1", convert.metadata_json(metadata)]
-        args += ["0", ""] if thresholds is UNSET else ["1", convert.thresholds_text(thresholds)]
+        patch: dict[str, object] = {}
+        limit_micros = None
+        if not isinstance(limit, Unset):
+            limit_micros = convert.limit_micros(limit, strict=strict)
+            patch["limit"] = str(limit_micros)
+        if not isinstance(soft_limit, Unset):
+            patch["soft_limit"] = convert.soft_micros(soft_limit, limit_micros, strict=strict)
+        if not isinstance(status, Unset):
+            patch["status"] = self._settable_status(status)
+        if not isinstance(period, Unset):
+            patch["period"] = [str(arg) for arg in convert.period_args(period)]
+        if not isinstance(warn_fraction, Unset):
+            patch["warn_fraction_ppm"] = str(convert.warn_fraction_ppm(warn_fraction))
+        if not isinstance(metadata, Unset):
+            patch["metadata"] = convert.metadata_json(metadata)
+        if not isinstance(thresholds, Unset):
+            patch["thresholds"] = convert.thresholds_text(thresholds)
+        args = [*common, json.dumps(patch, separators=(",", ":")), *record_args]
         with _budget_named(org, bid):
-            reply = await self._run(
-                "update", [key, self._keys.events(org), record], [*args, *record_args]
-            )
+            reply = await self._run("update", [key, self._keys.events(org), record], args)
         return reply.budgets[0].to_budget()
 
     @staticmethod

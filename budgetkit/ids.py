@@ -23,6 +23,7 @@ __all__ = [
     "CURRENCY_CHARS_MAX",
     "HOLD_ID_PREFIX",
     "IDENTIFIER_BYTES_MAX",
+    "LEDGER_ID_BASE_LEN",
     "LEDGER_ID_PREFIX",
     "new_budget_id",
     "new_hold_id",
@@ -41,6 +42,9 @@ HOLD_ID_PREFIX = "hold"
 
 #: Longest caller-supplied identifier, in UTF-8 bytes.
 IDENTIFIER_BYTES_MAX = 256
+#: A call's ledger id base: "ledger_" + the first 30 hex digits of a new ledger id; the scripts
+#: append 2 hex digits per entry the call writes (lua/_lib.lua LEDGER_ID_BASE_LEN).
+LEDGER_ID_BASE_LEN = 37
 
 #: Longest currency code, in characters (ASCII, so also bytes).
 CURRENCY_CHARS_MAX = 32

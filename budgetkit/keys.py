@@ -1,10 +1,15 @@
-"""The one place that builds Redis key names.
+"""The one place that builds Redis key names in Python.
 
 Every key of one organization carries the organization id as its hash tag (``bk:{org_1}:…``), so
 every script that touches one scope runs on one Redis Cluster slot. Identifiers are validated by
 ``budgetkit.ids`` before they get here: they never contain ``{``/``}`` or whitespace, so a key
 cannot break out of its tag. The subject type is one of a fixed set without ``:``, and the subject
 id is the last component, so two different (type, id) pairs never share a key.
+
+Every key a call touches is built here and passed to its script in KEYS, except the keys a
+script finds by a budget id it reads from an index (a budget's hash, ledger and hold index and
+amounts): those it builds from the organization's prefix and the suffixes of KEY_SUFFIXES,
+named once in lua/_lib.lua too (tests/test_shared_constants.py keeps the tables equal).
 
 Layout (``P`` = prefix, default ``bk``):
 
@@ -23,9 +28,28 @@ Layout (``P`` = prefix, default ``bk``):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from budgetkit.errors import InvalidIdentifier
+
+#: Every key suffix after the organization's prefix ``P:{org}:``. The scripts build the keys they
+#: find by a budget id themselves (lua/_lib.lua: BUDGET_KEY, LEDGER_KEY, HOLD_INDEX_KEY,
+#: HOLD_AMOUNTS_KEY); tests/test_shared_constants.py keeps the two tables equal.
+KEY_SUFFIXES: Final[Mapping[str, str]] = {
+    "budget": "b:",
+    "subject": "s:",
+    "org_index": "all",
+    "ledger": "l:",
+    "events": "events",
+    "idempotency": "idem:",
+    "request": "rq:",
+    "hold": "h:",
+    "hold_index": "hz:",
+    "hold_amounts": "ha:",
+}
+_S = KEY_SUFFIXES
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,25 +68,31 @@ class Keyspace:
         return f"{self.prefix}:{{{organization_id}}}:"
 
     def budget(self, organization_id: str, budget_id: str) -> str:
-        return f"{self.org(organization_id)}b:{budget_id}"
+        return f"{self.org(organization_id)}{_S['budget']}{budget_id}"
 
     def subject(self, organization_id: str, subject_type_wire: str, subject_id: str) -> str:
-        return f"{self.org(organization_id)}s:{subject_type_wire}:{subject_id}"
+        return f"{self.org(organization_id)}{_S['subject']}{subject_type_wire}:{subject_id}"
 
     def org_index(self, organization_id: str) -> str:
-        return f"{self.org(organization_id)}all"
+        return f"{self.org(organization_id)}{_S['org_index']}"
 
     def ledger(self, organization_id: str, budget_id: str) -> str:
-        return f"{self.org(organization_id)}l:{budget_id}"
+        return f"{self.org(organization_id)}{_S['ledger']}{budget_id}"
 
     def events(self, organization_id: str) -> str:
-        return f"{self.org(organization_id)}events"
+        return f"{self.org(organization_id)}{_S['events']}"
 
     def hold(self, organization_id: str, hold_id: str) -> str:
-        return f"{self.org(organization_id)}h:{hold_id}"
+        return f"{self.org(organization_id)}{_S['hold']}{hold_id}"
+
+    def hold_index(self, organization_id: str, budget_id: str) -> str:
+        return f"{self.org(organization_id)}{_S['hold_index']}{budget_id}"
+
+    def hold_amounts(self, organization_id: str, budget_id: str) -> str:
+        return f"{self.org(organization_id)}{_S['hold_amounts']}{budget_id}"
 
     def idempotency(self, organization_id: str, operation: str, key: str) -> str:
-        return f"{self.org(organization_id)}idem:{operation}:{key}"
+        return f"{self.org(organization_id)}{_S['idempotency']}{operation}:{key}"
 
     def request(self, organization_id: str, request_id: str) -> str:
-        return f"{self.org(organization_id)}rq:{request_id}"
+        return f"{self.org(organization_id)}{_S['request']}{request_id}"

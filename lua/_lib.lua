@@ -22,6 +22,12 @@ local MAX_MICROS = 9007199254740991
 local PPM = 1000000
 local MS_PER_DAY = 86400000
 local ENTRIES_PER_CALL_MAX = 255
+local CURRENCIES_PER_CALL_MAX = 64
+local LEDGER_ID_BASE_LEN = 37  -- 'ledger_' + 30 hex: a call's entry ids add 2 hex digits
+-- Key suffixes after the organization's prefix (ARGV[1] = P:{org}:), for the keys a script finds
+-- by a budget id. budgetkit/keys.py names every suffix (KEY_SUFFIXES);
+-- tests/test_shared_constants.py keeps the two equal.
+local BUDGET_KEY, LEDGER_KEY, HOLD_INDEX_KEY, HOLD_AMOUNTS_KEY = 'b:', 'l:', 'hz:', 'ha:'
 
 local function fail(code, message)
   return redis.error_reply('BK_' .. code .. ' ' .. message)
@@ -254,7 +260,7 @@ end
 local function next_entry_id(batch)
   local n = #batch.entries
   if n >= ENTRIES_PER_CALL_MAX then raise('INVALID', 'too many ledger entries in one call') end
-  if batch.id_base == nil or string.len(batch.id_base) ~= 37 then
+  if batch.id_base == nil or string.len(batch.id_base) ~= LEDGER_ID_BASE_LEN then
     raise('INVALID', 'ledger id base must be ledger_ + 30 hex digits')
   end
   return batch.id_base .. string.format('%02x', n)
@@ -263,7 +269,7 @@ end
 local function add_entry(batch, b, amount, source, ref_type, ref_id, session, description)
   local e = { id = next_entry_id(batch), bid = b.id, amt = amount, src = source,
     rt = ref_type or '', ri = ref_id or '', sess = session or '', desc = description or '',
-    ts = batch.now, key = batch.prefix .. 'l:' .. b.id }
+    ts = batch.now, key = batch.prefix .. LEDGER_KEY .. b.id }
   table.insert(batch.entries, e)
   return e
 end
@@ -345,7 +351,7 @@ end
 local HOLDS_PURGE_MAX = 1000
 
 local function hold_index_keys(batch, budget_id)
-  return batch.prefix .. 'hz:' .. budget_id, batch.prefix .. 'ha:' .. budget_id
+  return batch.prefix .. HOLD_INDEX_KEY .. budget_id, batch.prefix .. HOLD_AMOUNTS_KEY .. budget_id
 end
 
 -- Releases up to HOLDS_PURGE_MAX expired holds of a budget (in memory; flush writes them).
@@ -468,7 +474,7 @@ local function load_scope(batch, subject_keys, include_disabled, full)
     local ids = redis.call('SMEMBERS', skey)
     table.sort(ids)
     for _, id in ipairs(ids) do
-      local b = load_budget(batch.prefix .. 'b:' .. id, full)
+      local b = load_budget(batch.prefix .. BUDGET_KEY .. id, full)
       if b == nil or b.id ~= id then corrupt(skey, id) end
       b.level = level
       if include_disabled or b.status ~= 'disabled' then table.insert(budgets, b) end
@@ -480,7 +486,7 @@ end
 
 -- k (currency, amount_micros) pairs starting at ARGV[first]; k = ARGV[first - 1] (0..64).
 local function read_amounts(first)
-  local n = arg_int(ARGV[first - 1], 'currency count', 0, 64)
+  local n = arg_int(ARGV[first - 1], 'currency count', 0, CURRENCIES_PER_CALL_MAX)
   local amounts = {}
   for i = 0, n - 1 do
     amounts[ARGV[first + 2 * i]] = arg_int(ARGV[first + 2 * i + 1], 'amount_micros', 0, MAX_MICROS)
@@ -551,7 +557,7 @@ local function release_hold(batch, held, budgets, hold_id, full)
   for _, bid in ipairs(ids) do
     local b = by_id[bid]
     if b == nil then
-      b = load_budget(batch.prefix .. 'b:' .. bid, full)
+      b = load_budget(batch.prefix .. BUDGET_KEY .. bid, full)
       if b ~= nil then refresh(batch, b) end
     end
     if b ~= nil and unhold(batch, b, hold_id) then table.insert(touched, b) end
@@ -674,7 +680,7 @@ local function redelivered(batch, receipt, budgets, push_budget, events_key)
   local rows = {}
   for _, ref in ipairs(receipt.entries) do
     local bid, sid = string.match(ref, '^([^:]+):(.+)$')
-    local h = bid and stream_fields(batch.prefix .. 'l:' .. bid, sid)
+    local h = bid and stream_fields(batch.prefix .. LEDGER_KEY .. bid, sid)
     if h then table.insert(rows, h) end
   end
   table.insert(out, #rows)

@@ -18,7 +18,7 @@ if replay ~= nil then return replay end
 if receipt ~= nil then
   local now_budgets = {}
   for _, bid in ipairs(receipt.budget_ids) do
-    local b = load_budget(batch.prefix .. 'b:' .. bid, true)
+    local b = load_budget(batch.prefix .. BUDGET_KEY .. bid, true)
     if b ~= nil then
       refresh(batch, b)
       table.insert(now_budgets, b)

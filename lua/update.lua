@@ -5,26 +5,36 @@
 -- ARGV[1]   key prefix of the org  bk:{org}:
 -- ARGV[2]   now_ms ('' = Redis TIME)
 -- ARGV[3]   ledger id base (ledger_ + 30 hex)
--- ARGV[4,5]   limit given 0/1, limit_micros 1..2^53-1
--- ARGV[6,7]   soft limit given 0/1, soft_limit_micros ('' = clear)
--- ARGV[8,9]   status given 0/1, status 'active' | 'paused' | 'disabled'
--- ARGV[10..14] period given 0/1, period JSON ('' = clear), kind, seconds, calendar unit
--- ARGV[15,16] warn fraction given 0/1, ppm 0..1e6
--- ARGV[17,18] metadata given 0/1, metadata JSON ('' = clear)
--- ARGV[19,20] thresholds given 0/1, ascending spent fractions in ppm, comma-separated ('' = none)
--- ARGV[21]  request fingerprint ('='), ARGV[22] record TTL ms (a resent call replays its reply)
+-- ARGV[4]   the patch: a JSON object of the fields given (absent = unchanged), every value a
+--           string: limit (micros 1..2^53-1), soft_limit (micros, '' = clear), status ('active' |
+--           'paused' | 'disabled'), period ([period JSON ('' = clear), kind '' | 'd' | 'c',
+--           seconds (kind d), calendar unit (kind c)]), warn_fraction_ppm (0..1e6), metadata
+--           (JSON, '' = clear), thresholds (ascending spent fractions in ppm, comma-separated)
+-- ARGV[5]   request fingerprint ('='), ARGV[6] record TTL ms (a resent call replays its reply)
 -- Returns   the shared reply with the budget
 -- Errors    BK_NOT_FOUND, BK_LIMIT, BK_STATUS, BK_INVALID, BK_CORRUPT
 -- Invariants 0 < soft <= limit holds for the result; a limit change moves the balance by the
 --            same delta and writes a limit_change entry (amount = -delta); status re-derived
 local budget_key, events_key, idem_key = KEYS[1], KEYS[2], KEYS[3]
 local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
-local fingerprint, idem_ttl_ms = ARGV[21], arg_int(ARGV[22], 'idempotency ttl', 1, MAX_MICROS)
+local fingerprint, idem_ttl_ms = ARGV[5], arg_int(ARGV[6], 'idempotency ttl', 1, MAX_MICROS)
+local decoded_ok, patch = pcall(cjson.decode, ARGV[4])
+if not decoded_ok or type(patch) ~= 'table' then return fail('INVALID', 'patch must be JSON') end
+local PATCH_TEXT = { limit = true, soft_limit = true, status = true, warn_fraction_ppm = true,
+  metadata = true, thresholds = true }
+for name, value in pairs(patch) do
+  local text_ok = PATCH_TEXT[name] and type(value) == 'string'
+  local period_ok = name == 'period' and type(value) == 'table' and #value == 4
+  for i = 1, period_ok and 4 or 0 do period_ok = period_ok and type(value[i]) == 'string' end
+  if not (text_ok or period_ok) then return fail('INVALID', 'patch field ' .. tostring(name)) end
+end
 local replay, receipt = idem_replay(idem_key, fingerprint, batch.now)
 if replay ~= nil then return replay end
-local lim_given, soft_given, status_given = ARGV[4] == '1', ARGV[6] == '1', ARGV[8] == '1'
-local period_given, wf_given, meta_given = ARGV[10] == '1', ARGV[15] == '1', ARGV[17] == '1'
-local thr_given = ARGV[19] == '1'
+local lim_given, soft_given, status_given = patch.limit ~= nil, patch.soft_limit ~= nil,
+  patch.status ~= nil
+local period_given, wf_given = patch.period ~= nil, patch.warn_fraction_ppm ~= nil
+local meta_given, thr_given = patch.metadata ~= nil, patch.thresholds ~= nil
+local period = patch.period or { '', '', '', '' }
 
 local b = load_budget(budget_key, true)
 if b == nil then return fail('NOT_FOUND', budget_key) end
@@ -33,7 +43,7 @@ if receipt ~= nil then return redelivered(batch, receipt, { b }, push_record, ev
 
 local lim = b.lim
 if lim_given then
-  lim = tonumber(ARGV[5])
+  lim = tonumber(patch.limit)
   if lim == nil or lim ~= math.floor(lim) or lim <= 0 or lim > MAX_MICROS then
     return fail('LIMIT', 'Limit must be positive')
   end
@@ -41,22 +51,24 @@ end
 local soft = b.soft
 if soft_given then
   soft = nil
-  if ARGV[7] ~= '' then soft = tonumber(ARGV[7]) end
-  if ARGV[7] ~= '' and soft == nil then return fail('LIMIT', 'Soft limit must be a number') end
+  if patch.soft_limit ~= '' then soft = tonumber(patch.soft_limit) end
+  if patch.soft_limit ~= '' and soft == nil then
+    return fail('LIMIT', 'Soft limit must be a number')
+  end
 end
 if soft ~= nil and (soft ~= math.floor(soft) or soft <= 0 or soft > lim) then
   return fail('LIMIT', 'Soft limit must be between 0 and limit')
 end
-local status = ARGV[9]
+local status = patch.status
 if status_given and status ~= 'active' and status ~= 'paused' and status ~= 'disabled' then
   return fail('STATUS', 'status can be set to active, paused or disabled')
 end
 local wf = b.wf
-if wf_given then wf = arg_int(ARGV[16], 'warn_fraction_ppm', 0, PPM) end
-local pk, ps, pu = ARGV[12], nil, ARGV[14]
+if wf_given then wf = arg_int(patch.warn_fraction_ppm, 'warn_fraction_ppm', 0, PPM) end
+local pk, ps, pu = period[2], nil, period[4]
 if period_given then
   if pk == 'd' then
-    ps = arg_int(ARGV[13], 'period seconds', 1, MAX_MICROS)
+    ps = arg_int(period[3], 'period seconds', 1, MAX_MICROS)
   elseif pk == 'c' then
     if not CAL_UNITS[pu] then return fail('INVALID', 'unknown calendar unit') end
   elseif pk ~= '' then
@@ -65,7 +77,7 @@ if period_given then
 end
 local thr = b.thr
 if thr_given then
-  thr = parse_thresholds(ARGV[20])
+  thr = parse_thresholds(patch.thresholds)
   if thr == nil then
     return fail('INVALID', 'thresholds must be at most 16 ascending ppm in (0, 1e7]')
   end
@@ -83,13 +95,13 @@ if delta ~= 0 then
 end
 if delta ~= 0 or soft ~= b.soft then b.ack = 0 end
 b.lim, b.soft, b.wf = lim, soft, wf
-if period_given and ARGV[11] ~= b.period then
-  b.period, b.pk, b.ps, b.pu = ARGV[11], pk, ps, pu
+if period_given and period[1] ~= b.period then
+  b.period, b.pk, b.ps, b.pu = period[1], pk, ps, pu
   b.pstart = period_start_at(b, batch.now)
 end
-if meta_given then b.meta = ARGV[18] end
-if thr_given and ARGV[20] ~= b.thr_text then
-  b.thr, b.thr_text, b.thrf = thr, ARGV[20], 0  -- new thresholds fire when (already) reached
+if meta_given then b.meta = patch.metadata end
+if thr_given and patch.thresholds ~= b.thr_text then
+  b.thr, b.thr_text, b.thrf = thr, patch.thresholds, 0  -- new thresholds fire when reached
 end
 if status_given then
   if status == 'disabled' then
