@@ -60,6 +60,7 @@ from budgetkit.models import (
     BudgetSubjectType,
     BudgetToolResponse,
     LedgerEntry,
+    ToolStatus,
 )
 from budgetkit.observability import Instrument, Instruments
 from budgetkit.redelivery import AUTO_FINGERPRINT, KEEP_FOREVER_MS, request_window_ms
@@ -254,8 +255,7 @@ class BudgetKit:
         self._clock = clock
         self._policy = failure_policy
         self._instruments = Instruments(instruments)
-        on_reload = self._instruments.script_reloaded if self._instruments else None
-        on_batch = self._instruments.batch_sent if self._instruments else None
+        on_reload, on_batch = self._instruments.script_reloaded, self._instruments.batch_sent
         if durability is not None and not isinstance(durability, Durability):
             raise InvalidInput("durability must be a budgetkit.Durability or None")
         writer = None if durability is None else DurableWriter(durability)
@@ -264,7 +264,7 @@ class BudgetKit:
             ScriptBatcher(client, self._runtime, on_batch=on_batch) if batching else None
         )
         self._rules: list[CheckRule] = []
-        self._send = self._batcher.call if self._batcher is not None else self._runtime.call
+        self._dispatch = self._batcher.call if self._batcher is not None else self._runtime.call
         self._replica = None if read_replica is None else ScriptRuntime(read_replica)
         self.counters = Counters()
 
@@ -331,24 +331,23 @@ class BudgetKit:
             new_ledger_id()[:LEDGER_ID_BASE_LEN],
         ]
 
-    async def _call(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
-        """One script call; counts (and logs) the calls Redis could not answer."""
-        if self._instruments:
-            with self._instruments.call(name):
-                return await self._counted(name, keys, args)
-        return await self._counted(name, keys, args)
+    async def _raw(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        """One script call's raw reply, through the batcher (or the runtime), measured by the
+        instruments; the calls Redis could not answer are counted and logged."""
+        with self._instruments.call(name):
+            try:
+                return await self._dispatch(name, keys, args)
+            except BudgetUnavailable as error:
+                self._count_failure(name, error)
+                raise
 
-    async def _counted(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
-        try:
-            return await self._send(name, keys, args)
-        except OutcomeUnknown as error:
+    def _count_failure(self, name: str, error: BudgetUnavailable) -> None:
+        if isinstance(error, OutcomeUnknown):
             self.counters.outcome_unknown += 1
             log.warning("budgetkit %s: outcome unknown: %s", name, error)
-            raise
-        except BudgetUnavailable as error:
-            self.counters.unavailable += 1
-            log.warning("budgetkit %s: store unavailable: %s", name, error)
-            raise
+            return
+        self.counters.unavailable += 1
+        log.warning("budgetkit %s: store unavailable: %s", name, error)
 
     async def _run(
         self,
@@ -358,7 +357,8 @@ class BudgetKit:
         snapshots: bool = False,
         levels: Levels = (),
     ) -> Reply:
-        raw = await self._call(name, keys, args)
+        """One script call's decoded reply (the shared shape of lua/_lib.lua)."""
+        raw = await self._raw(name, keys, args)
         return parse_reply(raw, snapshots=snapshots, levels=levels)
 
     def _mutation(
@@ -570,8 +570,9 @@ class BudgetKit:
 
     # -- enforcement ------------------------------------------------------------------------
 
-    async def _check_reply(self, scope: Scope) -> Reply | BudgetCheckResult:
-        """The scope's snapshots, or the failure policy's result when the store is unavailable."""
+    async def _check_reply(self, scope: Scope) -> Reply | None:
+        """The scope's snapshots (check.lua, or check_ro.lua on the read replica); None when the
+        store stays unavailable after CHECK_ATTEMPTS_MAX tries."""
         keys = self._scope_keys(scope)
         levels = scope.levels()
         for attempt in range(1, CHECK_ATTEMPTS_MAX + 1):
@@ -586,6 +587,10 @@ class BudgetKit:
                     self.counters.check_retries += 1
                     continue
                 log.warning("budget store unavailable, %s: %s", self._policy, error)
+        return None
+
+    def _unavailable_result(self) -> BudgetCheckResult:
+        """What check says when the store is unavailable: the failure policy's answer."""
         if self._policy == "fail_open":
             self.counters.fail_open += 1
             self._instruments.check_decided("continue", self._policy)
@@ -609,8 +614,8 @@ class BudgetKit:
         for an unreachable store: the failure policy decides). ``result.subject_type`` and
         ``subject_id`` name the level whose budget decided (e.g. the one to resume)."""
         reply = await self._check_reply(scope)
-        if isinstance(reply, BudgetCheckResult):
-            return reply
+        if reply is None:
+            return self._unavailable_result()
         result = self._verdict(reply.snapshots)
         for rule in self._rules:
             result = rule(scope, result, reply.snapshots) or result
@@ -632,10 +637,10 @@ class BudgetKit:
         """The check_budget tool's response for an agent (one round trip). When the scope names
         a root session, the hint says that the root session's budgets apply (SPEC §6)."""
         reply = await self._check_reply(scope)
-        if isinstance(reply, BudgetCheckResult):
-            if reply.action == "continue":
-                return BudgetToolResponse(status="active", budgets=[], hint=reply.message)
-            return BudgetToolResponse(status="exhausted", budgets=[], hint=reply.message)
+        if reply is None:
+            policy = self._unavailable_result()
+            status: ToolStatus = "active" if policy.action == "continue" else "exhausted"
+            return BudgetToolResponse(status=status, budgets=[], hint=policy.message)
         if not reply.snapshots and self._require_budgets:
             return BudgetToolResponse(status="no_budgets", budgets=[], hint=NO_BUDGET_MESSAGE)
         response = tool_response(reply.snapshots)
@@ -735,7 +740,7 @@ class BudgetKit:
             *convert.amount_args(micros),
         ]
         hold_key = self._keys.hold(org, hold_id)
-        raw = await self._call("reserve", [*keys[:-1], hold_key, record, keys[-1]], args)
+        raw = await self._raw("reserve", [*keys[:-1], hold_key, record, keys[-1]], args)
         reply = parse_reply(raw, tags=3, snapshots=True, levels=scope.levels())
         verdict, ident, expires = reply.tags
         snapshots = reply.snapshots
@@ -870,7 +875,7 @@ class BudgetKit:
         page_size, skip = convert.page_bounds(limit, offset, LEDGER_PAGE_MAX)
         keys = [key, self._keys.ledger(org, bid)]
         with _budget_named(org, bid):
-            raw = await self._call("ledger", keys, [str(page_size), str(skip)])
+            raw = await self._raw("ledger", keys, [str(page_size), str(skip)])
         currency, records = parse_entries(raw)
         return [record.to_entry(currency) for record in records]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 #: Buckets of the script latency histogram, in seconds (50 µs .. 1 s).
@@ -51,6 +51,10 @@ class Instrument(Protocol):
         """A NOSCRIPT reply made the runtime load a script again."""
 
 
+#: The context of a call with no instrument: shared, it does nothing.
+_NOTHING: AbstractContextManager[None] = nullcontext()
+
+
 class Instruments:
     """Fans measurements out to several instruments (the client holds one of these)."""
 
@@ -60,8 +64,14 @@ class Instruments:
     def __bool__(self) -> bool:
         return bool(self._all)
 
+    def call(self, operation: str) -> AbstractContextManager[CallRecord | None]:
+        """Measures one call with every instrument; nothing at all when there are none."""
+        if not self._all:
+            return _NOTHING
+        return self._measured(operation)
+
     @contextmanager
-    def call(self, operation: str) -> Iterator[CallRecord]:
+    def _measured(self, operation: str) -> Iterator[CallRecord]:
         record = CallRecord(operation)
         managers = [i.call(record) for i in self._all]
         for manager in managers:

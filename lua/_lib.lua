@@ -392,7 +392,9 @@ local function opt(n)
   return fmt(n)
 end
 
--- Persists every dirty budget, ledger entry and event of the batch (the only write path).
+-- Persists every dirty budget, hold change, ledger entry and event of the batch: the write path
+-- of every script, except a few writes a script makes itself (create.lua's identity fields and
+-- indexes, reserve.lua's hold record, a hold's deletion, request records).
 local function flush(batch, events_key)
   for _, b in ipairs(batch.order) do
     -- The hot path (debit, holds, rollover) changes only the balance-state fields; create and
