@@ -7,6 +7,7 @@ in exact integer micro-units, and emits edge-triggered events. The documentation
 from budgetkit.client import UNSET, BudgetKit, KitOptions, Unset
 from budgetkit.durability import Durability
 from budgetkit.errors import (
+    BudgetExceeded,
     BudgetkitError,
     BudgetNotFound,
     BudgetUnavailable,
@@ -66,6 +67,7 @@ from budgetkit.periods import parse_rolling_window
 from budgetkit.pricing import ModelPrice, PriceTable, PriceTier
 from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
+from budgetkit.spend import SpendGuard
 from budgetkit.urls import ConnectionOptions
 
 __version__ = "0.1.0"
@@ -77,6 +79,7 @@ __all__ = [
     "BudgetCheckResult",
     "BudgetEvent",
     "BudgetEventData",
+    "BudgetExceeded",
     "BudgetKit",
     "BudgetNotFound",
     "BudgetPeriod",
@@ -124,6 +127,7 @@ __all__ = [
     "RollingPeriod",
     "Scope",
     "ScriptError",
+    "SpendGuard",
     "ToolCall",
     "ToolCallMeter",
     "UnpricedModel",

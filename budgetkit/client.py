@@ -76,6 +76,7 @@ from budgetkit.replies import (
 from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
 from budgetkit.scripts import ScriptArg, ScriptRuntime, translate_error
+from budgetkit.spend import SpendGuard
 from budgetkit.urls import ConnectionOptions, RedisClient, client_from_url
 
 log = logging.getLogger("budgetkit")
@@ -98,6 +99,7 @@ LIST_PAGE_MAX = 1000
 EVENTS_BATCH_MAX = 100
 EVENTS_BLOCK_MS_MAX = 60_000
 DEFAULT_IDEMPOTENCY_TTL_S = 86_400
+SPEND_TTL_S = 120.0  # how long a spend guard's hold lives by default
 IDEMPOTENCY_TTL_S_MAX = 30 * 86_400
 UNAVAILABLE_CODE = "budget_unavailable"
 NO_BUDGET_CODE = "no_budget"
@@ -852,6 +854,39 @@ class BudgetKit:
             if metered.unpriced_error is None:
                 raise
             raise metered.unpriced_error from None  # the model's message says what to configure
+
+    def spend(
+        self,
+        scope: Scope,
+        estimate: Mapping[str, Amount] | Any,
+        *,
+        ttl_seconds: float = SPEND_TTL_S,
+        meter_source: str = "llm_tokens",
+        ref_type: str | None = None,
+        ref_id: str | None = None,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+        meter: Any = None,
+        currencies: Sequence[str] | None = None,
+    ) -> SpendGuard:
+        """A spend guard (SPEC §12): ``async with kit.spend(scope, estimate) as s:`` reserves
+        the estimate (amounts, or a usage record such as an LlmUsage with the prompt and the
+        maximum output tokens, priced by ``meter``; denied: BudgetExceeded, nothing held);
+        ``await s.record(usage)`` adds usage as it happens; on exit the recorded total is
+        committed in one call (it may exceed the estimate), or the hold released when nothing
+        was recorded — also when the block raises or is cancelled (then the exception
+        propagates). ``s.result`` is the DebitResult. The other keywords as ``commit`` and
+        ``record_usage``; ``idempotency_key`` keys the reservation and the charge."""
+        usage = _Usage(meter_source, ref_type, ref_id, description, idempotency_key)
+        return SpendGuard(
+            self,
+            scope,
+            estimate,
+            ttl_seconds=ttl_seconds,
+            usage=usage,
+            meter=meter,
+            currencies=currencies,
+        )
 
     async def resume(self, scope: Scope, levels: Sequence[str] = ("session",)) -> list[Budget]:
         """Resumes the paused budgets of the scope's given levels; returns those resumed.

@@ -15,6 +15,7 @@ Exceptions are for misuse (invalid input) and failures (store unavailable, corru
     ├── HoldNotFound (LookupError)           unknown or already resolved reservation
     ├── HoldExpired                          reservation outlived its TTL
     ├── IdempotencyConflict                  same key, different request
+    ├── BudgetExceeded                       a spend guard's reservation was denied (.check)
     ├── CorruptState                         a stored record fails validation; nothing written
     ├── BudgetUnavailable                    Redis unreachable or refused it; not applied
     │   ├── PermissionDenied                 Redis refused a command or key (ACL)
@@ -25,6 +26,8 @@ Exceptions are for misuse (invalid input) and failures (store unavailable, corru
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class BudgetkitError(Exception):
@@ -69,6 +72,15 @@ class HoldNotFound(BudgetkitError, LookupError):
 
 class HoldExpired(BudgetkitError):
     """The reservation outlived its TTL; record the usage with ``debit`` instead."""
+
+
+class BudgetExceeded(BudgetkitError):
+    """``kit.spend``'s reservation was denied: nothing was held. ``check`` is the denial's
+    BudgetCheckResult (why: the budget that cannot cover the estimate, a pause, a stop)."""
+
+    def __init__(self, message: str, *, check: Any) -> None:
+        super().__init__(message)
+        self.check = check
 
 
 class IdempotencyConflict(BudgetkitError):

@@ -26,11 +26,13 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
 from budgetkit.client import (
     DEFAULT_WARN_FRACTION,
     EVENTS_BATCH_MAX,
+    SPEND_TTL_S,
     UNSET,
     Amount,
     CheckRule,
@@ -53,12 +55,56 @@ from budgetkit.models import (
 )
 from budgetkit.results import DebitResult, Reservation
 from budgetkit.scope import Scope
+from budgetkit.spend import SpendGuard as AsyncSpendGuard
 from budgetkit.urls import ConnectionOptions, RedisClient, client_from_url
 
 T = TypeVar("T")
 
 CALL_TIMEOUT_S = 30.0
 CLOSED_MESSAGE = "this budgetkit.sync.BudgetKit is closed"
+
+
+class SpendGuard:
+    """The blocking spend guard: ``with kit.spend(scope, estimate) as s: s.record(usage)``.
+
+    The async guard's steps run on the facade's loop thread (budgetkit.spend): entering
+    reserves (denied: BudgetExceeded), ``record`` adds usage, leaving commits what was recorded
+    (or releases the hold) — also when the block raises. ``hold`` and ``result`` as there.
+    """
+
+    def __init__(
+        self, guard: AsyncSpendGuard, run: Callable[[Coroutine[Any, Any, Any]], Any]
+    ) -> None:
+        self._guard = guard
+        self._run = run
+
+    @property
+    def hold(self) -> Reservation | None:
+        return self._guard.hold
+
+    @property
+    def result(self) -> DebitResult | None:
+        return self._guard.result
+
+    @property
+    def recorded(self) -> dict[str, float]:
+        return self._guard.recorded
+
+    def __enter__(self) -> SpendGuard:
+        self._run(self._guard.__aenter__())
+        return self
+
+    def record(self, usage: Mapping[str, Amount] | Any) -> None:
+        """Adds usage: amounts per currency, or a usage record (metered like record_usage)."""
+        self._run(self._guard.record(usage))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        return bool(self._run(self._guard.__aexit__(exc_type, exc, traceback)))
 
 
 class BudgetKit:
@@ -516,6 +562,43 @@ class BudgetKit:
                 idempotency_key=idempotency_key,
             )
         )
+
+    def spend(
+        self,
+        scope: Scope,
+        estimate: Mapping[str, Amount] | Any,
+        *,
+        ttl_seconds: float = SPEND_TTL_S,
+        meter_source: str = "llm_tokens",
+        ref_type: str | None = None,
+        ref_id: str | None = None,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+        meter: Any = None,
+        currencies: Sequence[str] | None = None,
+    ) -> SpendGuard:
+        """A spend guard (SPEC §12): ``async with kit.spend(scope, estimate) as s:`` reserves
+        the estimate (amounts, or a usage record such as an LlmUsage with the prompt and the
+        maximum output tokens, priced by ``meter``; denied: BudgetExceeded, nothing held);
+        ``await s.record(usage)`` adds usage as it happens; on exit the recorded total is
+        committed in one call (it may exceed the estimate), or the hold released when nothing
+        was recorded — also when the block raises or is cancelled (then the exception
+        propagates). ``s.result`` is the DebitResult. The other keywords as ``commit`` and
+        ``record_usage``; ``idempotency_key`` keys the reservation and the charge.
+        """
+        guard = self._core().spend(
+            scope,
+            estimate,
+            ttl_seconds=ttl_seconds,
+            meter_source=meter_source,
+            ref_type=ref_type,
+            ref_id=ref_id,
+            description=description,
+            idempotency_key=idempotency_key,
+            meter=meter,
+            currencies=currencies,
+        )
+        return SpendGuard(guard, self._run)
 
     def resume(self, scope: Scope, levels: Sequence[str] = ("session",)) -> list[Budget]:
         """Resumes the paused budgets of the scope's given levels; returns those resumed.

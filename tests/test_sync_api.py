@@ -61,10 +61,16 @@ BLOCKING_ORIGINS: dict[Any, Any] = {
 }
 
 
+#: Result classes of the async client whose blocking twins are other classes.
+BLOCKING_TYPES: dict[Any, Any] = {bk.SpendGuard: bk_sync.SpendGuard}
+
+
 def as_blocking(signature: inspect.Signature) -> inspect.Signature:
     """The async signature as the blocking facade spells it, e.g. AsyncIterator[X] ->
-    Iterator[X]."""
+    Iterator[X], budgetkit.SpendGuard -> budgetkit.sync.SpendGuard."""
     returns = signature.return_annotation
+    if returns in BLOCKING_TYPES:
+        return signature.replace(return_annotation=BLOCKING_TYPES[returns])
     origin = BLOCKING_ORIGINS.get(typing.get_origin(returns))
     if origin is None:
         return signature
