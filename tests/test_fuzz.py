@@ -514,7 +514,12 @@ PERIODS: list[tuple[Any, bool | None]] = [
     ({"type": None}, False),
     ({"type": ["rolling"]}, False),
     ({}, False),
-    ("5h", False),
+    ("5h", True),  # period strings as the CLI takes them (a rolling window)
+    ("month", True),  # a calendar unit
+    (" Week ", True),
+    ("5y", False),
+    ("fortnight", False),
+    ("", False),
     (3600, False),
     (["rolling", "5h"], False),
     (b"{}", False),
