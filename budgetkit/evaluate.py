@@ -457,3 +457,86 @@ def with_root_session_note(response: BudgetToolResponse, scope: Scope) -> Budget
     note = root_session_note(root)
     hint = note if not response.hint else f"{response.hint} {note}"
     return response.model_copy(update={"hint": hint})
+
+
+# -- the rules a script applies when it settles a budget (lua/_lib.lua), stated once for Python --
+# Used where Python rebuilds a budget's state without a script: restore's roll-forward over
+# exported ledger entries (budgetkit.export). Amounts in integer micro-units, times in unix ms.
+
+
+def derive_status(
+    status: str,
+    balance_micros: int,
+    limit_micros: int,
+    soft_limit_micros: int | None,
+    soft_acknowledged: bool,
+    operator_paused: bool,
+) -> str:
+    """The status a budget settles to after a change (lua/_lib.lua ``derive_status``, SPEC §4).
+
+    disabled stays disabled; a stored balance ≤ 0 is exhausted; an operator pause, or a soft
+    limit reached (spent = limit - balance) and not acknowledged, is paused; otherwise active.
+    """
+    if status == "disabled":
+        return "disabled"
+    if balance_micros <= 0:
+        return "exhausted"
+    if operator_paused:
+        return "paused"
+    if _soft_pause_applies(limit_micros - balance_micros, soft_limit_micros, soft_acknowledged):
+        return "paused"
+    return "active"
+
+
+def in_warn_zone(balance_micros: int, limit_micros: int, warn_fraction_ppm: int) -> bool:
+    """Whether a balance is in the warning zone: balance ≤ warn fraction x limit (lua/_lib.lua
+    ``warn_at``; the stored ``wz`` flag, whose 0 → 1 edge emits budget.warning, SPEC §9)."""
+    return balance_micros * PPM <= warn_fraction_ppm * limit_micros
+
+
+def threshold_spend_micros(threshold_ppm: int, limit_micros: int) -> int:
+    """The smallest spend that reaches ``threshold_ppm`` of the limit: ceil(ppm x limit / 10⁶)
+    (lua/_lib.lua ``spend_at``)."""
+    return -(-threshold_ppm * limit_micros // PPM)
+
+
+def thresholds_reached(
+    fired_bits: int, spent_micros: int, limit_micros: int, thresholds_ppm: Sequence[int]
+) -> int:
+    """``fired_bits`` with the bit of every threshold the spend has reached set (bit i: the i-th
+    threshold; lua/_lib.lua ``fire_thresholds``). A set bit stays set until the period resets:
+    each threshold fires once per period."""
+    bits = fired_bits
+    for i, threshold_ppm in enumerate(thresholds_ppm):
+        if spent_micros >= threshold_spend_micros(threshold_ppm, limit_micros):
+            bits |= 1 << i
+    return bits
+
+
+def rollover_start_ms(
+    started_ms: int,
+    now_ms: int,
+    *,
+    calendar_unit: str | None = None,
+    period_seconds: int | None = None,
+) -> int | None:
+    """The start of a new period that has begun by ``now_ms``, or None while the period that
+    began at ``started_ms`` still runs (lua/_lib.lua ``rollover``, SPEC §7).
+
+    Give ``calendar_unit`` (a calendar period: the UTC bucket of ``now_ms``) or
+    ``period_seconds`` (a duration or rolling period: aligned to ``started + k x period``). On a
+    rollover the balance returns to the limit, the soft limit's acknowledgement and the fired
+    thresholds clear, and the period starts at the returned time.
+    """
+    from budgetkit.periods import aligned_period_start_ms, bucket_start_ms
+
+    if now_ms < started_ms:
+        return None
+    if calendar_unit is not None:
+        start = bucket_start_ms(now_ms, calendar_unit)
+        return start if start > started_ms else None
+    if period_seconds is None:
+        raise ValueError("rollover_start_ms needs calendar_unit or period_seconds")
+    if now_ms - started_ms < period_seconds * 1000:
+        return None
+    return aligned_period_start_ms(started_ms, now_ms, period_seconds)

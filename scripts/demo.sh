@@ -10,5 +10,5 @@ cd "$ROOT"
 source scripts/venv.sh
 
 log "installing budgetkit into .venv"
-venv_install .
+venv_install '.[cli]'
 exec "$(dirname "$VENV_PYTHON")/budgetkit" demo "$@"

@@ -25,9 +25,11 @@ import pytest
 import redis
 
 import budgetkit as bk
-from budgetkit.cli import build_parser, main, redact
-from budgetkit.cli_completion import completion_script, walk
-from budgetkit.cli_output import SESSION_POOLING_NOTE, console
+from budgetkit.cli import build_parser, main
+from budgetkit.cli.commands import BENCH_MISSING, HANDLERS
+from budgetkit.cli.completion import completion_script, walk
+from budgetkit.cli.errors import redact
+from budgetkit.cli.output import SESSION_POOLING_NOTE, console
 
 T = TypeVar("T")
 TIMEOUT_S = 60
@@ -437,6 +439,49 @@ def test_completion_covers_every_command() -> None:
         "completion",
     ):
         assert command in paths
+
+
+def test_every_command_of_the_parser_has_a_handler() -> None:
+    leaves = {" ".join(node.path) for node in walk(build_parser()) if not node.subcommands}
+    assert leaves - {"bench"} == set(HANDLERS)  # bench runs the harness, before parsing
+
+
+def test_bench_without_the_harness_says_where_it_lives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness is not in the wheel: outside a checkout, `budgetkit bench` says so."""
+    monkeypatch.setitem(sys.modules, "benchmarks", None)
+    monkeypatch.setitem(sys.modules, "budgetkit.bench", None)
+    for args in (["bench", "--quick"], ["--json", "--redis-url", "redis://h/0", "bench", "-q"]):
+        line = run_here(*args)
+        assert BENCH_MISSING in line and "python -m benchmarks" in line
+
+
+# -- the cli extra ----------------------------------------------------------------------------
+
+
+def _python(code: str) -> Out:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S, env=_env()
+    )
+    return Out(done.returncode, done.stdout, done.stderr)
+
+
+def test_the_library_never_imports_the_cli_extra() -> None:
+    out = _python(
+        "import sys, budgetkit, budgetkit.sync, budgetkit.metering, budgetkit.export\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'rich', 'fakeredis'}))"
+    )
+    assert (out.code, out.stdout, out.stderr) == (0, "[]\n", "")
+
+
+@pytest.mark.parametrize("missing", ["rich", "fakeredis"])
+def test_without_the_cli_extra_the_command_says_how_to_install_it(missing: str) -> None:
+    out = _python(
+        f"import sys; sys.modules[{missing!r}] = None\n"
+        "from budgetkit.cli import main\n"
+        "sys.exit(main(['check', '--org', 'o']))"
+    )
+    assert (out.code, out.stdout) == (2, "")
+    assert out.stderr == "budgetkit's CLI needs its extra: pip install 'budgetkit[cli]'\n"
 
 
 # -- help -------------------------------------------------------------------------------------

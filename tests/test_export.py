@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import glob
 import importlib
 import json
@@ -35,6 +36,7 @@ from budgetkit.export import (
     DEFAULT_GROUP,
     ExportBatch,
     Exporter,
+    ExportOptions,
     ExportSink,
     JsonlSink,
     PostgresSink,
@@ -59,6 +61,23 @@ def test_export_api_names() -> None:
 
     for name in export.__all__:
         assert hasattr(export, name), name
+
+
+def test_export_options_are_frozen_validated_and_default_as_before() -> None:
+    options = ExportOptions()
+    assert (options.group, options.consumer, options.batch, options.trim) == (
+        DEFAULT_GROUP,
+        "exporter",
+        500,
+        True,
+    )
+    assert (options.rounds_max, options.scan_count, options.claim_idle_ms) == (100, 1000, 60_000)
+    assert options.snapshot_interval_s == 60.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.batch = 1  # type: ignore[misc]
+    for bad in ({"batch": 0}, {"batch": 10_001}, {"batch": True}, {"rounds_max": 0}):
+        with pytest.raises(bk.InvalidInput):
+            ExportOptions(**bad)  # type: ignore[arg-type]
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
@@ -429,7 +448,7 @@ async def test_a_hot_budget_is_snapshotted_per_interval_at_rest_and_on_changes(
     kit: bk.BudgetKit, clock: ManualClock, tmp_path: Path
 ) -> None:
     await populate(kit, clock)
-    exporter = Exporter(kit, JsonlSink(tmp_path), snapshot_interval_s=3600)
+    exporter = Exporter(kit, JsonlSink(tmp_path), options=ExportOptions(snapshot_interval_s=3600))
     assert (await exporter.export_once()).snapshots == 8
     await kit.debit(scope_b(), {"usd": 0.1})  # two budgets' ledgers move
     assert (await exporter.export_once()).snapshots == 0  # moving: wait for the interval
@@ -438,9 +457,10 @@ async def test_a_hot_budget_is_snapshotted_per_interval_at_rest_and_on_changes(
     await kit.debit(scope_b(), {"usd": 0.1})
     await kit.resume(scope_b())  # status and acknowledgement: not in the ledger
     assert (await exporter.export_once()).snapshots == 1
-    exporter.snapshot_interval_s = 0
+    eager = Exporter(kit, JsonlSink(tmp_path), options=ExportOptions(snapshot_interval_s=0))
+    assert (await eager.export_once()).snapshots == 8  # a new exporter writes every budget once
     await kit.debit(scope_b(), {"usd": 0.1})
-    assert (await exporter.export_once()).snapshots == 2
+    assert (await eager.export_once()).snapshots == 2  # no interval: moving budgets at once
 
 
 # -- reconcile -------------------------------------------------------------------------------
@@ -512,9 +532,10 @@ async def test_exporting_twice_stores_each_entry_once(
 ) -> None:
     await populate(kit, clock)
     in_redis = await _ledger_ids_in_redis(kit)
-    await export_once(kit, sink, trim=False)
+    await export_once(kit, sink, options=ExportOptions(trim=False))
     # A second exporter with another group re-reads every entry: the sink keeps one of each.
-    await export_once(kit, sink, group="second-exporter", trim=False)
+    second = ExportOptions(group="second-exporter", trim=False)
+    await export_once(kit, sink, options=second)
     books = await _ledger_ids_in_books(sink)
     assert sorted(books) == sorted(in_redis) and len(set(books)) == len(books)
     assert await _physical_rows(sink) in (None, len(in_redis))
@@ -547,8 +568,9 @@ async def test_crash_between_write_and_ack_redelivers_without_duplicates(
     await populate(kit, clock)
     in_redis = await _ledger_ids_in_redis(kit)
     crashing = CrashAfterWrite(sink)
+    small = ExportOptions(batch=3)
     with pytest.raises(ConnectionError):
-        await Exporter(kit, crashing, batch=3).export_once()  # type: ignore[arg-type]
+        await Exporter(kit, crashing, options=small).export_once()
     session = (await kit.list_budgets(ORG_A, subject_type="session"))[-1]
     key = kit.keys.ledger(ORG_A, session.id)
     pending = await kit.redis.xpending(key, DEFAULT_GROUP)
@@ -557,7 +579,7 @@ async def test_crash_between_write_and_ack_redelivers_without_duplicates(
     written = len(await _ledger_ids_in_books(sink))
     assert written > 3
 
-    stats = await Exporter(kit, sink, batch=3).export_once()  # a new process, same consumer
+    stats = await Exporter(kit, sink, options=small).export_once()  # a new process, same consumer
     assert stats.entries == len(in_redis)  # the 3 re-delivered + the rest
     assert (await kit.redis.xpending(key, DEFAULT_GROUP))["pending"] == 0
     assert await ledger_lengths(kit) == 0
@@ -576,9 +598,10 @@ async def test_entries_pending_for_a_dead_consumer_are_claimed(
     await populate(kit, clock)
     in_redis = await _ledger_ids_in_redis(kit)
     sink = JsonlSink(tmp_path)
+    old = ExportOptions(consumer="old")
     with pytest.raises(ConnectionError):
-        await Exporter(kit, CrashAfterWrite(sink), consumer="old").export_once()  # type: ignore[arg-type]
-    successor = Exporter(kit, sink, consumer="new", claim_idle_ms=0)
+        await Exporter(kit, CrashAfterWrite(sink), options=old).export_once()
+    successor = Exporter(kit, sink, options=ExportOptions(consumer="new", claim_idle_ms=0))
     await successor.export_once()  # exports the rest, claims what "old" left pending
     assert await ledger_lengths(kit) > 0, "pending entries are never trimmed"
     await successor.export_once()  # re-reads the claimed entries as its own

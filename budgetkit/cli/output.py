@@ -1,4 +1,9 @@
-"""Human output of the `budgetkit` CLI: rich tables (imported only when --json is not given)."""
+"""What the CLI prints on stdout: one JSON document (``--json``), or rich tables.
+
+``emit`` is the one way a command prints its result: the models' wire JSON on one line with
+``--json``, else a table per result type (``render``). ``follow_events`` and ``with_spinner``
+print as things happen.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,15 @@ import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from budgetkit.models import (
+from budgetkit import (
     Budget,
     BudgetCheckResult,
     BudgetEvent,
@@ -22,10 +28,11 @@ from budgetkit.models import (
     BudgetStatus,
     BudgetToolResponse,
     CalendarPeriod,
+    DebitResult,
     DurationPeriod,
     LedgerEntry,
+    Reservation,
 )
-from budgetkit.results import DebitResult, Reservation
 
 T = TypeVar("T")
 
@@ -57,6 +64,28 @@ def console() -> Console:
     if not out.is_terminal and "COLUMNS" not in os.environ:
         out = Console(highlight=False, width=PIPE_WIDTH)
     return out
+
+
+def to_json(value: Any) -> Any:
+    """The wire JSON of a model, list of models, or plain value."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [to_json(item) for item in value]
+    return value
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on one line of stdout (flushed: a follower reads it at once)."""
+    print(json.dumps(to_json(value), separators=(",", ":")), flush=True)
+
+
+def emit(value: Any, *, as_json: bool, title: str | None = None) -> None:
+    """A command's result: one JSON document with ``as_json``, else tables."""
+    if as_json:
+        print_json(value)
+    else:
+        render(value, title=title)
 
 
 def amount(value: float | None) -> str:

@@ -1,10 +1,7 @@
-"""The exported books: record types, stream ids, the sink protocol, organization discovery.
+"""The records of the exported books, and the stream ids that order them.
 
-Shared by the exporter (``budgetkit.export``), the sinks (``export_jsonl``, ``export_postgres``)
-and the book-keeping tools (``export_books``: reconcile, restore). Amounts are integer
-micro-units and times integer ms (``taken_us``: µs), exactly as Redis stores them.
-
-Three kinds of records leave Redis:
+Three kinds of records leave Redis (amounts integer micro-units, times integer ms, ``taken_us``
+µs, exactly as Redis stores them):
 
 - ``LedgerRecord``: one ledger stream entry; idempotent on its ledger id (``ledger_…``).
 - ``EventRow``: one entry of an organization's event stream; idempotent on (org, stream id).
@@ -12,62 +9,45 @@ Three kinds of records leave Redis:
   budget's ledger stream (``ledger_last_id``): the snapshot covers exactly the ledger entries
   with stream id ≤ that id. Idempotent on ``snapshot_id`` (a digest of org, budget, last id and
   fields), so exporting an unchanged budget twice stores it once.
+
+``ExportBatch`` is what one sink write stores; ``LedgerTotals`` what the books sum per budget.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from redis.asyncio import Redis
-
-from budgetkit.errors import BudgetkitError, CorruptState
-from budgetkit.keys import Keyspace
-from budgetkit.replies import EventRecord, ms_to_datetime, text_of
+from budgetkit.errors import CorruptState
+from budgetkit.replies import EventRecord, ms_to_datetime
 
 __all__ = [
-    "DEFAULT_CONSUMER",
-    "DEFAULT_GROUP",
+    "LIMIT_CHANGE_SOURCE",
+    "PERIOD_RESET_SOURCE",
     "ZERO_STREAM_ID",
     "BudgetSnapshotRecord",
     "EventRow",
     "ExportBatch",
-    "ExportSink",
     "LedgerRecord",
     "LedgerTotals",
-    "RestoreConflict",
     "StreamId",
-    "budget_ids",
-    "discover_organizations",
     "format_stream_id",
     "next_stream_id",
     "parse_stream_id",
 ]
-
-#: Consumer group and consumer name of the exporter (restore creates the group too).
-DEFAULT_GROUP = "budgetkit-export"
-DEFAULT_CONSUMER = "exporter"
 
 #: A Redis stream id as (ms, sequence): compares like the stream orders its entries.
 StreamId = tuple[int, int]
 
 ZERO_STREAM_ID = "0-0"
 
-#: Keys examined per SCAN step when discovering organizations.
-SCAN_COUNT = 1000
-
-#: Budget ids read per ZRANGE page of an organization index.
-INDEX_PAGE = 1000
-
 #: Source of the ledger entries that move the limit (amount = old limit - new limit).
 LIMIT_CHANGE_SOURCE = "limit_change"
-
-
-class RestoreConflict(BudgetkitError):
-    """restore() found budget keys that already exist; it restores into an empty Redis only."""
+#: Source of the ledger entries a period rollover writes (amount = balance - limit).
+PERIOD_RESET_SOURCE = "period_reset"
 
 
 def parse_stream_id(text: str) -> StreamId:
@@ -350,83 +330,3 @@ class LedgerTotals:
         last = self.last_stream_id
         if last is None or record.sid > parse_stream_id(last):
             self.last_stream_id = record.stream_id
-
-
-class ExportSink(Protocol):
-    """A durable store of the books. Every write is idempotent on the records' ids, so an
-    at-least-once exporter never duplicates anything; a write returns only once it is durable
-    (the exporter acknowledges, and may trim, the stream entries only after that)."""
-
-    async def write(self, batch: ExportBatch) -> None: ...
-
-    async def organizations(self) -> list[str]:
-        """Every organization the books know (sorted)."""
-        ...
-
-    async def snapshots(self, organization_id: str) -> dict[str, BudgetSnapshotRecord]:
-        """The latest snapshot of each budget of the organization, by budget id."""
-        ...
-
-    async def ledger_totals(
-        self,
-        organization_id: str,
-        until: Mapping[str, str] | None = None,
-        probe_ids: Collection[str] = (),
-    ) -> tuple[dict[str, LedgerTotals], set[str]]:
-        """Per budget totals of the exported entries (with ``until``: only those budgets, and
-        only entries with stream id ≤ until[budget]); and which of ``probe_ids`` (ledger ids)
-        the books hold. Both read from one consistent view of the books."""
-        ...
-
-    async def ledger_entries(
-        self,
-        organization_id: str,
-        budget_id: str | None = None,
-        after: Mapping[str, str] | None = None,
-    ) -> list[LedgerRecord]:
-        """Entries sorted by (budget id, stream id); ``after``: only those budgets, only entries
-        with stream id > after[budget]."""
-        ...
-
-    async def events(self, organization_id: str) -> list[EventRow]:
-        """The organization's exported events in stream order."""
-        ...
-
-    async def last_event_id(self, organization_id: str) -> str | None: ...
-
-    async def aclose(self) -> None: ...
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-async def discover_organizations(
-    redis: Redis, keys: Keyspace, *, scan_count: int = SCAN_COUNT
-) -> list[str]:
-    """Every organization with a budget index (``P:{org}:all``), by SCAN (never KEYS).
-
-    Bounded work per step (``scan_count`` keys per SCAN call); a full iteration visits the
-    keyspace once. On a Redis Cluster, redis-py's ``scan_iter`` fans out over every primary.
-    """
-    pattern = _glob_escape(keys.prefix) + ":{*}:all"
-    head = keys.prefix + ":{"
-    found: set[str] = set()
-    async for raw in redis.scan_iter(match=pattern, count=scan_count, _type="zset"):
-        name = text_of(raw)
-        if name.startswith(head) and name.endswith("}:all"):
-            found.add(name[len(head) : -len("}:all")])
-    return sorted(found)
-
-
-async def budget_ids(redis: Redis, keys: Keyspace, organization_id: str) -> list[str]:
-    """Every budget id of the organization's index, oldest first (paged ZRANGE)."""
-    index = keys.org_index(organization_id)
-    seen: dict[str, None] = {}  # ordered set: a budget created meanwhile may shift a page
-    start = 0
-    while True:
-        page: Sequence[Any] = await redis.zrange(index, start, start + INDEX_PAGE - 1)
-        seen.update((text_of(v), None) for v in page)
-        start += INDEX_PAGE
-        if len(page) < INDEX_PAGE:
-            return list(seen)

@@ -26,7 +26,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from budgetkit.errors import InvalidInput
-from budgetkit.export_base import (
+from budgetkit.export.records import (
     BudgetSnapshotRecord,
     EventRow,
     ExportBatch,

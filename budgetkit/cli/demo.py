@@ -4,7 +4,8 @@ Several concurrent sessions share stacked session / user / org budgets (some per
 worker checks before each simulated LLM call and debits after it. Events are printed as they
 fire; the run ends with a table of budgets and a reconciliation line (balance == limit - Σ
 ledger, exactly). Time is simulated (a clock that advances per call), so periodic budgets reset
-within seconds. With no Redis URL it runs on an in-process fakeredis server.
+within seconds. With no Redis URL it runs on an in-process fakeredis server
+(``in_process_redis``).
 """
 
 from __future__ import annotations
@@ -17,17 +18,26 @@ from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 
+from budgetkit import Budget, BudgetEvent, BudgetKit, Scope
 from budgetkit.amounts import MICROS_PER_UNIT
-from budgetkit.client import BudgetKit
 from budgetkit.ids import uuid7_hex
-from budgetkit.models import Budget, BudgetEvent
-from budgetkit.scope import Scope
 
 WORKERS = 6
 CALLS_PER_WORKER_MAX = 40
 SIM_STEP = timedelta(minutes=1)
 USD_PER_MTOK_IN, USD_PER_MTOK_OUT = 2.0, 8.0
 EVENT_DRAIN_TIMEOUT_S = 2.0
+
+
+def in_process_redis() -> Redis:
+    """A fakeredis server in this process, for a demo without a Redis URL.
+
+    fakeredis is imported here, not with the module: only this path needs it, and its import
+    costs every other command ~80 ms.
+    """
+    import fakeredis
+
+    return fakeredis.FakeAsyncRedis()
 
 
 @dataclass

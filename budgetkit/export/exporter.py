@@ -1,10 +1,10 @@
-"""Ledger export: drain every organization's ledger and event streams into durable books.
+"""The exporter: drains every organization's ledger and event streams into durable books.
 
-The exporter reads each stream through a Redis consumer group (at-least-once), writes what it
-read to a sink (``JsonlSink``, ``PostgresSink``: idempotent on the entry id), and only then
-acknowledges the entries (XACK) and trims them from Redis (XTRIM MINID below the oldest entry
-any group of the stream has not acknowledged). So Redis keeps only what is not exported yet,
-and its memory stays bounded under continuous load.
+It reads each stream through a Redis consumer group (at-least-once), writes what it read to a
+sink (``JsonlSink``, ``PostgresSink``: idempotent on the entry id), and only then acknowledges
+the entries (XACK) and trims them from Redis (XTRIM MINID below the oldest entry any group of
+the stream has not acknowledged). So Redis keeps only what is not exported yet, and its memory
+stays bounded under continuous load.
 
 One pass (``export_once``), per organization (found by SCAN of ``P:{org}:all``):
 
@@ -17,8 +17,6 @@ One pass (``export_once``), per organization (found by SCAN of ``P:{org}:all``):
    the sink (with the chunk's snapshots in the first write), then acknowledged.
 3. the organization's event stream, the same way.
 4. with ``trim``: XTRIM MINID of every stream this pass acknowledged entries on.
-
-``reconcile`` and ``restore`` (``budgetkit.export_books``) read the books back.
 """
 
 from __future__ import annotations
@@ -27,9 +25,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -38,64 +35,38 @@ from redis.exceptions import ResponseError
 
 from budgetkit.client import BudgetKit
 from budgetkit.errors import InvalidInput
-from budgetkit.export_base import (
-    DEFAULT_CONSUMER,
-    DEFAULT_GROUP,
-    SCAN_COUNT,
+from budgetkit.export.records import (
     ZERO_STREAM_ID,
     BudgetSnapshotRecord,
     EventRow,
     ExportBatch,
-    ExportSink,
     LedgerRecord,
-    LedgerTotals,
-    RestoreConflict,
-    budget_ids,
-    discover_organizations,
     next_stream_id,
     parse_stream_id,
 )
-from budgetkit.export_books import (
-    BudgetDrift,
-    ReconcileReport,
-    RestoreReport,
-    reconcile,
-    restore,
+from budgetkit.export.sinks import ExportSink
+from budgetkit.export.streams import (
+    DEFAULT_CONSUMER,
+    DEFAULT_GROUP,
+    SCAN_COUNT,
+    budget_ids,
+    chunks,
+    discover_organizations,
+    is_busy_group,
+    is_missing_key,
+    keyspace,
+    last_stream_id,
+    stream_replies,
 )
-from budgetkit.export_jsonl import JsonlSink
-from budgetkit.export_postgres import PostgresSink
 from budgetkit.replies import text_of
 
-__all__ = [
-    "DEFAULT_CONSUMER",
-    "DEFAULT_GROUP",
-    "BudgetDrift",
-    "BudgetSnapshotRecord",
-    "EventRow",
-    "ExportBatch",
-    "ExportSink",
-    "ExportStats",
-    "Exporter",
-    "JsonlSink",
-    "LedgerRecord",
-    "LedgerTotals",
-    "PostgresSink",
-    "ReconcileReport",
-    "RestoreConflict",
-    "RestoreReport",
-    "discover_organizations",
-    "export_once",
-    "open_sink",
-    "reconcile",
-    "restore",
-    "run_exporter",
-]
-
-log = logging.getLogger("budgetkit.export")
+__all__ = ["ExportOptions", "ExportStats", "Exporter", "export_once", "run_exporter"]
 
 #: Entries read per stream per XREADGROUP (``batch``), default and bound.
 BATCH_DEFAULT = 500
 BATCH_MAX = 10_000
+#: Bound of ``rounds_max`` and ``scan_count``.
+ROUNDS_SCAN_MAX = 1_000_000
 #: Ledger streams per XREADGROUP / budgets per snapshot MULTI.
 STREAMS_PER_READ = 64
 #: A budget whose balance keeps moving is snapshotted at most this often (config changes and
@@ -105,6 +76,49 @@ SNAPSHOT_INTERVAL_S = 60.0
 CLAIM_IDLE_MS = 60_000
 #: Reads per stream group per pass: under a load the exporter cannot drain, a pass still ends.
 ROUNDS_MAX = 100
+
+#: Rows of one read: (stream key, stream id, fields).
+Rows = list[tuple[str, str, dict[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportOptions:
+    """How an exporter reads, writes and trims (validated on construction: InvalidInput).
+
+    ``group``/``consumer``: the Redis consumer group and this exporter's name in it; a
+    replacement with the same ``consumer`` takes over the entries its predecessor read but never
+    acknowledged. ``batch``: entries per stream per read (1..10,000). ``trim``: trim exported
+    entries from Redis. ``rounds_max``: reads per stream group per pass (1..10⁶).
+    ``scan_count``: SCAN COUNT of organization discovery (1..10⁶). ``claim_idle_ms``: entries of
+    the group pending that long for another consumer are taken over (XAUTOCLAIM) and exported by
+    this one. ``snapshot_interval_s``: how often a budget whose balance keeps moving is
+    snapshotted.
+    """
+
+    group: str = DEFAULT_GROUP
+    consumer: str = DEFAULT_CONSUMER
+    batch: int = BATCH_DEFAULT
+    trim: bool = True
+    rounds_max: int = ROUNDS_MAX
+    scan_count: int = SCAN_COUNT
+    claim_idle_ms: int = CLAIM_IDLE_MS
+    snapshot_interval_s: float = SNAPSHOT_INTERVAL_S
+
+    def __post_init__(self) -> None:
+        if not _int_in(self.batch, 1, BATCH_MAX):
+            raise InvalidInput(f"batch must be an int in [1, {BATCH_MAX}]")
+        if not _int_in(self.rounds_max, 1, ROUNDS_SCAN_MAX):
+            raise InvalidInput(f"rounds_max must be an int in [1, {ROUNDS_SCAN_MAX}]")
+        if not _int_in(self.scan_count, 1, ROUNDS_SCAN_MAX):
+            raise InvalidInput(f"scan_count must be an int in [1, {ROUNDS_SCAN_MAX}]")
+        if not _int_in(self.claim_idle_ms, 0, 2**63 - 1):
+            raise InvalidInput("claim_idle_ms must be an int >= 0")
+        if not self.group or not self.consumer:
+            raise InvalidInput("group and consumer must be non-empty names")
+
+
+def _int_in(value: object, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
 
 @dataclass(slots=True)
@@ -143,86 +157,29 @@ def _config_digest(snap: BudgetSnapshotRecord) -> str:
     return hashlib.sha256(json.dumps(stable).encode("utf-8")).hexdigest()
 
 
-def _stream_replies(raw: Any) -> list[tuple[str, list[tuple[str, dict[str, str] | None]]]]:
-    """XREADGROUP's reply (RESP2 list or RESP3 dict) as [(key, [(id, fields or None)])]."""
-    if not raw:
-        return []
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    out = []
-    for key, entries in pairs:
-        rows = entries
-        if isinstance(raw, dict) and entries and isinstance(entries[0], list):
-            rows = entries[0]  # RESP3: {key: [[entries]]}
-        decoded: list[tuple[str, dict[str, str] | None]] = []
-        for sid, values in rows:
-            if values:
-                decoded.append((text_of(sid), {text_of(k): text_of(v) for k, v in values.items()}))
-            else:
-                decoded.append((text_of(sid), None))  # deleted while pending
-        out.append((text_of(key), decoded))
-    return out
-
-
-def _is_missing_key(error: Exception) -> bool:
-    return isinstance(error, ResponseError) and "requires the key to exist" in str(error)
-
-
-def _is_busy_group(error: Exception) -> bool:
-    return isinstance(error, ResponseError) and str(error).startswith("BUSYGROUP")
-
-
-def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 class Exporter:
     """Drains ledger and event streams into ``sink``; keeps state between passes (which streams
-    have the group, which snapshots were written). One exporter per consumer group at a time;
-    a replacement with the same ``consumer`` name takes over the entries its predecessor read
-    but never acknowledged.
-
-    ``batch``: entries per stream per read (1..10,000). ``trim``: trim exported entries.
-    ``rounds_max``: reads per stream group per pass. ``scan_count``: SCAN COUNT of discovery.
-    ``claim_idle_ms``: entries of the group pending that long for another consumer are taken
-    over (XAUTOCLAIM) and exported by this one. ``snapshot_interval_s``: how often a budget
-    whose balance keeps moving is snapshotted.
-    """
+    have the group, which snapshots were written). One exporter per consumer group at a time
+    (``options``: ``ExportOptions``, its defaults when None)."""
 
     def __init__(
-        self,
-        kit: BudgetKit,
-        sink: ExportSink,
-        *,
-        group: str = DEFAULT_GROUP,
-        consumer: str = DEFAULT_CONSUMER,
-        batch: int = BATCH_DEFAULT,
-        trim: bool = True,
-        rounds_max: int = ROUNDS_MAX,
-        scan_count: int = SCAN_COUNT,
-        claim_idle_ms: int = CLAIM_IDLE_MS,
-        snapshot_interval_s: float = SNAPSHOT_INTERVAL_S,
+        self, kit: BudgetKit, sink: ExportSink, *, options: ExportOptions | None = None
     ) -> None:
-        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= BATCH_MAX:
-            raise InvalidInput(f"batch must be an int in [1, {BATCH_MAX}]")
-        if not 1 <= rounds_max <= 1_000_000 or not 1 <= scan_count <= 1_000_000:
-            raise InvalidInput("rounds_max and scan_count must be in [1, 1000000]")
-        self.kit = kit
-        self.sink = sink
-        self.group = group
-        self.consumer = consumer
-        self.batch = batch
-        self.trim = trim
-        self.rounds_max = rounds_max
-        self.scan_count = scan_count
-        self.claim_idle_ms = claim_idle_ms
-        self.snapshot_interval_s = snapshot_interval_s
+        self._kit = kit
+        self._sink = sink
+        self._options = options or ExportOptions()
         self._redis: Redis = kit.redis
+        self._keys = keyspace(kit)
         self._grouped: set[str] = set()  # streams known to have our group
         self._written: dict[tuple[str, str], _Written] = {}  # last snapshot written per budget
         self._seen_last_id: dict[tuple[str, str], str] = {}  # ledger last id at the last pass
         self._currency: dict[tuple[str, str], str] = {}
         self._organizations: list[str] = []
+
+    @property
+    def options(self) -> ExportOptions:
+        """The options this exporter runs with (read-only)."""
+        return self._options
 
     # -- passes -------------------------------------------------------------------------------
 
@@ -245,7 +202,7 @@ class Exporter:
         else:
             if rediscover or not self._organizations:
                 self._organizations = await discover_organizations(
-                    self._redis, self.kit.keys, scan_count=self.scan_count
+                    self._redis, self._keys, scan_count=self._options.scan_count
                 )
             orgs = self._organizations
         for org in orgs:
@@ -295,47 +252,54 @@ class Exporter:
     # -- one organization ---------------------------------------------------------------------
 
     async def _export_org(self, org: str, stats: ExportStats, sweep: bool) -> None:
-        keys = self.kit.keys
-        ids = await budget_ids(self._redis, keys, org)
-        stats.budgets += len(ids)
         touched: set[str] = set()
-        for chunk in _chunks(ids, STREAMS_PER_READ):
+        await self._export_ledgers(org, stats, sweep, touched)
+        await self._export_events(org, stats, sweep, touched)
+        if self._options.trim and touched:
+            stats.trimmed += await self._trim(sorted(touched))
+
+    async def _export_ledgers(
+        self, org: str, stats: ExportStats, sweep: bool, touched: set[str]
+    ) -> None:
+        """Every ledger stream of the organization, ``STREAMS_PER_READ`` budgets at a time."""
+        ids = await budget_ids(self._redis, self._keys, org)
+        stats.budgets += len(ids)
+        for chunk in chunks(ids, STREAMS_PER_READ):
             snapshots = await self._snapshots(org, chunk)
-            streams = {keys.ledger(org, bid): bid for bid in chunk}
+            streams = {self._keys.ledger(org, bid): bid for bid in chunk}
             await self._ensure_groups(list(streams))
             readable = [k for k in streams if k in self._grouped]
 
-            def ledger_batch(
-                rows: list[tuple[str, str, dict[str, str]]],
-                streams: Mapping[str, str] = streams,
-            ) -> ExportBatch:
+            def ledger_batch(rows: Rows, streams: Mapping[str, str] = streams) -> ExportBatch:
                 batch = ExportBatch()
                 for key, sid, values in rows:
                     currency = self._currency.get((org, streams[key]), "")
                     batch.ledger.append(LedgerRecord.from_stream(org, currency, sid, values))
                 return batch
 
-            written = await self._drain(readable, ledger_batch, snapshots, touched)
+            stats.entries += await self._drain(readable, ledger_batch, snapshots, touched)
+            stats.snapshots += len(snapshots)
             if sweep:
                 touched.update(readable)
-            stats.entries += written
-            stats.snapshots += len(snapshots)
-        events_key = keys.events(org)
+
+    async def _export_events(
+        self, org: str, stats: ExportStats, sweep: bool, touched: set[str]
+    ) -> None:
+        events_key = self._keys.events(org)
         await self._ensure_groups([events_key])
-        if events_key in self._grouped:
+        if events_key not in self._grouped:
+            return
 
-            def event_batch(rows: list[tuple[str, str, dict[str, str]]]) -> ExportBatch:
-                return ExportBatch(events=[EventRow.from_stream(org, s, v) for _, s, v in rows])
+        def event_batch(rows: Rows) -> ExportBatch:
+            return ExportBatch(events=[EventRow.from_stream(org, s, v) for _, s, v in rows])
 
-            stats.events += await self._drain([events_key], event_batch, [], touched)
-            if sweep:
-                touched.add(events_key)
-        if self.trim and touched:
-            stats.trimmed += await self._trim(sorted(touched))
+        stats.events += await self._drain([events_key], event_batch, [], touched)
+        if sweep:
+            touched.add(events_key)
 
     async def _snapshots(self, org: str, chunk: Sequence[str]) -> list[BudgetSnapshotRecord]:
         """Changed budgets of the chunk, read in one MULTI with their ledgers' last ids."""
-        keys = self.kit.keys
+        keys = self._keys
         pipe = self._redis.pipeline(transaction=True)
         pipe.time()
         for bid in chunk:
@@ -350,11 +314,7 @@ class Exporter:
             if isinstance(raw_hash, Exception) or not raw_hash:
                 continue  # indexed but gone: nothing to snapshot
             values = {text_of(k): text_of(v) for k, v in raw_hash.items()}
-            last = ZERO_STREAM_ID
-            if isinstance(info, dict):
-                last = text_of(info["last-generated-id"])
-            elif isinstance(info, Exception) and not str(info).startswith("no such key"):
-                raise info
+            last = last_stream_id(info) or ZERO_STREAM_ID
             snap = BudgetSnapshotRecord(org, bid, taken_us, last, values)
             self._currency[(org, bid)] = values.get("cur", "")
             if self._wants_snapshot(snap):
@@ -374,7 +334,7 @@ class Exporter:
         if written.snapshot_id == snap.snapshot_id:
             return False
         at_rest = self._seen_last_id.get(key) == snap.ledger_last_id
-        return at_rest or time.monotonic() - written.at >= self.snapshot_interval_s
+        return at_rest or time.monotonic() - written.at >= self._options.snapshot_interval_s
 
     async def _ensure_groups(self, stream_keys: Sequence[str]) -> None:
         """XGROUP CREATE at id 0 on streams not known to have the group (no MKSTREAM: a
@@ -384,17 +344,19 @@ class Exporter:
             return
         pipe = self._redis.pipeline(transaction=False)
         for key in missing:
-            pipe.xgroup_create(key, self.group, id="0")
+            pipe.xgroup_create(key, self._options.group, id="0")
         for key, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
-            if not isinstance(reply, Exception) or _is_busy_group(reply):
+            if not isinstance(reply, Exception) or is_busy_group(reply):
                 self._grouped.add(key)
-            elif not _is_missing_key(reply):
+            elif not is_missing_key(reply):
                 raise reply
 
     async def _read(self, streams: Mapping[str, str]) -> Any:
         wanted: dict[Any, Any] = dict(streams)
         try:
-            return await self._redis.xreadgroup(self.group, self.consumer, wanted, count=self.batch)
+            return await self._redis.xreadgroup(
+                self._options.group, self._options.consumer, wanted, count=self._options.batch
+            )
         except ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
@@ -405,13 +367,13 @@ class Exporter:
             if not present:
                 return []
             return await self._redis.xreadgroup(
-                self.group, self.consumer, present, count=self.batch
+                self._options.group, self._options.consumer, present, count=self._options.batch
             )
 
     async def _drain(
         self,
         stream_keys: Sequence[str],
-        to_batch: Callable[[list[tuple[str, str, dict[str, str]]]], ExportBatch],
+        to_batch: Callable[[Rows], ExportBatch],
         snapshots: list[BudgetSnapshotRecord],
         touched: set[str],
     ) -> int:
@@ -421,16 +383,16 @@ class Exporter:
         carry = snapshots
         for start_id in ("0", ">"):  # "0": delivered to us, never acknowledged; ">": new
             active = dict.fromkeys(stream_keys, start_id)
-            for _ in range(self.rounds_max):
+            for _ in range(self._options.rounds_max):
                 if not active:
                     break
-                replies = _stream_replies(await self._read(active))
+                replies = stream_replies(await self._read(active))
                 rows = [(k, sid, v) for k, entries in replies for sid, v in entries if v]
                 acks = {k: [sid for sid, _ in entries] for k, entries in replies if entries}
                 batch = to_batch(rows)
                 batch.snapshots = carry
                 if len(batch):
-                    await self.sink.write(batch)
+                    await self._sink.write(batch)
                     self._remember(carry)
                     carry = []
                 if acks:
@@ -438,10 +400,10 @@ class Exporter:
                     touched.update(acks)
                 written += len(rows)
                 # A stream is drained when a read returns fewer than `batch` entries for it.
-                full = {k for k, ids in acks.items() if len(ids) >= self.batch}
+                full = {k for k, ids in acks.items() if len(ids) >= self._options.batch}
                 active = {k: active[k] for k in active if k in full}
         if carry:
-            await self.sink.write(ExportBatch(snapshots=carry))
+            await self._sink.write(ExportBatch(snapshots=carry))
             self._remember(carry)
         return written
 
@@ -454,7 +416,7 @@ class Exporter:
     async def _ack(self, acks: Mapping[str, list[str]]) -> None:
         pipe = self._redis.pipeline(transaction=False)
         for key, ids in acks.items():
-            pipe.xack(key, self.group, *ids)
+            pipe.xack(key, self._options.group, *ids)
         await pipe.execute()
 
     async def _trim(self, stream_keys: Sequence[str]) -> int:
@@ -487,8 +449,10 @@ class Exporter:
                     bounds.setdefault(key, []).append("0-1")
                     continue
                 bounds.setdefault(key, []).append(text_of(summary["min"]))
-                others = [c for c in summary["consumers"] if text_of(c["name"]) != self.consumer]
-                if name == self.group and others:
+                others = [
+                    c for c in summary["consumers"] if text_of(c["name"]) != self._options.consumer
+                ]
+                if name == self._options.group and others:
                     orphaned.append(key)
             await self._claim(orphaned)
         pipe = self._redis.pipeline(transaction=False)
@@ -511,7 +475,12 @@ class Exporter:
         pipe = self._redis.pipeline(transaction=False)
         for key in stream_keys:
             pipe.xautoclaim(
-                key, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+                key,
+                self._options.group,
+                self._options.consumer,
+                self._options.claim_idle_ms,
+                "0-0",
+                count=self._options.batch,
             )
         await pipe.execute()
 
@@ -521,43 +490,25 @@ async def export_once(
     sink: ExportSink,
     *,
     organizations: Sequence[str] | None = None,
-    group: str = DEFAULT_GROUP,
-    consumer: str = DEFAULT_CONSUMER,
-    batch: int = BATCH_DEFAULT,
-    trim: bool = True,
+    options: ExportOptions | None = None,
 ) -> ExportStats:
     """One export pass with a fresh ``Exporter`` (see the module docstring)."""
-    exporter = Exporter(kit, sink, group=group, consumer=consumer, batch=batch, trim=trim)
-    return await exporter.export_once(organizations)
+    return await Exporter(kit, sink, options=options).export_once(organizations)
 
 
 async def run_exporter(
     kit: BudgetKit,
     sink: ExportSink,
     *,
-    batch: int = BATCH_DEFAULT,
-    trim: bool = True,
+    options: ExportOptions | None = None,
     interval_s: float = 0.5,
     stop_after_s: float | None = None,
     passes_max: int | None = None,
     stop: asyncio.Event | None = None,
-    group: str = DEFAULT_GROUP,
-    consumer: str = DEFAULT_CONSUMER,
 ) -> ExportStats:
     """Export passes every ``interval_s`` until ``stop`` is set, ``stop_after_s`` elapsed or
     ``passes_max`` passes ran (or the task is cancelled); returns the summed stats."""
-    exporter = Exporter(kit, sink, group=group, consumer=consumer, batch=batch, trim=trim)
+    exporter = Exporter(kit, sink, options=options)
     return await exporter.run(
         interval_s=interval_s, stop_after_s=stop_after_s, passes_max=passes_max, stop=stop
     )
-
-
-async def open_sink(spec: str, *, schema: str = "budgetkit", fsync: bool = True) -> ExportSink:
-    """A sink from a CLI-style spec: ``postgresql://…`` / ``postgres://…`` (opened, tables
-    created in ``schema``), ``jsonl:DIR`` or a plain directory path (JSON Lines)."""
-    if spec.startswith(("postgresql://", "postgres://")):
-        return await PostgresSink.connect(spec, schema=schema)
-    directory = spec.removeprefix("jsonl:")
-    if not directory:
-        raise InvalidInput("a sink is postgresql://… or jsonl:DIRECTORY")
-    return JsonlSink(directory, fsync=fsync)

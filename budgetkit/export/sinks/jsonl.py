@@ -1,7 +1,7 @@
 """JSON Lines books: append-only files in one directory, deduplicated on read.
 
 ``budgets.jsonl`` (budget snapshots), ``ledger.jsonl`` (ledger entries) and ``events.jsonl``
-(events), one JSON object per line (``budgetkit.export_base`` documents each record). A write
+(events), one JSON object per line (``budgetkit.export.records`` documents each record). A write
 appends every line of the batch, flushes and (by default) fsyncs before it returns, so the
 exporter acknowledges only entries that are on disk. Writes are at-least-once: an entry
 re-delivered after a crash is appended again, and readers keep the first line of each id
@@ -11,7 +11,7 @@ in ``skipped_lines``): its entry was never acknowledged, so it is delivered and 
 Reading is incremental: the sink remembers how far it has parsed each file and reads only what
 was appended since (other processes may append meanwhile). Rotated files named ``ledger*.jsonl``
 (and so on) are read too, in name order. The whole book is indexed in memory, so this sink suits
-books of up to a few million entries; PostgreSQL (``export_postgres``) scales further.
+books of up to a few million entries; PostgreSQL (``PostgresSink``) scales further.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from budgetkit.errors import CorruptState
-from budgetkit.export_base import (
+from budgetkit.export.records import (
     BudgetSnapshotRecord,
     EventRow,
     ExportBatch,
