@@ -419,6 +419,7 @@ class BudgetKit:
         warn_fraction: Amount = DEFAULT_WARN_FRACTION,
         thresholds: Sequence[Amount] | None = None,
         idempotency_key: str | None = None,
+        rollover_max: Amount | None = None,
     ) -> Budget:
         """Creates a budget with ``balance = limit``; amounts in currency units.
 
@@ -428,7 +429,8 @@ class BudgetKit:
         period when the spend reaches it. ``idempotency_key``: a setup script run again with the
         same key gets the budget it created the first time (``get_budget``'s current view; kept
         for the budget's lifetime), never a second one; the same key with other arguments raises
-        IdempotencyConflict.
+        IdempotencyConflict. ``rollover_max`` (periodic budgets; SPEC §11): at each reset the
+        unused balance, up to this amount, is carried into the next period.
 
         A session-level budget applies to scopes whose *root* session is ``subject_id``: child
         sessions (``Scope(root_session_id=...)``) pool on their root's budgets, and a budget made
@@ -455,8 +457,9 @@ class BudgetKit:
             str(BUDGETS_PER_SUBJECT_MAX),
             convert.thresholds_text(thresholds),
         ]
+        roll = convert.rollover_text(rollover_max, strict=self._strict)
         common, record, record_args = self._mutation(
-            org, "create", idempotency_key, fields, keep=True
+            org, "create", idempotency_key, [*fields, roll], keep=True
         )
         keys = [
             self._keys.budget(org, bid),
@@ -465,7 +468,8 @@ class BudgetKit:
             self._keys.events(org),
             record,
         ]
-        reply = await self._run("create", keys, [*common[:2], bid, *fields, *record_args])
+        args = [*common[:2], bid, *fields, *record_args, roll]
+        reply = await self._run("create", keys, args)
         created = reply.budgets[0]
         if reply.replayed:  # the budget as it is now, not as it was created
             return await self.get_budget(org, created.id)
@@ -511,9 +515,11 @@ class BudgetKit:
         metadata: Any = UNSET,
         warn_fraction: Amount | Unset = UNSET,
         thresholds: Sequence[Amount] | Unset | None = UNSET,
+        rollover_max: Amount | Unset | None = UNSET,
     ) -> Budget:
-        """Changes the given fields; an explicit None clears soft_limit, period, metadata or
-        thresholds. New thresholds fire at once when the spend already reaches them."""
+        """Changes the given fields; an explicit None clears soft_limit, period, metadata,
+        thresholds or rollover_max. New thresholds fire at once when the spend already reaches
+        them."""
         org, bid, key = self._budget_keys(organization_id, budget_id)
         common, record, record_args = self._mutation(org, "update")
         strict = self._strict
@@ -534,6 +540,8 @@ class BudgetKit:
             patch["metadata"] = convert.metadata_json(metadata)
         if not isinstance(thresholds, Unset):
             patch["thresholds"] = convert.thresholds_text(thresholds)
+        if not isinstance(rollover_max, Unset):
+            patch["rollover_max"] = convert.rollover_text(rollover_max, strict=strict)
         args = [*common, json.dumps(patch, separators=(",", ":")), *record_args]
         with _budget_named(org, bid):
             reply = await self._run("update", [key, self._keys.events(org), record], args)

@@ -117,6 +117,13 @@ def soft_micros(value: object, limit_micros: int | None, *, strict: bool = False
     return str(micros)
 
 
+def rollover_text(value: object, *, strict: bool = False) -> str:
+    """rollover_max in micros ('' for None): an amount >= 0 (SPEC §11)."""
+    if value is None:
+        return ""
+    return str(to_micros(value, field="rollover_max", strict=strict))
+
+
 def thresholds_text(thresholds: object) -> str:
     """Extra warning thresholds (spent fractions of the limit, e.g. [0.5, 0.8, 0.95]) as the
     scripts store them: ascending ppm, comma-separated; None or [] for none."""

@@ -408,6 +408,8 @@ class Budget(_WireModel):
     """A spending cap for a subject in a currency (the seed's ``Budget`` API DTO).
 
     Amounts are floats in currency units (exact to 1e-6: they come from integer micros).
+    ``rollover_max`` (SPEC §11; not in the seed, omitted from JSON when None): at each period
+    reset the unused balance, up to this, is carried into the next period.
     """
 
     id: BudgetId
@@ -424,6 +426,7 @@ class Budget(_WireModel):
     status: StatusField
     created_at: Timestamp
     updated_at: Timestamp
+    rollover_max: Amount | None = None
 
 
 class LedgerEntry(_WireModel):

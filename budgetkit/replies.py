@@ -28,7 +28,7 @@ from budgetkit.models import (
     parse_period,
 )
 
-RECORD_WIDTH = 18
+RECORD_WIDTH = 19
 SNAPSHOT_WIDTH = 10
 ENTRY_WIDTH = 9
 EVENT_WIDTH = 10
@@ -109,6 +109,7 @@ class BudgetRecord:
     soft_acknowledged: bool
     created_ms: int
     updated_ms: int
+    rollover_max_micros: int | None = None
 
     @classmethod
     def from_fields(cls, f: Sequence[Field]) -> BudgetRecord:
@@ -131,6 +132,7 @@ class BudgetRecord:
             soft_acknowledged=int(f[15]) == 1,
             created_ms=int(f[16]),
             updated_ms=int(f[17]),
+            rollover_max_micros=_opt_int(f[18]),
         )
 
     def to_budget(self) -> Budget:
@@ -143,7 +145,7 @@ class BudgetRecord:
 
     def _to_budget(self) -> Budget:
         period = parse_period(json.loads(self.period_json)) if self.period_json else None
-        started = self.period_started_ms
+        started, roll = self.period_started_ms, self.rollover_max_micros
         return Budget(
             id=self.id,
             organization_id=self.organization_id,
@@ -161,6 +163,7 @@ class BudgetRecord:
             status=BudgetStatus.parse(self.status),
             created_at=ms_to_datetime(self.created_ms),
             updated_at=ms_to_datetime(self.updated_ms),
+            rollover_max=None if roll is None else from_micros(roll),
         )
 
 

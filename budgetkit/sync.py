@@ -301,6 +301,7 @@ class BudgetKit:
         warn_fraction: Amount = DEFAULT_WARN_FRACTION,
         thresholds: Sequence[Amount] | None = None,
         idempotency_key: str | None = None,
+        rollover_max: Amount | None = None,
     ) -> Budget:
         """Creates a budget with ``balance = limit``; amounts in currency units.
 
@@ -310,7 +311,8 @@ class BudgetKit:
         period when the spend reaches it. ``idempotency_key``: a setup script run again with the
         same key gets the budget it created the first time (``get_budget``'s current view; kept
         for the budget's lifetime), never a second one; the same key with other arguments raises
-        IdempotencyConflict.
+        IdempotencyConflict. ``rollover_max`` (periodic budgets; SPEC §11): at each reset the
+        unused balance, up to this amount, is carried into the next period.
 
         A session-level budget applies to scopes whose *root* session is ``subject_id``: child
         sessions (``Scope(root_session_id=...)``) pool on their root's budgets, and a budget made
@@ -329,6 +331,7 @@ class BudgetKit:
                 warn_fraction=warn_fraction,
                 thresholds=thresholds,
                 idempotency_key=idempotency_key,
+                rollover_max=rollover_max,
             )
         )
 
@@ -371,9 +374,11 @@ class BudgetKit:
         metadata: Any = UNSET,
         warn_fraction: Amount | Unset = UNSET,
         thresholds: Sequence[Amount] | Unset | None = UNSET,
+        rollover_max: Amount | Unset | None = UNSET,
     ) -> Budget:
-        """Changes the given fields; an explicit None clears soft_limit, period, metadata or
-        thresholds. New thresholds fire at once when the spend already reaches them."""
+        """Changes the given fields; an explicit None clears soft_limit, period, metadata,
+        thresholds or rollover_max. New thresholds fire at once when the spend already reaches
+        them."""
         return self._run(
             self._core().update_budget(
                 organization_id=organization_id,
@@ -385,6 +390,7 @@ class BudgetKit:
                 metadata=metadata,
                 warn_fraction=warn_fraction,
                 thresholds=thresholds,
+                rollover_max=rollover_max,
             )
         )
 

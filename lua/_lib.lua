@@ -6,6 +6,8 @@
 --   lim soft bal held     limit (>0), soft limit spent-amount ('' = none), balance, outstanding holds
 --   wf                    warn fraction in parts per million, 0..1000000
 --   period pk ps pu       period JSON as given ('' = none); kind 'd' (seconds ps) or 'c' (unit pu)
+--   roll                  rollover_max: unused balance carried into the next period, at most
+--                         this ('' = none; SPEC §11)
 --   pstart                start of the current period in ms ('' = no period)
 --   meta                  metadata JSON ('' = none)
 --   status op ack wz      status; operator pause 0/1; soft limit acknowledged 0/1; in warning zone 0/1
@@ -13,7 +15,7 @@
 --                         separated ('' = none, at most 16); bitmask of those fired this period
 --   created updated       ms
 -- Reply shape shared by every script that returns budgets (see budgetkit/replies.py):
---   { now_ms, n_budgets, n_budgets * (18 record | 10 snapshot) fields,
+--   { now_ms, n_budgets, n_budgets * (19 record | 10 snapshot) fields,
 --     n_entries, n_entries * 9 ledger fields, n_events, n_events * 10 event fields }
 --   Scope scripts (check, debit, reserve, commit) send snapshots; the others full records.
 -- Errors are raised as 'BK_<CODE> <message>' and always before the first write.
@@ -117,7 +119,7 @@ end
 -- The fields the hot path (check, debit, holds) reads: identity, configuration needed by the
 -- rules and rollover, and the balance state. Records shown to callers read the whole hash.
 local HOT_FIELDS = { 'id', 'cur', 'lim', 'soft', 'bal', 'held', 'wf', 'pk', 'ps', 'pu', 'pstart',
-  'status', 'op', 'ack', 'wz', 'updated', 'thr', 'thrf' }
+  'status', 'op', 'ack', 'wz', 'updated', 'thr', 'thrf', 'roll' }
 local THRESHOLDS_MAX = 16
 local THRESHOLD_PPM_MAX = 10 * PPM
 
@@ -232,6 +234,9 @@ local function load_budget(key, full)
     corrupt(key, 'pk')
   end
   if b.pk ~= '' then b.pstart = stored_int(h, key, 'pstart', 0, MAX_MICROS) end
+  if h.roll ~= nil and h.roll ~= '' then
+    b.roll = stored_int(h, key, 'roll', 0, MAX_MICROS - b.lim)
+  end
   return b
 end
 
@@ -327,20 +332,47 @@ local function settle(batch, b, old_status, old_wz)
 end
 
 -- Applies an elapsed period: balance back to the limit, aligned start, a period_reset entry.
+-- Index of the UTC calendar bucket holding t_ms: consecutive buckets have consecutive indexes.
+local function bucket_index(t_ms, unit)
+  local days = math.floor(t_ms / MS_PER_DAY)
+  if unit == 'hour' then return math.floor(t_ms / 3600000) end
+  if unit == 'day' then return days end
+  if unit == 'week' then return math.floor((days + 3) / 7) end
+  local y, m = civil_from_days(days)
+  if unit == 'month' then return y * 12 + m end
+  return y
+end
+
+-- The balance after ``periods`` (>= 1) resets with no spend in between (SPEC §11): the limit,
+-- plus what rolls over: min(max(balance, 0), rollover_max) at the first reset, and at each
+-- further one min(the carry + limit, rollover_max).
+local function balance_after_resets(b, periods)
+  if b.roll == nil then return b.lim end
+  local carry = math.min(math.max(b.bal, 0), b.roll)
+  local room = b.roll - carry
+  if periods > 1 and room > 0 then
+    if periods - 1 >= room / b.lim then carry = b.roll else carry = carry + (periods - 1) * b.lim end
+  end
+  return b.lim + carry
+end
+
 local function rollover(batch, b)
   if b.pk == '' or batch.now < b.pstart then return end
-  local start
+  local start, periods
   if b.pk == 'd' then
     local len = b.ps * 1000
     if batch.now - b.pstart < len then return end
-    start = b.pstart + math.floor((batch.now - b.pstart) / len) * len
+    periods = math.floor((batch.now - b.pstart) / len)
+    start = b.pstart + periods * len
   else
     start = bucket_start(batch.now, b.pu)
     if start <= b.pstart then return end
+    periods = bucket_index(batch.now, b.pu) - bucket_index(b.pstart, b.pu)
   end
   local old_status, old_wz = b.status, b.wz
-  add_entry(batch, b, b.bal - b.lim, 'period_reset', 'period', fmt(b.pstart), nil, nil)
-  b.bal = b.lim
+  local new_bal = balance_after_resets(b, periods)
+  add_entry(batch, b, b.bal - new_bal, 'period_reset', 'period', fmt(b.pstart), nil, nil)
+  b.bal = new_bal
   b.ack = 0
   b.thrf = 0
   b.pstart = start
@@ -405,7 +437,7 @@ local function flush(batch, events_key)
     if b.config then
       redis.call('HSET', b.key, 'lim', fmt(b.lim), 'soft', opt(b.soft), 'wf', fmt(b.wf),
         'period', b.period, 'pk', b.pk, 'ps', opt(b.ps), 'pu', b.pu, 'meta', b.meta,
-        'thr', b.thr_text)
+        'thr', b.thr_text, 'roll', opt(b.roll))
     end
   end
   for _, u in ipairs(batch.unholds) do
@@ -430,7 +462,7 @@ end
 local function push_record(out, b)
   local fields = { b.id, b.org, b.st, b.sid, b.cur, fmt(b.lim), opt(b.soft), fmt(b.bal),
     fmt(b.held), fmt(b.wf), b.period, opt(b.pstart), b.meta, b.status, fmt(b.op),
-    fmt(b.ack), fmt(b.created), fmt(b.updated) }
+    fmt(b.ack), fmt(b.created), fmt(b.updated), opt(b.roll) }
   for _, v in ipairs(fields) do table.insert(out, v) end
 end
 

@@ -14,6 +14,7 @@
 -- ARGV[15]  metadata JSON ('' = none), ARGV[16] budgets per subject maximum
 -- ARGV[17]  extra warning thresholds: ascending spent fractions in ppm, comma-separated ('' = none)
 -- ARGV[18]  request fingerprint ('=' = a per-call request record), ARGV[19] record TTL ms
+-- ARGV[20]  rollover_max micros 0..2^53-1 ('' = none; needs a period; limit + it <= 2^53-1)
 --           (2^53-1 = kept for good: a keyed create replays for the budget's lifetime)
 -- Returns   the shared reply with the new budget ('replayed' + the stored reply on a replay)
 -- Errors    BK_LIMIT (limit/soft limit), BK_INVALID (arguments, duplicate id, too many budgets),
@@ -26,6 +27,7 @@ local limit_arg, soft_arg, wf_arg = ARGV[8], ARGV[9], ARGV[10]
 local period, pk, ps_arg, pu, meta = ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]
 local per_subject_max = tonumber(ARGV[16])
 local thr_text = ARGV[17]
+local roll_arg = ARGV[20] or ''
 local fingerprint, idem_ttl_ms = ARGV[18], arg_int(ARGV[19], 'idempotency ttl', 1, MAX_MICROS)
 
 local now = now_ms(now_arg)
@@ -54,6 +56,14 @@ elseif pk ~= '' then
   return fail('INVALID', 'unknown period kind')
 end
 local batch = new_batch(prefix, now, nil)
+local roll = nil
+if roll_arg ~= '' then
+  if pk == '' then return fail('INVALID', 'rollover_max needs a period') end
+  roll = arg_int(roll_arg, 'rollover_max', 0, MAX_MICROS)
+  if roll > MAX_MICROS - lim then
+    return fail('LIMIT', 'limit + rollover_max must be at most 2^53-1 micro-units')
+  end
+end
 local replay, receipt = idem_replay(idem_key, fingerprint, now)
 if replay ~= nil then return replay end
 if receipt ~= nil then
@@ -70,7 +80,7 @@ end
 local b = { key = budget_key, id = id, org = org, st = st, sid = sid, cur = cur, lim = lim,
   soft = soft, bal = lim, held = 0, wf = wf, period = period, pk = pk, ps = ps, pu = pu,
   meta = meta, status = 'active', op = 0, ack = 0, wz = 0, created = now, updated = now,
-  thr = thr, thr_text = thr_text, thrf = 0, config = true }
+  thr = thr, thr_text = thr_text, thrf = 0, roll = roll, config = true }
 b.pstart = period_start_at(b, now)
 redis.call('HSET', budget_key, 'id', id, 'org', org, 'st', st, 'sid', sid, 'cur', cur,
   'created', fmt(now))

@@ -9,7 +9,8 @@
 --           string: limit (micros 1..2^53-1), soft_limit (micros, '' = clear), status ('active' |
 --           'paused' | 'disabled'), period ([period JSON ('' = clear), kind '' | 'd' | 'c',
 --           seconds (kind d), calendar unit (kind c)]), warn_fraction_ppm (0..1e6), metadata
---           (JSON, '' = clear), thresholds (ascending spent fractions in ppm, comma-separated)
+--           (JSON, '' = clear), thresholds (ascending spent fractions in ppm, comma-separated),
+--           rollover_max (micros 0..2^53-1-limit, '' = clear; needs a period)
 -- ARGV[5]   request fingerprint ('='), ARGV[6] record TTL ms (a resent call replays its reply)
 -- Returns   the shared reply with the budget
 -- Errors    BK_NOT_FOUND, BK_LIMIT, BK_STATUS, BK_INVALID, BK_CORRUPT
@@ -21,7 +22,7 @@ local fingerprint, idem_ttl_ms = ARGV[5], arg_int(ARGV[6], 'idempotency ttl', 1,
 local decoded_ok, patch = pcall(cjson.decode, ARGV[4])
 if not decoded_ok or type(patch) ~= 'table' then return fail('INVALID', 'patch must be JSON') end
 local PATCH_TEXT = { limit = true, soft_limit = true, status = true, warn_fraction_ppm = true,
-  metadata = true, thresholds = true }
+  metadata = true, thresholds = true, rollover_max = true }
 for name, value in pairs(patch) do
   local text_ok = PATCH_TEXT[name] and type(value) == 'string'
   local period_ok = name == 'period' and type(value) == 'table' and #value == 4
@@ -82,6 +83,18 @@ if thr_given then
     return fail('INVALID', 'thresholds must be at most 16 ascending ppm in (0, 1e7]')
   end
 end
+local roll = b.roll
+if patch.rollover_max ~= nil then
+  roll = nil
+  if patch.rollover_max ~= '' then
+    roll = arg_int(patch.rollover_max, 'rollover_max', 0, MAX_MICROS)
+  end
+end
+local resulting_pk = period_given and pk or b.pk
+if roll ~= nil and resulting_pk == '' then return fail('INVALID', 'rollover_max needs a period') end
+if roll ~= nil and roll > MAX_MICROS - lim then
+  return fail('LIMIT', 'limit + rollover_max must be at most 2^53-1 micro-units')
+end
 local delta = lim - b.lim
 if b.bal + delta > MAX_MICROS or b.bal + delta < -MAX_MICROS then
   return fail('LIMIT', 'balance would leave the representable range')
@@ -94,7 +107,7 @@ if delta ~= 0 then
   b.bal = b.bal + delta
 end
 if delta ~= 0 or soft ~= b.soft then b.ack = 0 end
-b.lim, b.soft, b.wf = lim, soft, wf
+b.lim, b.soft, b.wf, b.roll = lim, soft, wf, roll
 if period_given and period[1] ~= b.period then
   b.period, b.pk, b.ps, b.pu = period[1], pk, ps, pu
   b.pstart = period_start_at(b, batch.now)

@@ -47,6 +47,7 @@ from typing import Any
 
 PPM = 1_000_000
 MS_PER_SECOND = 1000
+MAX_MICROS = 2**53 - 1  # SPEC §2: the largest amount, limit or balance
 LEVELS = ("session", "app_channel", "app", "agent", "user", "org")
 CALENDAR_UNITS = ("hour", "day", "week", "month", "year")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -186,6 +187,7 @@ class Budget:
     initial_limit: int
     operator_pause: bool = False
     acknowledged: bool = False
+    rollover_max: int | None = None
     warning_zone: bool = False
     ledger: list[Entry] = field(default_factory=list)
 
@@ -321,11 +323,27 @@ class Model:
             if start <= b.period_start:
                 return
         old_status, old_zone = b.status, b.warning_zone
-        self._entry(out, b, b.balance - b.limit, "period_reset")
-        b.balance = b.limit
+        balance = b.balance
+        for _ in range(self._resets_elapsed(b, kind, seconds, unit)):  # SPEC §11, one at a time
+            carried = 0 if b.rollover_max is None else min(max(balance, 0), b.rollover_max)
+            balance = b.limit + carried
+        self._entry(out, b, b.balance - balance, "period_reset")
+        b.balance = balance
         b.acknowledged = False
         b.period_start = start
         self._settle(out, b, old_status, old_zone)
+
+    def _resets_elapsed(self, b: Budget, kind: str, seconds: int | None, unit: str | None) -> int:
+        """How many period boundaries lie between the period start and now."""
+        assert b.period_start is not None
+        if kind == "d":
+            assert seconds is not None
+            return (self.now_ms - b.period_start) // (seconds * MS_PER_SECOND)
+        assert unit is not None
+        count, boundary = 0, next_bucket_start(b.period_start, unit)
+        while boundary <= self.now_ms:
+            count, boundary = count + 1, next_bucket_start(boundary, unit)
+        return count
 
     def _period_start_at_now(self, period: Mapping[str, Any] | None) -> int | None:
         kind, _, unit = period_kind(period)
@@ -354,6 +372,16 @@ class Model:
             out += [b for b in found if include_disabled or b.status != "disabled"]
         return out
 
+    @staticmethod
+    def _check_rollover(roll: int | None, period: Mapping[str, Any] | None, limit: int) -> None:
+        """SPEC §11: rollover_max >= 0, only on a periodic budget, limit + it representable."""
+        if roll is None:
+            return
+        if period is None:
+            raise ModelError("InvalidInput", "rollover_max needs a period")
+        if roll > MAX_MICROS - limit:
+            raise ModelError("InvalidLimit", "limit + rollover_max must be representable")
+
     def _budget(self, budget_id: str) -> Budget:
         if budget_id not in self.budgets:
             raise ModelError("BudgetNotFound", budget_id)
@@ -372,11 +400,13 @@ class Model:
         period: dict[str, Any] | None = None,
         metadata: Any = None,
         warn_ppm: int = DEFAULT_WARN_PPM,
+        rollover_max: int | None = None,
     ) -> Outcome:
         if limit <= 0:
             raise ModelError("InvalidLimit", "Limit must be positive")
         if soft_limit is not None and not 0 < soft_limit <= limit:
             raise ModelError("InvalidLimit", "Soft limit must be between 0 and limit")
+        self._check_rollover(rollover_max, period, limit)
         b = Budget(
             id=budget_id,
             organization_id=self.organization_id,
@@ -394,6 +424,7 @@ class Model:
             created_ms=self.now_ms,
             updated_ms=self.now_ms,
             initial_limit=limit,
+            rollover_max=rollover_max,
         )
         out = Outcome(budgets=[b])
         self._settle(out, b, "active", False)
@@ -471,6 +502,7 @@ class Model:
         period: dict[str, Any] | None = _UNSET,
         warn_ppm: int = _UNSET,
         metadata: Any = _UNSET,
+        rollover_max: int | None = _UNSET,
     ) -> Outcome:
         b = self._budget(budget_id)
         new_limit = b.limit if limit is _UNSET else limit
@@ -481,6 +513,8 @@ class Model:
             raise ModelError("InvalidLimit", "Soft limit must be between 0 and limit")
         if status is not _UNSET and status not in ("active", "paused", "disabled"):
             raise ModelError("InvalidInput", f"status {status} cannot be set")
+        new_roll = b.rollover_max if rollover_max is _UNSET else rollover_max
+        self._check_rollover(new_roll, b.period if period is _UNSET else period, new_limit)
         out = Outcome(budgets=[b])
         self._rollover(out, b)
         old_status, old_zone = b.status, b.warning_zone
@@ -498,6 +532,7 @@ class Model:
             b.period_start = self._period_start_at_now(period)
         if metadata is not _UNSET:
             b.metadata = metadata
+        b.rollover_max = new_roll
         if status == "disabled":
             b.status = "disabled"
         elif status == "active":

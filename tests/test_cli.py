@@ -388,7 +388,10 @@ def test_schema_completion_demo_bench(cli: Cli) -> None:
     assert fish.code == 0 and "complete -c budgetkit" in fish.stdout
     report = demo.json()
     assert demo.code == 0 and report["reconciled"] is True
-    assert any("budget.exhausted" in line for line in report["output"])
+    output = report["output"]
+    assert any("budget.warning" in line for line in output)
+    assert any("stops (usd: budget_insufficient)" in line for line in output)  # no overspend
+    assert any("rollover" in line and "carried" in line for line in output)  # SPEC §11
     assert bench.code == 0 and "--quick" in bench.stdout
 
 

@@ -113,6 +113,7 @@ class Create:
     warn: Any  # None = the default; else a float or Decimal fraction
     period: dict[str, Any] | None
     metadata: Any
+    rollover: int | None = None  # rollover_max in micros (SPEC §11); with no period: rejected
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class Update:
     period: Any  # None = not given; ("clear",) | ("same",) | ("set", period)
     warn: Any  # None = not given; a fraction
     metadata: Any  # None = not given; ("set", value)
+    rollover: Any = None  # None = not given; ("clear",) | ("set", micros)
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,8 @@ amounts = weighted(
 forms = st.sampled_from(["float", "decimal", "int"])
 fractions_ppm = st.one_of(st.sampled_from([1, 500_000, 800_000, 1_000_000]), st.integers(1, PPM))
 periods = st.one_of(st.none(), st.sampled_from(PERIODS))
+#: rollover_max in micros: none carried, less than, about and more than a limit (SPEC §11).
+rollovers = st.one_of(st.just(0), st.integers(1, 300_000_000), st.sampled_from([1, 10**12]))
 
 
 @st.composite
@@ -246,6 +250,7 @@ def creates(draw: st.DrawFn) -> Create:
         warn=draw(st.one_of(st.none(), st.sampled_from(WARN_FRACTIONS))),
         period=draw(periods),
         metadata=draw(st.sampled_from(METADATA)),
+        rollover=draw(_maybe(rollovers, odds_none=2)),
     )
 
 
@@ -293,6 +298,9 @@ updates = st.builds(
     ),
     warn=_maybe(st.sampled_from(WARN_FRACTIONS), odds_none=3),
     metadata=_maybe(st.tuples(st.just("set"), st.sampled_from(METADATA)), odds_none=3),
+    rollover=_maybe(
+        st.one_of(st.just(("clear",)), st.tuples(st.just("set"), rollovers)), odds_none=3
+    ),
 )
 
 scope_refs = st.integers(0, len(SCOPES) - 1)
@@ -435,6 +443,7 @@ def expected_budget(b: Budget) -> dict[str, Any]:
         "status": bk.BudgetStatus(b.status),
         "created_at": ms_to_datetime(b.created_ms),
         "updated_at": ms_to_datetime(b.updated_ms),
+        "rollover_max": units(b.rollover_max),
     }
 
 
@@ -614,6 +623,7 @@ class Harness:
                 "ack": "1" if b.acknowledged else "0",
                 "wz": "1" if b.warning_zone else "0",
                 "updated": str(b.updated_ms),
+                "roll": "" if b.rollover_max is None else str(b.rollover_max),
             }
             actual = {name: stored.get(name) for name in expected}
             assert actual == expected, (bid, actual, expected)
@@ -655,18 +665,20 @@ class Harness:
             "soft_limit": None if op.soft is None else api_amount(op.soft, "decimal"),
             "period": op.period,
             "metadata": op.metadata,
+            "rollover_max": None if op.rollover is None else api_amount(op.rollover, "int"),
             **warn,
         }
         try:
             budget = await self.kit.create_budget(
                 ORG, subject_type, subject_id, op.currency, **kwargs
             )
-        except bk.InvalidLimit:
+        except (bk.InvalidLimit, bk.InvalidInput):
             budget = None
         model_kwargs: dict[str, Any] = {
             "soft_limit": op.soft,
             "period": op.period,
             "metadata": op.metadata,
+            "rollover_max": op.rollover,
         }
         if op.warn is not None:
             model_kwargs["warn_ppm"] = fraction_ppm(op.warn)
@@ -785,6 +797,10 @@ class Harness:
         if op.metadata is not None:
             kit["metadata"] = op.metadata[1]
             model["metadata"] = op.metadata[1]
+        if op.rollover is not None:
+            roll = None if op.rollover[0] == "clear" else op.rollover[1]
+            kit["rollover_max"] = None if roll is None else api_amount(roll, "decimal")
+            model["rollover_max"] = roll
         return kit, model
 
     async def op_update(self, op: Update) -> bool | None:

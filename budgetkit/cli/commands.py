@@ -69,6 +69,7 @@ BUDGET_FIELDS = (
     "metadata",
     "warn_fraction",
     "thresholds",
+    "rollover_max",
 )
 #: The ledger options debit and commit share (parser._usage_options).
 USAGE_FIELDS = ("meter_source", "ref_type", "ref_id", "description", "idempotency_key")
@@ -236,6 +237,7 @@ async def budgets_create(a: argparse.Namespace) -> int:
             metadata=a.metadata,
             warn_fraction=a.warn_fraction,
             thresholds=a.thresholds,
+            rollover_max=a.rollover_max,
         )
     emit(budget, as_json=a.json, title="created")
     return EXIT_OK
@@ -246,7 +248,7 @@ async def budgets_update(a: argparse.Namespace) -> int:
     if not changes:
         raise CliError(
             "nothing to update. Pass at least one of --limit --soft-limit --status --period "
-            "--metadata --warn-fraction --thresholds"
+            "--metadata --warn-fraction --thresholds --rollover-max"
         )
     async with open_kit(a) as kit:
         budget = await kit.update_budget(a.org, a.id, **changes)

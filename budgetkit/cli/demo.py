@@ -1,11 +1,13 @@
 """`budgetkit demo`: a small fleet of agent workers spending through the real API.
 
 Several concurrent sessions share stacked session / user / org budgets (some periodic); every
-worker checks before each simulated LLM call and debits after it. Events are printed as they
-fire; the run ends with a table of budgets and a reconciliation line (balance == limit - Σ
-ledger, exactly). Time is simulated (a clock that advances per call), so periodic budgets reset
-within seconds. With no Redis URL it runs on an in-process fakeredis server
-(``in_process_redis``).
+worker makes each simulated LLM call inside a spend guard (``kit.spend``: the estimate reserved,
+the usage recorded, the call charged on exit), and a denial tells it whether to wait, resume
+or stop. Events are printed as they fire; the run ends with the rollovers of the hourly token
+budget (unused tokens carried, up to its rollover_max), a table of budgets and a reconciliation
+line (balance == limit - Σ ledger, exactly). Time is simulated (a clock that advances per
+call), so periodic budgets reset within seconds. With no Redis URL it runs on an in-process
+fakeredis server (``in_process_redis``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 
-from budgetkit import Budget, BudgetEvent, BudgetKit, Scope
+from budgetkit import Budget, BudgetEvent, BudgetExceeded, BudgetKit, Scope
 from budgetkit.amounts import MICROS_PER_UNIT
 from budgetkit.ids import uuid7_hex
 
@@ -26,6 +28,13 @@ WORKERS = 6
 CALLS_PER_WORKER_MAX = 40
 SIM_STEP = timedelta(minutes=1)
 USD_PER_MTOK_IN, USD_PER_MTOK_OUT = 2.0, 8.0
+TOKENS_IN_MAX, TOKENS_OUT_MAX = 8000, 2000
+#: What a worker reserves before a call: its largest possible cost.
+ESTIMATE = {
+    "usd": (TOKENS_IN_MAX * USD_PER_MTOK_IN + TOKENS_OUT_MAX * USD_PER_MTOK_OUT) / 1e6,
+    "tokens": TOKENS_IN_MAX + TOKENS_OUT_MAX,
+}
+TOKENS_ROLLOVER_MAX = 30_000
 EVENT_DRAIN_TIMEOUT_S = 2.0
 
 
@@ -58,7 +67,13 @@ async def _setup(kit: BudgetKit, org: str) -> list[Budget]:
         await kit.create_budget(org, "org", org, "usd", 3, warn_fraction=0.25),
         await kit.create_budget(org, "user", "usr_alice", "usd", 1.5, soft_limit=1),
         await kit.create_budget(
-            org, "user", "usr_bob", "tokens", 120_000, period={"type": "calendar", "unit": "hour"}
+            org,
+            "user",
+            "usr_bob",
+            "tokens",
+            120_000,
+            period="hour",
+            rollover_max=TOKENS_ROLLOVER_MAX,
         ),
     ]
     for i in range(WORKERS):
@@ -71,30 +86,42 @@ async def _worker(
 ) -> int:
     calls = 0
     for _ in range(CALLS_PER_WORKER_MAX):
-        verdict = await kit.check(scope)
-        if verdict.should_stop() and verdict.currency == "tokens":
-            clock.tick()  # the hourly token budget: wait for the next period
-            await asyncio.sleep(0)
+        ref_id = f"gen_{uuid7_hex()[:12]}"
+        try:
+            async with kit.spend(scope, ESTIMATE, ref_type="llm_generation", ref_id=ref_id) as s:
+                tokens_in = rng.randint(500, TOKENS_IN_MAX)
+                tokens_out = rng.randint(100, TOKENS_OUT_MAX)
+                usd = (tokens_in * USD_PER_MTOK_IN + tokens_out * USD_PER_MTOK_OUT) / 1e6
+                await s.record({"usd": usd, "tokens": tokens_in + tokens_out})
+        except BudgetExceeded as denied:
+            if not await _after_denial(kit, clock, scope, denied, say):
+                return calls
             continue
-        if verdict.should_stop():
-            say(f"  {scope.session_id}: stops ({verdict.currency} budget {verdict.budget_id})")
-            return calls
-        if verdict.should_pause():
-            say(f"  {scope.session_id}: paused, operator resumes the user budget")
-            await kit.resume(scope, levels=("user",))
-        tokens_in, tokens_out = rng.randint(500, 8000), rng.randint(100, 2000)
-        usd = round((tokens_in * USD_PER_MTOK_IN + tokens_out * USD_PER_MTOK_OUT) / 1e6, 6)
-        await kit.debit(
-            scope,
-            {"usd": usd, "tokens": tokens_in + tokens_out},
-            meter_source="llm_tokens",
-            ref_type="llm_generation",
-            ref_id=f"gen_{uuid7_hex()[:12]}",
-        )
         clock.tick()
         calls += 1
         await asyncio.sleep(0)
     return calls
+
+
+async def _after_denial(
+    kit: BudgetKit,
+    clock: SimClock,
+    scope: Scope,
+    denied: BudgetExceeded,
+    say: Callable[[str], None],
+) -> bool:
+    """What a worker does when its reservation is denied; False: it stops."""
+    verdict = denied.check
+    if verdict.currency == "tokens" and verdict.should_stop():
+        clock.tick()  # the hourly token budget: wait for the next period
+        await asyncio.sleep(0)
+        return True
+    if verdict.should_pause() and verdict.subject_type is not None:
+        say(f"  {scope.session_id}: paused by its {verdict.subject_type} budget; resumed")
+        await kit.resume(scope, levels=[verdict.subject_type])
+        return True
+    say(f"  {scope.session_id}: stops ({verdict.currency}: {verdict.error_code})")
+    return False
 
 
 EVENT_POLL_S = 0.05
@@ -138,8 +165,29 @@ async def run_demo(client: Redis, say: Callable[[str], None] = print, seed: int 
     return await _report(kit, org, say)
 
 
+async def _rollovers(kit: BudgetKit, budget: Budget, say: Callable[[str], None]) -> None:
+    """The budget's period resets with what each carried (SPEC §11), from its ledger."""
+    entries = list(reversed(await kit.ledger(budget.organization_id, budget.id, limit=1000)))
+    balance = round(budget.limit * MICROS_PER_UNIT) + sum(
+        round(e.amount * MICROS_PER_UNIT) for e in entries if e.meter_source == "limit_change"
+    )
+    limit = round(budget.limit * MICROS_PER_UNIT)
+    for e in entries:
+        before, balance = balance, balance - round(e.amount * MICROS_PER_UNIT)
+        if e.meter_source == "period_reset":
+            carried = (balance - limit) / MICROS_PER_UNIT
+            say(
+                f"  rollover {e.created_at:%H:%M} {budget.subject_id} {budget.currency}: "
+                f"{before / MICROS_PER_UNIT:,.0f} unused, {carried:,.0f} carried "
+                f"(at most {budget.rollover_max:,.0f})"
+            )
+
+
 async def _report(kit: BudgetKit, org: str, say: Callable[[str], None]) -> bool:
     rows = await kit.list_budgets(org, limit=100)
+    for b in rows:
+        if b.rollover_max is not None:
+            await _rollovers(kit, b, say)
     say(f"{'budget':<12} {'subject':<20} {'cur':<7} {'limit':>12} {'balance':>14} status")
     drift_micros = 0
     for b in sorted(rows, key=lambda r: (r.subject_type.value, r.subject_id)):

@@ -228,6 +228,7 @@ def budget_detail(b: Budget, title: str | None = None) -> Table:
         ("status", styled(b.status.value, STATUS_STYLE)),
         ("period", period_long(b.period)),
         ("period started", when(b.period_started_at)),
+        ("rollover max", amount(b.rollover_max)),
         ("metadata", "-" if b.metadata is None else json.dumps(b.metadata)),
         ("created", when(b.created_at)),
         ("updated", when(b.updated_at)),

@@ -226,6 +226,13 @@ def _budget_fields(p: argparse.ArgumentParser, *, update: bool) -> None:
         metavar="F,F,...",
         help=f"extra warning levels as spent fractions, e.g. 0.5,0.8{clear}",
     )
+    p.add_argument(
+        "--rollover-max",
+        type=_decimal_or_none,
+        default=keep,
+        metavar="VALUE",
+        help=f"periodic budgets: carry unused balance, up to this, into the next period{clear}",
+    )
 
 
 # -- the command tree -------------------------------------------------------------------------
