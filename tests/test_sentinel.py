@@ -2,7 +2,7 @@
 """Replication: a Sentinel failover under load (the client follows the new primary), and the
 opt-in durable mode (WAIT after each mutation) on a primary with replicas, plain or Sentinel.
 
-Servers: the Sentinel groups come from scripts/redis_cluster.py (1 primary + 1 replica + 3
+Servers: the Sentinel groups come from scripts/redis_server.py (1 primary + 1 replica + 3
 sentinels by default), the plain primary/replica pairs from conftest's redis_server_factory.
 """
 
@@ -20,10 +20,10 @@ import pytest
 from cluster_fixtures import (  # noqa: F401  (fixtures: used by name)
     DebitLoad,
     assert_books_exact,
-    redis_cluster,
     scope_budgets,
     sentinel_factory,
 )
+from conftest import redis_server
 from redis.asyncio import Redis
 from support import all_entries, assert_invariant
 
@@ -133,7 +133,7 @@ async def test_sentinel_failover_durable_keeps_every_acknowledged_debit(
             await asyncio.sleep(0.5)
             # What Sentinel does at its next INFO round (up to 10 s later): the old primary
             # becomes the new one's replica (its unacknowledged writes are discarded).
-            redis_cluster.cli(old_port, "REPLICAOF", "127.0.0.1", str(new_port))
+            redis_server.execute(old_port, "REPLICAOF", "127.0.0.1", str(new_port))
             await load.wait_for(len(load.acked) + 200, timeout_s=60)
             resumed_s = time.monotonic() - started
         finally:

@@ -18,8 +18,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from budgetkit.bench.context import BenchContext
-from budgetkit.bench.measure import BenchError, Op, Row
+from benchmarks.context import BenchContext
+from benchmarks.measure import BenchError, Op, Row
 
 NOOP_SCRIPT = "return 1"
 NAIVE_LIMIT_USD = 1.0
@@ -47,42 +47,63 @@ async def raw_evalsha_noop(ctx: BenchContext, concurrency: int) -> Row:
 
 
 @dataclass(slots=True)
-class NaiveRounds:
-    """Rounds of the check-then-increment race, each on a fresh key with the small limit.
+class RoundBook:
+    """Which round of an overspend race is open, and the overspend of each settled one.
 
-    A task that reads a spent amount with no room left closes the round (later attempts go to
-    the next key); once no attempt on a closed round is in flight, its final spent amount is
-    read and the overspend recorded. In-flight increments land on their own round's key.
+    A task that finds no room left closes its round (``close``: later attempts go to the next
+    one); the last attempt to leave a closed round (``leave`` says True) has the caller read the
+    round's final spent amount and ``record`` it.
     """
 
-    client: Redis
-    key_base: str
     current: int = 0
     in_flight: Counter[int] = field(default_factory=Counter)
     settled: set[int] = field(default_factory=set)
     overspends: list[float] = field(default_factory=list)
 
-    async def attempt(self) -> bool:
+    def enter(self) -> int:
+        """Starts an attempt on the open round; returns that round."""
         n = self.current
-        key = f"{self.key_base}:{n}"
         self.in_flight[n] += 1
+        return n
+
+    def close(self, n: int) -> None:
+        self.current = max(self.current, n + 1)
+
+    def leave(self, n: int) -> bool:
+        """Ends an attempt on round ``n``; True when the round is now due for settling."""
+        self.in_flight[n] -= 1
+        if self.current > n and self.in_flight[n] == 0 and n not in self.settled:
+            self.settled.add(n)
+            return True
+        return False
+
+    def record(self, spent_usd: float) -> None:
+        self.overspends.append(round(max(0.0, spent_usd - NAIVE_LIMIT_USD), MICRO_DIGITS))
+
+
+@dataclass(slots=True)
+class NaiveRounds:
+    """Rounds of the check-then-increment race, each on a fresh key with the small limit (see
+    RoundBook). In-flight increments land on their own round's key."""
+
+    client: Redis
+    key_base: str
+    book: RoundBook = field(default_factory=RoundBook)
+
+    async def attempt(self) -> bool:
+        n = self.book.enter()
+        key = f"{self.key_base}:{n}"
         try:
             spent = float(await self.client.get(key) or 0)
             if spent + NAIVE_SPEND_USD > NAIVE_LIMIT_USD + 1e-9:
-                self.current = max(self.current, n + 1)
+                self.book.close(n)
                 return False
             await self.client.incrbyfloat(key, NAIVE_SPEND_USD)
             return True
         finally:
-            self.in_flight[n] -= 1
-            if self.current > n and self.in_flight[n] == 0 and n not in self.settled:
-                self.settled.add(n)
-                await self._settle(key)
-
-    async def _settle(self, key: str) -> None:
-        final = float(await self.client.get(key) or 0)
-        self.overspends.append(round(max(0.0, final - NAIVE_LIMIT_USD), MICRO_DIGITS))
-        await self.client.unlink(key)
+            if self.book.leave(n):
+                self.book.record(float(await self.client.get(key) or 0))
+                await self.client.unlink(key)
 
 
 async def naive_check_then_incr(ctx: BenchContext, concurrency: int) -> Row:
@@ -92,7 +113,7 @@ async def naive_check_then_incr(ctx: BenchContext, concurrency: int) -> Row:
         measurement = await ctx.measure([rounds.attempt] * concurrency)
     finally:
         await client.aclose()
-    spends = rounds.overspends
+    spends = rounds.book.overspends
     worst = max(spends, default=0.0)
     mean = sum(spends) / len(spends) if spends else 0.0
     notes = (

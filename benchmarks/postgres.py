@@ -31,14 +31,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from redis_server import find_free_port
+
+from benchmarks.context import BenchContext
+from benchmarks.measure import BenchError, Op, Row
+from benchmarks.workloads import DEBIT_USD, HUGE_LIMIT_USD, scope_of
 from budgetkit.amounts import to_micros
-from budgetkit.bench.context import BenchContext
-from budgetkit.bench.launcher import free_port
-from budgetkit.bench.measure import BenchError, Op, Row
-from budgetkit.bench.workloads import DEBIT_USD, HUGE_LIMIT_USD, scope_of
 from budgetkit.ids import new_budget_id, new_ledger_id
 from budgetkit.scope import Scope
 
@@ -244,7 +244,7 @@ class LocalPostgres:
             data = self._dir / "data"
             initdb = [str(self._bin / "initdb"), "-D", str(data), "-U", "bench", "-A", "trust"]
             self._cmd([*initdb, "-E", "UTF8", "--no-locale", "--no-sync"])
-            self.port = free_port()
+            self.port = find_free_port()
             options = " ".join(f"-c {key}={value}" for key, value in SETTINGS.items())
             options += f" -p {self.port} -k {self._dir}"
             pg_ctl = [
@@ -298,12 +298,7 @@ class LocalPostgres:
     def __enter__(self) -> LocalPostgres:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 
@@ -387,20 +382,21 @@ async def _create_budgets(pool: Any, scopes: Sequence[Scope]) -> None:
         await conn.executemany(INSERT_BUDGET, rows)
 
 
-async def create_schema(url: str, schema: str) -> None:
+async def _execute(url: str, sql: str) -> None:
+    """Runs ``sql`` on a connection of its own."""
     conn = await _asyncpg().connect(url, timeout=CONNECT_TIMEOUT_S)
     try:
-        await conn.execute(f"CREATE SCHEMA {schema}; SET search_path TO {schema};{SCHEMA_DDL}")
+        await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def create_schema(url: str, schema: str) -> None:
+    await _execute(url, f"CREATE SCHEMA {schema}; SET search_path TO {schema};{SCHEMA_DDL}")
 
 
 async def drop_schema(url: str, schema: str) -> None:
-    conn = await _asyncpg().connect(url, timeout=CONNECT_TIMEOUT_S)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    finally:
-        await conn.close()
+    await _execute(url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def new_schema_name() -> str:

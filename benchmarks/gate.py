@@ -14,13 +14,12 @@ counted, and the row says so.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from budgetkit.bench.baselines import NAIVE_LIMIT_USD, NAIVE_SPEND_USD
-from budgetkit.bench.context import BenchContext
-from budgetkit.bench.measure import BenchError, Row
+from benchmarks.baselines import NAIVE_LIMIT_USD, NAIVE_SPEND_USD, RoundBook
+from benchmarks.context import BenchContext
+from benchmarks.measure import BenchError, Row
 from budgetkit.client import BudgetKit
 from budgetkit.scope import Scope
 
@@ -31,7 +30,6 @@ ROUNDS_MAX = 4000
 CREATE_CONCURRENCY = 64
 EXHAUSTED_WAIT_S = 0.005
 RESERVE_TTL_S = 60
-MICRO_DIGITS = 6
 
 
 def rounds_for(seconds: float) -> int:
@@ -59,40 +57,29 @@ class GateRounds:
 
     kit: BudgetKit
     rounds: list[tuple[Scope, str]]
-    current: int = 0
-    in_flight: Counter[int] = field(default_factory=Counter)
-    settled: set[int] = field(default_factory=set)
-    overspends: list[float] = field(default_factory=list)
+    book: RoundBook = field(default_factory=RoundBook)
     ran_out: bool = False
 
     async def attempt(self) -> bool:
-        n = self.current
-        if n >= len(self.rounds):
+        if self.book.current >= len(self.rounds):
             self.ran_out = True
             await asyncio.sleep(EXHAUSTED_WAIT_S)
             return False
-        scope, _ = self.rounds[n]
-        self.in_flight[n] += 1
+        n = self.book.enter()
+        scope, budget_id = self.rounds[n]
         try:
             hold: Any = await self.kit.reserve(
                 scope, {"usd": NAIVE_SPEND_USD}, ttl_seconds=RESERVE_TTL_S
             )
             if not hold.granted:
-                self.current = max(self.current, n + 1)
+                self.book.close(n)
                 return False
             await self.kit.commit(hold, {"usd": NAIVE_SPEND_USD})
             return True
         finally:
-            self.in_flight[n] -= 1
-            if self.current > n and self.in_flight[n] == 0 and n not in self.settled:
-                self.settled.add(n)
-                await self._settle(n)
-
-    async def _settle(self, n: int) -> None:
-        scope, budget_id = self.rounds[n]
-        budget = await self.kit.get_budget(scope.organization_id, budget_id)
-        spent = budget.limit - budget.balance
-        self.overspends.append(round(max(0.0, spent - NAIVE_LIMIT_USD), MICRO_DIGITS))
+            if self.book.leave(n):
+                budget = await self.kit.get_budget(scope.organization_id, budget_id)
+                self.book.record(budget.limit - budget.balance)
 
 
 async def reserve_commit_gate(ctx: BenchContext, concurrency: int) -> Row:
@@ -104,7 +91,7 @@ async def reserve_commit_gate(ctx: BenchContext, concurrency: int) -> Row:
         measurement = await ctx.measure([rounds.attempt] * concurrency)
     finally:
         await client.aclose()
-    spends = rounds.overspends
+    spends = rounds.book.overspends
     if not spends:
         raise BenchError("no round of reserve_commit_gate completed")
     worst = max(spends)

@@ -2,7 +2,7 @@
 
 ``budgetkit bench [OPTIONS]`` runs the workloads and baselines; ``budgetkit bench growth
 [OPTIONS]`` measures how throughput and memory grow with what Redis stores (see
-``budgetkit.bench.growth``).
+``benchmarks.growth``).
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from budgetkit.bench import growth, postgres
-from budgetkit.bench.chart import matplotlib_pyplot, write_png
-from budgetkit.bench.context import Settings
-from budgetkit.bench.launcher import LauncherError, LocalRedis
-from budgetkit.bench.measure import BenchError
-from budgetkit.bench.progress import Progress
-from budgetkit.bench.report import load_average, write_json, write_markdown
-from budgetkit.bench.runner import EXTRA_DEFAULT, SCOPED, WORKLOADS, Plan, Postgres, run
-from budgetkit.bench.workloads import LEVEL_ORDER
+from redis_server import RedisServer, RedisServerError
+
+from benchmarks import growth, postgres
+from benchmarks.chart import matplotlib_pyplot, write_png
+from benchmarks.context import Settings
+from benchmarks.measure import BenchError
+from benchmarks.progress import Progress
+from benchmarks.report import load_average, write_json, write_markdown
+from benchmarks.runner import EXTRA_DEFAULT, SCOPED, WORKLOADS, Plan, Postgres, run
+from benchmarks.workloads import LEVEL_ORDER
 
 DEFAULT_DURATION_S = 1.2
 DEFAULT_WARMUP_S = 0.5
@@ -81,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
         "`budgetkit bench growth --help`: the cost-growth mode.",
     )
     add = p.add_argument
-    add("--redis-url", help="use this Redis instead of starting a private redis-server")
+    add("--redis-url", help="use this Redis instead of starting a private server")
     add("--postgres-url", help="use this PostgreSQL instead of starting a private cluster")
     add(
         "--install-postgres",
@@ -190,8 +191,9 @@ def _run(a: argparse.Namespace, plan: Plan, progress: Progress, command: str) ->
             url = a.redis_url
             progress.step(f"using {url}")
         else:
-            url = stack.enter_context(LocalRedis()).url
-            progress.step(f"started a private redis-server on {url}")
+            server = stack.enter_context(RedisServer())
+            url = server.url
+            progress.step(f"started a private {Path(server.binary()).name} on {url}")
         pg = _postgres(a, plan, stack, progress)
         return asyncio.run(run(url, plan, progress, command, pg))
 
@@ -251,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with terminate_as_interrupt():
                 doc = _run(a, plan_of(a), progress, command)
-        except LauncherError as error:
+        except RedisServerError as error:
             progress.fail("bench", str(error))
             return EXIT_USAGE
         doc["machine"] |= {

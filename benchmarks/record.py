@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from budgetkit.bench.measure import BenchError
+from benchmarks.measure import BenchError
 from budgetkit.client import BudgetKit
 from budgetkit.scripts import ScriptArg
 

@@ -16,10 +16,10 @@ import shutil
 import time
 from urllib.parse import unquote, urlsplit
 
-from budgetkit.bench.context import BenchContext
-from budgetkit.bench.measure import BenchError, Row, server_cpu_s, used_memory_bytes
-from budgetkit.bench.record import recorded_command
-from budgetkit.bench.workloads import DEBIT_USD, HUGE_LIMIT_USD, create_scope_budgets, scope_of
+from benchmarks.context import BenchContext
+from benchmarks.measure import BenchError, Row, server_cpu_s, used_memory_bytes
+from benchmarks.record import recorded_command
+from benchmarks.workloads import DEBIT_USD, HUGE_LIMIT_USD, create_scope_budgets, scope_of
 from budgetkit.scope import Scope
 
 CLIENTS = 50

@@ -9,8 +9,8 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from budgetkit.bench.measure import CpuReader, Measurement, Op, run_timed
-from budgetkit.bench.progress import Progress
+from benchmarks.measure import CpuReader, Measurement, Op, run_timed
+from benchmarks.progress import Progress
 from budgetkit.client import BudgetKit
 
 SOCKET_TIMEOUT_S = 30.0
@@ -29,6 +29,7 @@ class Settings:
     batching: bool = True
 
 
+@dataclass(slots=True)
 class BenchContext:
     """One run's Redis (``url``), its admin connection and the prefix of every benchmark key.
 
@@ -38,23 +39,13 @@ class BenchContext:
     ``postgres_cpu`` reads its CPU time (None when it is not a local cluster).
     """
 
-    def __init__(
-        self,
-        url: str,
-        admin: Redis,
-        prefix: str,
-        settings: Settings,
-        progress: Progress,
-        postgres_url: str | None = None,
-        postgres_cpu: CpuReader | None = None,
-    ) -> None:
-        self.url = url
-        self.admin = admin
-        self.prefix = prefix
-        self.settings = settings
-        self.progress = progress
-        self.postgres_url = postgres_url
-        self.postgres_cpu = postgres_cpu
+    url: str
+    admin: Redis
+    prefix: str
+    settings: Settings
+    progress: Progress
+    postgres_url: str | None = None
+    postgres_cpu: CpuReader | None = None
 
     @property
     def mode(self) -> str:

@@ -20,11 +20,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from budgetkit.bench import baselines, ceiling, extras, gate, multiproc, postgres, workloads
-from budgetkit.bench.context import BenchContext, Settings
-from budgetkit.bench.measure import BenchError, CpuReader, Row, merge_rounds
-from budgetkit.bench.progress import Progress
-from budgetkit.bench.report import (
+from benchmarks import baselines, ceiling, extras, gate, multiproc, postgres, workloads
+from benchmarks.context import BenchContext, Settings
+from benchmarks.measure import BenchError, CpuReader, Row, merge_rounds
+from benchmarks.progress import Progress
+from benchmarks.report import (
     RATIO_CONCURRENCY,
     RATIO_SCOPE_SIZE,
     compute_ratios,

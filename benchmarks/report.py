@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from budgetkit.bench.measure import Row
+from benchmarks.measure import Row
 
 RATIO_CONCURRENCY = 64
 RATIO_SCOPE_SIZE = 3
@@ -137,26 +137,31 @@ def _hot_path_ratios(
 
 
 def _baseline_ratios(ratios: Ratios, rows: Sequence[Row], size: int, high: int) -> None:
-    watch = find(rows, "watch_multi_exec", high)
-    postgres = find(rows, "postgres_for_update", high, size)
+    baselines = [  # (row, its name, what it is, the target of debit_batched)
+        (
+            find(rows, "watch_multi_exec", high),
+            "watch_multi_exec",
+            "WATCH/MULTI/EXEC of 3 balances",
+            WATCH_TARGET,
+        ),
+        (
+            find(rows, "postgres_for_update", high, size),
+            "postgres_for_update",
+            "a PostgreSQL transaction locking the same rows",
+            POSTGRES_TARGET,
+        ),
+    ]
     limits = find(rows, "limits_moving_window", high)
     for name in ("debit_batched", "debit"):
         ours = _ops(find(rows, name, high, size))
         batching = "auto-batching on" if name == "debit_batched" else "batching off"
-        ratios.put(
-            f"{name}@{high} / watch_multi_exec@{high}",
-            _ratio(ours, _ops(watch)),
-            f"ops/s on one hot scope; debit of {size} budgets ({batching}) vs WATCH/MULTI/EXEC "
-            "of 3 balances",
-            at_least=WATCH_TARGET if name == "debit_batched" else None,
-        )
-        ratios.put(
-            f"{name}@{high} / postgres_for_update@{high}",
-            _ratio(ours, _ops(postgres)),
-            f"ops/s on one hot scope; debit of {size} budgets ({batching}) vs a PostgreSQL "
-            "transaction locking the same rows",
-            at_least=POSTGRES_TARGET if name == "debit_batched" else None,
-        )
+        for row, baseline, versus, target in baselines:
+            ratios.put(
+                f"{name}@{high} / {baseline}@{high}",
+                _ratio(ours, _ops(row)),
+                f"ops/s on one hot scope; debit of {size} budgets ({batching}) vs {versus}",
+                at_least=target if name == "debit_batched" else None,
+            )
     ratios.put(
         f"debit_batched@{high} / limits_moving_window@{high}",
         _ratio(_ops(find(rows, "debit_batched", high, size)), _ops(limits)),

@@ -38,14 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis_server import RedisServer, RedisServerError
 
-from budgetkit.bench.context import BenchContext, Settings
-from budgetkit.bench.launcher import LauncherError, LocalRedis
-from budgetkit.bench.measure import BenchError, Row, used_memory_bytes
-from budgetkit.bench.progress import Progress
-from budgetkit.bench.record import recorded_command
-from budgetkit.bench.report import load_average, machine_info, write_json
-from budgetkit.bench.workloads import (
+from benchmarks.context import BenchContext, Settings
+from benchmarks.measure import BenchError, Row, used_memory_bytes
+from benchmarks.progress import Progress
+from benchmarks.record import recorded_command
+from benchmarks.report import load_average, machine_info, write_json
+from benchmarks.workloads import (
     DEBIT_USD,
     HUGE_LIMIT_USD,
     OPS,
@@ -96,7 +96,7 @@ def _ints(text: str) -> list[int]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="budgetkit bench growth", description=__doc__)
     add = p.add_argument
-    add("--redis-url", help="use this Redis instead of starting a private redis-server")
+    add("--redis-url", help="use this Redis instead of starting a private server")
     add("--quick", action="store_true", help="small levels and short runs (a smoke test)")
     add("--budgets", type=_ints, help="stored-budget levels (1000,100000,1000000)")
     add("--ledger", type=_ints, help="ledger-length levels (100000,1000000)")
@@ -508,10 +508,10 @@ def main(argv: Sequence[str]) -> int:
     with Progress(plain=a.plain) as progress:
         try:
             with contextlib.ExitStack() as stack:
-                url = a.redis_url or stack.enter_context(LocalRedis()).url
+                url = a.redis_url or stack.enter_context(RedisServer()).url
                 progress.step(f"Redis at {url}")
                 result = asyncio.run(_growth(url, a, progress))
-        except LauncherError as error:
+        except RedisServerError as error:
             progress.fail("bench growth", str(error))
             return EXIT_USAGE
         machine = {

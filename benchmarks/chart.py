@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from budgetkit.bench.report import RATIO_CONCURRENCY, RATIO_SCOPE_SIZE
+from benchmarks.report import RATIO_CONCURRENCY, RATIO_SCOPE_SIZE
 
 OURS = {
     "check": "tab:green",

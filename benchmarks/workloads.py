@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from budgetkit.bench.context import BenchContext
-from budgetkit.bench.measure import BenchError, Op, Row
+from benchmarks.context import BenchContext
+from benchmarks.measure import BenchError, Op, Row
 from budgetkit.client import BudgetKit
 from budgetkit.scope import Scope
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from budgetkit.bench.context import CONNECT_TIMEOUT_S, POOL_HEADROOM, SOCKET_TIMEOUT_S, BenchContext
-from budgetkit.bench.measure import BenchError, Measurement, Row, run_timed, server_cpu_s
-from budgetkit.bench.workloads import OPS, batching_note, batching_of, make_scopes, scope_of
+from benchmarks.context import CONNECT_TIMEOUT_S, POOL_HEADROOM, SOCKET_TIMEOUT_S, BenchContext
+from benchmarks.measure import BenchError, Measurement, Row, run_timed, server_cpu_s
+from benchmarks.workloads import OPS, batching_note, batching_of, make_scopes, scope_of
 from budgetkit.client import BudgetKit
 
 STARTUP_TIMEOUT_S = 60.0

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-from types import TracebackType
 from typing import Any
 
-from budgetkit.bench.measure import Row
+from benchmarks.measure import Row
 
 
 def _rich() -> tuple[Any, Any] | None:
@@ -71,12 +70,7 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def start(self, total: int) -> None:

@@ -14,8 +14,8 @@ import importlib
 import importlib.util
 from typing import Any
 
-from budgetkit.bench.context import BenchContext
-from budgetkit.bench.measure import BenchError, Row
+from benchmarks.context import BenchContext
+from benchmarks.measure import BenchError, Row
 
 LIMITS_RATE = "1000000000/hour"
 LIMITS_COST = 10
