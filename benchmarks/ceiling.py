@@ -20,7 +20,7 @@ from benchmarks.context import BenchContext
 from benchmarks.measure import BenchError, Row, server_cpu_s, used_memory_bytes
 from benchmarks.record import recorded_command
 from benchmarks.workloads import DEBIT_USD, HUGE_LIMIT_USD, create_scope_budgets, scope_of
-from budgetkit.scope import Scope
+from budgetkit._core.scope import Scope
 
 CLIENTS = 50
 PIPELINE = 16
@@ -61,7 +61,7 @@ RAND_RANGE = 10**9  # redis-benchmark reads -r as a C int
 async def debit_command(prefix: str, scope: Scope) -> list[str]:
     """``EVALSHA sha numkeys keys... args...`` as BudgetKit.debit sends it, with a random
     request record key per request: the same command sent twice applies once
-    (budgetkit.redelivery), so every request must be a new one."""
+    (budgetkit._core.redelivery), so every request must be a new one."""
     command = await recorded_command(
         prefix, lambda kit: kit.debit(scope, {"usd": DEBIT_USD}, meter_source="bench")
     )

@@ -11,7 +11,7 @@ from redis.backoff import NoBackoff
 
 from benchmarks.measure import CpuReader, Measurement, Op, run_timed
 from benchmarks.progress import Progress
-from budgetkit.client import BudgetKit
+from budgetkit._core.client import BudgetKit
 
 SOCKET_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 5.0

@@ -20,8 +20,8 @@ from typing import Any
 from benchmarks.baselines import NAIVE_LIMIT_USD, NAIVE_SPEND_USD, RoundBook
 from benchmarks.context import BenchContext
 from benchmarks.measure import BenchError, Row
-from budgetkit.client import BudgetKit
-from budgetkit.scope import Scope
+from budgetkit._core.client import BudgetKit
+from budgetkit._core.scope import Scope
 
 #: Spends per second the pre-created rounds can absorb (well above what one process reaches).
 ROUND_SPENDS_PER_S = 20_000

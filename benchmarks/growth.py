@@ -54,10 +54,10 @@ from benchmarks.workloads import (
     create_scope_budgets,
     scope_of,
 )
-from budgetkit.client import BudgetKit
-from budgetkit.ids import new_budget_id, new_ledger_id
-from budgetkit.keys import Keyspace
-from budgetkit.scope import Scope
+from budgetkit._core.client import BudgetKit
+from budgetkit._core.ids import new_budget_id, new_ledger_id
+from budgetkit._core.keys import Keyspace
+from budgetkit._core.scope import Scope
 
 DEFAULT_BUDGETS = [1_000, 100_000, 1_000_000]
 DEFAULT_LEDGER = [100_000, 1_000_000]
@@ -270,7 +270,7 @@ async def _only_budget(run: GrowthRun, scope: Scope) -> str:
 
 def _new_request_id() -> str:
     """A fresh request record key suffix (``:rq:<30 hex>``) for a recorded command: the same
-    request sent twice applies once (budgetkit.redelivery)."""
+    request sent twice applies once (budgetkit._core.redelivery)."""
     return ":rq:" + secrets.token_hex(15)
 
 

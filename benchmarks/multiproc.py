@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from benchmarks.context import CONNECT_TIMEOUT_S, POOL_HEADROOM, SOCKET_TIMEOUT_S, BenchContext
 from benchmarks.measure import BenchError, Measurement, Row, run_timed, server_cpu_s
 from benchmarks.workloads import OPS, batching_note, batching_of, make_scopes, scope_of
-from budgetkit.client import BudgetKit
+from budgetkit._core.client import BudgetKit
 
 STARTUP_TIMEOUT_S = 60.0
 RESULT_SLACK_S = 30.0

@@ -38,9 +38,9 @@ from redis_server import find_free_port
 from benchmarks.context import BenchContext
 from benchmarks.measure import BenchError, Op, Row
 from benchmarks.workloads import DEBIT_USD, HUGE_LIMIT_USD, scope_of
-from budgetkit.amounts import to_micros
-from budgetkit.ids import new_budget_id, new_ledger_id
-from budgetkit.scope import Scope
+from budgetkit._core.amounts import to_micros
+from budgetkit._core.ids import new_budget_id, new_ledger_id
+from budgetkit._core.scope import Scope
 
 POOL_SIZE_MAX = 64
 MAX_CONNECTIONS = 150

@@ -17,8 +17,8 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from benchmarks.measure import BenchError
-from budgetkit.client import BudgetKit
-from budgetkit.scripts import ScriptArg
+from budgetkit._core.client import BudgetKit
+from budgetkit._core.runtime import ScriptArg
 
 
 class _Captured(Exception):

@@ -31,7 +31,7 @@ from benchmarks.report import (
     document,
     machine_info,
 )
-from budgetkit.errors import BudgetkitError
+from budgetkit._core.errors import BudgetkitError
 
 Job = Callable[[], Awaitable[Row]]
 

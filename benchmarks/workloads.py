@@ -17,8 +17,8 @@ from typing import Any
 
 from benchmarks.context import BenchContext
 from benchmarks.measure import BenchError, Op, Row
-from budgetkit.client import BudgetKit
-from budgetkit.scope import Scope
+from budgetkit._core.client import BudgetKit
+from budgetkit._core.scope import Scope
 
 #: Levels in the order a scope of n budgets takes them.
 LEVEL_ORDER = ("org", "user", "session", "agent", "app", "app_channel")

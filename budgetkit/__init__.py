@@ -4,9 +4,9 @@ Every budget's balance lives in Redis; one Lua call debits a whole session hiera
 in exact integer micro-units, and emits edge-triggered events. The documentation: docs/ (mkdocs).
 """
 
-from budgetkit.client import UNSET, BudgetKit, KitOptions, Unset
-from budgetkit.durability import Durability
-from budgetkit.errors import (
+from budgetkit._core.client import UNSET, BudgetKit, KitOptions, Unset
+from budgetkit._core.durability import Durability
+from budgetkit._core.errors import (
     BudgetExceeded,
     BudgetkitError,
     BudgetNotFound,
@@ -28,22 +28,7 @@ from budgetkit.errors import (
     ScriptError,
     UnpricedModel,
 )
-from budgetkit.metering import (
-    DataMeter,
-    DataUsage,
-    LlmMeter,
-    LlmUsage,
-    Meter,
-    MeterRegistry,
-    ToolCall,
-    ToolCallMeter,
-    UnpricedPolicy,
-    default_registry,
-    from_anthropic_usage,
-    from_openai_usage,
-    meter_amounts,
-)
-from budgetkit.models import (
+from budgetkit._core.models import (
     Budget,
     BudgetAction,
     BudgetCheckResult,
@@ -62,13 +47,28 @@ from budgetkit.models import (
     json_schemas,
     parse_period,
 )
-from budgetkit.observability import Instrument, OpenTelemetryTracing, PrometheusMetrics
-from budgetkit.periods import parse_rolling_window
-from budgetkit.pricing import ModelPrice, PriceTable, PriceTier
-from budgetkit.results import DebitResult, Reservation
-from budgetkit.scope import Scope
-from budgetkit.spend import SpendGuard
-from budgetkit.urls import ConnectionOptions
+from budgetkit._core.observability import Instrument, OpenTelemetryTracing, PrometheusMetrics
+from budgetkit._core.periods import parse_rolling_window
+from budgetkit._core.pricing import ModelPrice, PriceTable, PriceTier
+from budgetkit._core.results import DebitResult, Reservation
+from budgetkit._core.scope import Scope
+from budgetkit._core.spend import SpendGuard
+from budgetkit._core.urls import ConnectionOptions
+from budgetkit.metering import (
+    DataMeter,
+    DataUsage,
+    LlmMeter,
+    LlmUsage,
+    Meter,
+    MeterRegistry,
+    ToolCall,
+    ToolCallMeter,
+    UnpricedPolicy,
+    default_registry,
+    from_anthropic_usage,
+    from_openai_usage,
+    meter_amounts,
+)
 
 __version__ = "0.1.0"
 

@@ -29,7 +29,7 @@ from collections.abc import (
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
-from budgetkit.client import (
+from budgetkit._core.client import (
     DEFAULT_WARN_FRACTION,
     EVENTS_BATCH_MAX,
     SPEND_TTL_S,
@@ -40,10 +40,10 @@ from budgetkit.client import (
     KitOptions,
     Unset,
 )
-from budgetkit.client import BudgetKit as AsyncBudgetKit
-from budgetkit.errors import BudgetUnavailable, ClientClosed, InvalidInput
-from budgetkit.keys import Keyspace
-from budgetkit.models import (
+from budgetkit._core.client import BudgetKit as AsyncBudgetKit
+from budgetkit._core.errors import BudgetUnavailable, ClientClosed, InvalidInput
+from budgetkit._core.keys import Keyspace
+from budgetkit._core.models import (
     Budget,
     BudgetCheckResult,
     BudgetEvent,
@@ -53,10 +53,10 @@ from budgetkit.models import (
     BudgetToolResponse,
     LedgerEntry,
 )
-from budgetkit.results import DebitResult, Reservation
-from budgetkit.scope import Scope
-from budgetkit.spend import SpendGuard as AsyncSpendGuard
-from budgetkit.urls import ConnectionOptions, RedisClient, client_from_url
+from budgetkit._core.results import DebitResult, Reservation
+from budgetkit._core.scope import Scope
+from budgetkit._core.spend import SpendGuard as AsyncSpendGuard
+from budgetkit._core.urls import ConnectionOptions, RedisClient, client_from_url
 
 T = TypeVar("T")
 
@@ -67,7 +67,7 @@ CLOSED_MESSAGE = "this budgetkit.sync.BudgetKit is closed"
 class SpendGuard:
     """The blocking spend guard: ``with kit.spend(scope, estimate) as s: s.record(usage)``.
 
-    The async guard's steps run on the facade's loop thread (budgetkit.spend): entering
+    The async guard's steps run on the facade's loop thread (budgetkit._core.spend): entering
     reserves (denied: BudgetExceeded), ``record`` adds usage, leaving commits what was recorded
     (or releases the hold) — also when the block raises. ``hold`` and ``result`` as there.
     """

@@ -56,10 +56,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from redis import exceptions as redis_errors
 
 import budgetkit as bk
-from budgetkit.ids import validate_identifier
-from budgetkit.observability import Instruments
-from budgetkit.replies import EventRecord, text_of
-from budgetkit.scripts import translate_error
+from budgetkit._core.ids import validate_identifier
+from budgetkit._core.observability import Instruments
+from budgetkit._core.replies import EventRecord, text_of
+from budgetkit._core.runtime import translate_error
 
 if TYPE_CHECKING:
     import httpx  # the webhooks extra: imported when a sender is made
@@ -697,7 +697,7 @@ async def run_webhooks(
 
 @contextlib.asynccontextmanager
 async def _store(operation: str) -> AsyncIterator[None]:
-    """The error seam: redis-py's errors become budgetkit's (budgetkit.scripts.translate_error).
+    """The error seam: redis-py's errors become budgetkit's (_core.runtime.translate_error).
     Every call here is safe to repeat, so "maybe applied" is just unavailable."""
     try:
         yield

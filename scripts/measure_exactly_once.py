@@ -1,11 +1,12 @@
 """Measures what exactly-once costs: Redis CPU, memory and request bytes of a request record.
 
-Every mutation carries a request record (budgetkit.redelivery): the debit script stores its reply
-under ``P:{org}:rq:<request id>`` for the redelivery window. This drives the same 3-budget debit
-command (recorded from BudgetKit.debit) twice in one run — as sent (with its record, a fresh
-request id per call) and with the record switched off (fingerprint '') — and reads Redis's own
-``INFO commandstats`` (usec_per_call of EVALSHA) and ``MEMORY USAGE`` of a record (what one call
-keeps for the redelivery window). Rounds alternate the two variants; medians are reported.
+Every mutation carries a request record (budgetkit/_core/redelivery.py): the debit script stores
+a small receipt under ``P:{org}:rq:<request id>`` for the redelivery window. This drives the
+same 3-budget debit command (recorded from BudgetKit.debit) twice in one run: as sent (with its
+record, a fresh request id per call) and with the record switched off (fingerprint ''). It reads
+Redis's own ``INFO commandstats`` (usec_per_call of EVALSHA) and ``MEMORY USAGE`` of a record
+(what one call keeps for the redelivery window). Rounds alternate the two variants; medians are
+reported.
 
 Usage: python3 scripts/measure_exactly_once.py [--calls N] [--rounds R]   (prints JSON)
 It starts a private redis-server on a free loopback port (scripts/redis_server.py).

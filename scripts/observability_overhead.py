@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis_server import RedisServer
 
 import budgetkit as bk
-from budgetkit.observability import OpenTelemetryTracing, PrometheusMetrics
+from budgetkit._core.observability import OpenTelemetryTracing, PrometheusMetrics
 
 
 async def _round(kit: bk.BudgetKit, scope: bk.Scope, op: str, calls: int) -> float:

@@ -11,7 +11,7 @@ Fixtures
     3 primaries + 3 replicas, shared by the tests that leave the topology as they found it.
 ``cluster_client`` (function, async)
     ``redis.asyncio.cluster.RedisCluster`` on ``local_cluster`` with redis-py's retry off (as
-    ``budgetkit.urls`` builds it), FLUSHALL on every primary before the test.
+    ``budgetkit._core.urls`` builds it), FLUSHALL on every primary before the test.
 ``cluster_factory`` (function)
     ``factory(**kwargs) -> LocalCluster``: a dedicated, started cluster for the tests that fail
     over or reshard; stopped at teardown.
@@ -48,7 +48,7 @@ redis_cluster = redis_server
 
 
 def cluster_client_for(ports: list[int], **kwargs: Any) -> RedisCluster:
-    """A RedisCluster with redis-py's retry off, as budgetkit.urls builds one."""
+    """A RedisCluster with redis-py's retry off, as budgetkit._core.urls builds one."""
     kwargs.setdefault("socket_timeout", 5.0)
     kwargs.setdefault("socket_connect_timeout", 2.0)
     return RedisCluster(

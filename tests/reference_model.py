@@ -5,7 +5,7 @@ scripts: tests/test_property.py runs random operation sequences against the real
 and this model and compares every result. Everything is integers: amounts in micro-units
 (10⁻⁶ of a currency unit), times in unix milliseconds, fractions in parts per million. Nothing
 here touches Redis or budgetkit's internals; turning a model budget into a check result reuses
-``budgetkit.evaluate`` (which is unit-tested on its own), since the model's job is the state.
+``budgetkit._core.rules`` (which is unit-tested on its own), since the model's job is the state.
 
 Decisions beyond the SPEC text (from the brief of the property test):
 

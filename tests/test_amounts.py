@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from budgetkit.amounts import (
+from budgetkit._core.amounts import (
     MAX_MICROS,
     MICROS_PER_UNIT,
     from_micros,
     round_micros,
     to_micros,
 )
-from budgetkit.errors import InvalidAmount, InvalidInput
+from budgetkit._core.errors import InvalidAmount, InvalidInput
 
 #: Below this many micros (2³³ units) every float from from_micros reads back exactly.
 EXACT_ROUND_TRIP_MICROS = 2**33 * MICROS_PER_UNIT

@@ -1,4 +1,5 @@
-"""Lua's period rollover agrees with budgetkit.periods (Python datetime), SPEC §7, on both tiers.
+"""Lua's period rollover agrees with budgetkit._core.periods (Python datetime), SPEC §7, on both
+tiers.
 
 Property tests drive real budgets through the scripts with an injected ManualClock:
 
@@ -29,7 +30,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 import budgetkit as bk
-from budgetkit.periods import CALENDAR_UNITS, aligned_period_start_ms, bucket_start_ms
+from budgetkit._core.periods import CALENDAR_UNITS, aligned_period_start_ms, bucket_start_ms
 from tests.support import ManualClock, micros
 
 ORG = "org_cal"

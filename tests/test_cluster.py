@@ -34,7 +34,7 @@ from test_core import *  # noqa: F403  (the core behaviour tests, collected here
 
 import budgetkit as bk
 import budgetkit.sync as bk_sync
-from budgetkit.scripts import guard_key, load_scripts
+from budgetkit._core.runtime import guard_key, load_scripts
 
 pytestmark = pytest.mark.real
 
@@ -72,7 +72,7 @@ async def kit(
 
 
 async def test_urls_build_cluster_and_sentinel_clients() -> None:
-    from budgetkit.urls import client_from_url
+    from budgetkit._core.urls import client_from_url
 
     cluster = client_from_url("redis+cluster://:s3cret@127.0.0.1:7000,node-b:7001")
     try:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from budgetkit.evaluate import (
+from budgetkit._core.rules import (
     NO_BUDGETS_HINT,
     BudgetSnapshot,
     budget_action,

@@ -264,7 +264,7 @@ async def budgets_json(kit: bk.BudgetKit, orgs: list[str]) -> list[str]:
     return out
 
 
-#: What one request record holds in Redis for the redelivery window (budgetkit.redelivery):
+#: What one request record holds in Redis for the redelivery window (budgetkit._core.redelivery):
 #: MEMORY USAGE of a 3-entry debit's receipt (scripts/measure_exactly_once.py, 328 bytes) plus
 #: its expire entry. Records are transient by design (bounded by rate x window), so the soak
 #: below measures the durable state without them.

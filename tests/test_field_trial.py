@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from support import ManualClock, all_entries, assert_invariant, build_kit, close_kit
 
 import budgetkit as bk
-from budgetkit.models import format_timestamp
+from budgetkit._core.models import format_timestamp
 
 ORG = "org_ft"
 KitFactory = Callable[..., Awaitable[Any]]

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from budgetkit.errors import InvalidIdentifier, InvalidInput
-from budgetkit.ids import (
+from budgetkit._core.errors import InvalidIdentifier, InvalidInput
+from budgetkit._core.ids import (
     IDENTIFIER_BYTES_MAX,
     new_budget_id,
     new_hold_id,

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from support import ManualClock, assert_invariant
 
 import budgetkit as bk
+from budgetkit._core.pricing import ModelPrice, PriceTable, parse_rate
 from budgetkit.metering import (
     DataMeter,
     DataUsage,
@@ -32,7 +33,6 @@ from budgetkit.metering import (
     meter_amounts,
     record_usage,
 )
-from budgetkit.pricing import ModelPrice, PriceTable, parse_rate
 
 ORG = "org_m"
 

@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from budgetkit.errors import InvalidInput, InvalidPeriod, InvalidStatus
-from budgetkit.models import (
+from budgetkit._core.errors import InvalidInput, InvalidPeriod, InvalidStatus
+from budgetkit._core.models import (
     ACTION_SEVERITY,
     Budget,
     BudgetAction,

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 import budgetkit as bk
-from budgetkit.observability import OpenTelemetryTracing, PrometheusMetrics
+from budgetkit._core.observability import OpenTelemetryTracing, PrometheusMetrics
 
 ORG = "org_obs"
 

@@ -23,9 +23,9 @@ from support import AsyncOverSync, ManualClock
 
 import budgetkit as bk
 import budgetkit.sync as bk_sync
+from budgetkit._core.convert import budget_period
+from budgetkit._core.models import PERIOD_SECONDS_MAX
 from budgetkit.cli import build_parser
-from budgetkit.convert import budget_period
-from budgetkit.models import PERIOD_SECONDS_MAX
 
 ORG = "org_1"
 START = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)  # a Thursday

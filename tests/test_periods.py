@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from budgetkit.errors import InvalidInput, InvalidPeriod
-from budgetkit.periods import (
+from budgetkit._core.errors import InvalidInput, InvalidPeriod
+from budgetkit._core.periods import (
     CALENDAR_UNITS,
     aligned_period_start_ms,
     bucket_start_ms,

@@ -40,7 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import budgetkit as bk
-from budgetkit.evaluate import (
+from budgetkit._core.rules import (
     BudgetSnapshot,
     check_result,
     event_message,

@@ -10,7 +10,7 @@ import pytest
 from redis import exceptions as redis_errors
 
 import budgetkit as bk
-from budgetkit.scripts import load_scripts, lua_dir, translate_response_error
+from budgetkit._core.runtime import load_scripts, lua_dir, translate_response_error
 
 
 def test_every_script_has_a_contract_header() -> None:
@@ -122,7 +122,8 @@ def test_demo_runs_embedded() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "fakeredis" in out.stdout
-    assert "budget.exhausted" in out.stdout
+    assert "budget_insufficient" in out.stdout  # the spend guard stops workers before overspend
+    assert "rollover" in out.stdout
     assert "reconciliation: 9 budgets" in out.stdout and ": yes (drift 0 micro-units)" in out.stdout
 
 

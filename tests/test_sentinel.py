@@ -28,8 +28,8 @@ from redis.asyncio import Redis
 from support import all_entries, assert_invariant
 
 import budgetkit as bk
-from budgetkit.durability import DurableWriter
-from budgetkit.errors import ReplicationTimeout
+from budgetkit._core.durability import DurableWriter
+from budgetkit._core.errors import ReplicationTimeout
 
 pytestmark = pytest.mark.real
 NO_SYNC_DELAY = ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from budgetkit import amounts, convert, evaluate, ids, keys, redelivery, replies
+from budgetkit._core import amounts, convert, ids, keys, redelivery, replies
+from budgetkit._core import rules as evaluate
 
 LIB = Path(__file__).resolve().parent.parent / "lua" / "_lib.lua"
 _LOCAL = re.compile(r"^local ([A-Z_, ]+?) = (.+?)(?:\s*--.*)?$", re.MULTILINE)

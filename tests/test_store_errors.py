@@ -39,8 +39,8 @@ from redis._parsers.base import BaseParser
 from redis.cluster import RedisCluster as BlockingCluster
 
 import budgetkit as bk
-from budgetkit.client import UNAVAILABLE_CODE
-from budgetkit.scripts import ReplyLost, ScriptRuntime, load_scripts, lua_dir, translate_error
+from budgetkit._core.client import UNAVAILABLE_CODE
+from budgetkit._core.runtime import ReplyLost, ScriptRuntime, load_scripts, lua_dir, translate_error
 
 ORG = "org_store"
 SCOPE = bk.Scope(ORG, session_id="s1", user_id="u1")
@@ -251,7 +251,7 @@ async def test_permission_denied_is_catchable_by_its_name(
 
 @pytest.mark.real
 async def test_batched_calls_are_classified_too(redis_server_factory: Callable[..., Any]) -> None:
-    """Concurrent calls share a pipeline (budgetkit.batching): a refusal during its connection
+    """Concurrent calls share a pipeline (budgetkit._core.batching): a refusal during its connection
     handshake (SELECT) reaches every caller classified."""
     store = await db_index(redis_server_factory)
     async with later_kit(store.url) as kit:

@@ -24,8 +24,8 @@ from redis.asyncio import Redis
 
 import budgetkit as bk
 import budgetkit.sync as bk_sync
-from budgetkit.client import EVENTS_BATCH_MAX
-from budgetkit.client import BudgetKit as AsyncBudgetKit
+from budgetkit._core.client import EVENTS_BATCH_MAX
+from budgetkit._core.client import BudgetKit as AsyncBudgetKit
 
 ORG = "org_sync_api"
 TAIL_WAIT_S = 10.0

@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from support import all_entries, assert_invariant
 
 import budgetkit as bk
-from budgetkit.client import CHECK_ATTEMPTS_MAX, UNAVAILABLE_CODE
+from budgetkit._core.client import CHECK_ATTEMPTS_MAX, UNAVAILABLE_CODE
 
 pytestmark = pytest.mark.real
 

@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 from redis.asyncio import Redis
 
 from budgetkit import Budget, BudgetEvent, BudgetExceeded, BudgetKit, Scope
-from budgetkit.amounts import MICROS_PER_UNIT
-from budgetkit.ids import uuid7_hex
+from budgetkit._core.amounts import MICROS_PER_UNIT
+from budgetkit._core.ids import uuid7_hex
 
 WORKERS = 6
 CALLS_PER_WORKER_MAX = 40

@@ -28,7 +28,7 @@ from budgetkit import (
     OutcomeUnknown,
     UnpricedModel,
 )
-from budgetkit.store_errors import is_acl_refusal, reply_code, server_reply
+from budgetkit._core.store_errors import is_acl_refusal, reply_code, server_reply
 
 __all__ = ["REPORTED_ERRORS", "CliError", "explain", "redact", "redis_url", "unreachable"]
 
@@ -42,7 +42,7 @@ REPORTED_ERRORS = (CliError, BudgetkitError, RedisError, RedisClusterException, 
 
 AUTH_HINTS = ("authenticat", "noauth", "wrongpass", "username-password", "invalid password")
 ACL_HINT = "Grant its user the commands and keys budgetkit needs (docs/acl.md)"
-#: What to do when Redis refused a request, by the code of its reply (budgetkit.store_errors).
+#: What to do when Redis refused a request, by the code of its reply (budgetkit._core.store_errors).
 REFUSAL_HINTS = {
     "READONLY": "Point --redis-url at the primary, not a replica",
     "OOM": "Free memory on the server or raise its maxmemory",

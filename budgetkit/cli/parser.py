@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
 
 from budgetkit import UNSET, BudgetPeriod, InvalidPeriod, __version__, json_schemas
-from budgetkit.convert import budget_period
+from budgetkit._core.convert import budget_period
 
 __all__ = ["EXIT_LIMIT", "EXIT_OK", "EXIT_USAGE", "build_parser"]
 

@@ -8,7 +8,7 @@ This package owns the way budgetkit's state leaves Redis and comes back:
 - ``sinks``: the ``ExportSink`` protocol, ``JsonlSink``, ``PostgresSink``, ``open_sink``.
 - ``records``: what the books hold (``LedgerRecord``, ``EventRow``, ``BudgetSnapshotRecord``).
 - ``reconcile`` (Redis balances vs the books) and ``restore`` (the books → an empty Redis), on
-  the arithmetic of ``books``; the rules they apply are ``budgetkit.evaluate``'s.
+  the arithmetic of ``books``; the rules they apply are ``budgetkit._core.rules``'s.
 - ``streams``: the Redis side (discovery of organizations, stream pages and positions).
 
 Everything a user needs is importable from ``budgetkit.export``; the modules are its layout.

@@ -5,7 +5,7 @@ initial limit is the current limit plus the sum of the ``limit_change`` amounts 
 old limit - new limit). Amounts are integer micro-units throughout.
 
 The rules a script applies when it settles a budget (status, warning zone, thresholds, period
-rollover) are stated once, in ``budgetkit.evaluate``; this module only reads and writes the
+rollover) are stated once, in ``budgetkit._core.rules``; this module only reads and writes the
 budget hash fields they act on (the field names of lua/_lib.lua).
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from budgetkit.evaluate import derive_status, in_warn_zone, rollover_start_ms, thresholds_reached
+from budgetkit._core.rules import derive_status, in_warn_zone, rollover_start_ms, thresholds_reached
 from budgetkit.export.records import (
     LIMIT_CHANGE_SOURCE,
     PERIOD_RESET_SOURCE,

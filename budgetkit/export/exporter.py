@@ -33,8 +33,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from budgetkit.client import BudgetKit
-from budgetkit.errors import InvalidInput
+from budgetkit._core.client import BudgetKit
+from budgetkit._core.errors import InvalidInput
+from budgetkit._core.replies import text_of
 from budgetkit.export.records import (
     ZERO_STREAM_ID,
     BudgetSnapshotRecord,
@@ -58,7 +59,6 @@ from budgetkit.export.streams import (
     last_stream_id,
     stream_replies,
 )
-from budgetkit.replies import text_of
 
 __all__ = ["ExportOptions", "ExportStats", "Exporter", "export_once", "run_exporter"]
 

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from budgetkit.client import BudgetKit
+from budgetkit._core.client import BudgetKit
+from budgetkit._core.replies import text_of
 from budgetkit.export.books import books_balance_micros
 from budgetkit.export.records import ZERO_STREAM_ID, LedgerRecord, LedgerTotals
 from budgetkit.export.sinks import ExportSink
@@ -22,7 +23,6 @@ from budgetkit.export.streams import (
     last_stream_id,
     stream_upto,
 )
-from budgetkit.replies import text_of
 
 __all__ = ["BudgetDrift", "ReconcileReport", "reconcile"]
 

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from budgetkit.errors import CorruptState
-from budgetkit.replies import EventRecord, ms_to_datetime
+from budgetkit._core.errors import CorruptState
+from budgetkit._core.replies import EventRecord, ms_to_datetime
 
 __all__ = [
     "LIMIT_CHANGE_SOURCE",

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from budgetkit.client import BudgetKit
-from budgetkit.errors import BudgetkitError, CorruptState
+from budgetkit._core.client import BudgetKit
+from budgetkit._core.errors import BudgetkitError, CorruptState
 from budgetkit.export.books import books_balance_micros, restored_fields
 from budgetkit.export.records import BudgetSnapshotRecord, LedgerRecord, LedgerTotals
 from budgetkit.export.sinks import ExportSink

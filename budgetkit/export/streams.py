@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from budgetkit.client import BudgetKit
+from budgetkit._core.client import BudgetKit
+from budgetkit._core.keys import Keyspace
+from budgetkit._core.replies import text_of
 from budgetkit.export.records import LedgerRecord
-from budgetkit.keys import Keyspace
-from budgetkit.replies import text_of
 
 __all__ = [
     "DEFAULT_CONSUMER",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Protocol
 
-from budgetkit.errors import InvalidInput
+from budgetkit._core.errors import InvalidInput
 from budgetkit.export.records import (
     BudgetSnapshotRecord,
     EventRow,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from budgetkit.errors import CorruptState
+from budgetkit._core.errors import CorruptState
 from budgetkit.export.records import (
     BudgetSnapshotRecord,
     EventRow,

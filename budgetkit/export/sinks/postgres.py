@@ -25,7 +25,8 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from budgetkit.errors import InvalidInput
+from budgetkit._core.errors import InvalidInput
+from budgetkit._core.replies import ms_to_datetime
 from budgetkit.export.records import (
     BudgetSnapshotRecord,
     EventRow,
@@ -34,7 +35,6 @@ from budgetkit.export.records import (
     LedgerTotals,
     parse_stream_id,
 )
-from budgetkit.replies import ms_to_datetime
 
 __all__ = ["PostgresSink"]
 

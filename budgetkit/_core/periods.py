@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from budgetkit.errors import InvalidInput, InvalidPeriod, short_repr
+from budgetkit._core.errors import InvalidInput, InvalidPeriod, short_repr
 
 __all__ = [
     "CALENDAR_UNITS",

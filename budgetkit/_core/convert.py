@@ -11,19 +11,19 @@ import re
 from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 
-from budgetkit.amounts import MAX_MICROS, to_micros
-from budgetkit.errors import InvalidInput, InvalidLimit, InvalidPeriod, short_repr
-from budgetkit.ids import normalize_currency
-from budgetkit.models import (
+from budgetkit._core.amounts import MAX_MICROS, to_micros
+from budgetkit._core.errors import InvalidInput, InvalidLimit, InvalidPeriod, short_repr
+from budgetkit._core.ids import normalize_currency
+from budgetkit._core.models import (
     BudgetPeriod,
     CalendarPeriod,
     DurationPeriod,
     RollingPeriod,
     parse_period,
 )
-from budgetkit.periods import parse_calendar_unit, parse_rolling_window
-from budgetkit.scope import Scope
-from budgetkit.scripts import ScriptArg
+from budgetkit._core.periods import parse_calendar_unit, parse_rolling_window
+from budgetkit._core.runtime import ScriptArg
+from budgetkit._core.scope import Scope
 
 Amount = int | float | Decimal
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from budgetkit.ids import validate_identifier
+from budgetkit._core.ids import validate_identifier
 
 #: Subject levels from most specific to most general (wire names).
 LEVELS = ("session", "app_channel", "app", "agent", "user", "org")

@@ -43,8 +43,8 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import MovedError
 
-from budgetkit.errors import InvalidInput, ReplicationTimeout
-from budgetkit.scripts import GUARD_PREAMBLE, ScriptArg, guard_key, slot_prefix
+from budgetkit._core.errors import InvalidInput, ReplicationTimeout
+from budgetkit._core.runtime import GUARD_PREAMBLE, ScriptArg, guard_key, slot_prefix
 
 #: The scripts whose writes must survive a failover (check, get, list, ledger only roll periods
 #: over, which is recomputed identically if lost).

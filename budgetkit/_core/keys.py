@@ -2,7 +2,7 @@
 
 Every key of one organization carries the organization id as its hash tag (``bk:{org_1}:…``), so
 every script that touches one scope runs on one Redis Cluster slot. Identifiers are validated by
-``budgetkit.ids`` before they get here: they never contain ``{``/``}`` or whitespace, so a key
+``budgetkit._core.ids`` before they get here: they never contain ``{``/``}`` or whitespace, so a key
 cannot break out of its tag. The subject type is one of a fixed set without ``:``, and the subject
 id is the last component, so two different (type, id) pairs never share a key.
 
@@ -20,7 +20,7 @@ Layout (``P`` = prefix, default ``bk``):
     P:{org}:events                 stream  the org's budget events
     P:{org}:idem:<operation>:<key> list    idempotency record: fingerprint, expiry ms, reply
     P:{org}:rq:<request id>        string  one call's receipt, 'expires|now|tags|budgets|entries|
-                                           events' (lua/_lib.lua; budgetkit.redelivery)
+                                           events' (lua/_lib.lua; budgetkit._core.redelivery)
     P:{org}:h:<hold_id>            hash    a reservation: exp (ms), sess, b:<budget_id> amounts
     P:{org}:hz:<budget_id>         zset    a budget's outstanding holds, score = expiry ms
     P:{org}:ha:<budget_id>         hash    a budget's outstanding holds: hold id -> amount
@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from budgetkit.errors import InvalidIdentifier
+from budgetkit._core.errors import InvalidIdentifier
 
 #: Every key suffix after the organization's prefix ``P:{org}:``. The scripts build the keys they
 #: find by a budget id themselves (lua/_lib.lua: BUDGET_KEY, LEDGER_KEY, HOLD_INDEX_KEY,

@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import PRIMARY
 from redis.maint_notifications import MaintNotificationsConfig
 
-from budgetkit.errors import InvalidInput
+from budgetkit._core.errors import InvalidInput
 
 SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
@@ -88,9 +88,9 @@ def client_from_url(
     ``socket_timeout_s``). redis-py's automatic retry of a command after a dropped connection
     is switched off (for a Cluster too): budgetkit resends a call whose reply was lost itself,
     a bounded number of times, and its request record makes the resend apply nothing twice
-    (budgetkit.redelivery); with no retries of redis-py's, the redelivery window is short.
+    (budgetkit._core.redelivery); with no retries of redis-py's, the redelivery window is short.
     Following a failover (a redirect, a new primary) is budgetkit's job: see
-    ``budgetkit.scripts.ScriptRuntime`` — it retries only what provably did not run.
+    ``budgetkit._core.runtime.ScriptRuntime`` — it retries only what provably did not run.
 
     Returns a ``redis.asyncio.Redis`` (single server, Sentinel-managed primary) or a
     ``redis.asyncio.cluster.RedisCluster`` (typed ``Any`` so both fit the callers' types).

@@ -35,7 +35,7 @@ import re
 
 from redis import exceptions as redis_errors
 
-from budgetkit.errors import (
+from budgetkit._core.errors import (
     SCRIPT_ERROR_CODES,
     BudgetkitError,
     BudgetUnavailable,

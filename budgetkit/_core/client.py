@@ -21,25 +21,18 @@ from redis.asyncio import Redis
 from redis.client import Redis as BlockingRedis
 from redis.cluster import RedisCluster as BlockingCluster
 
-from budgetkit import convert
-from budgetkit.amounts import from_micros, to_micros
-from budgetkit.batching import ScriptBatcher
-from budgetkit.durability import Durability, DurableWriter
-from budgetkit.errors import (
+from budgetkit._core import convert
+from budgetkit._core.amounts import from_micros, to_micros
+from budgetkit._core.batching import ScriptBatcher
+from budgetkit._core.durability import Durability, DurableWriter
+from budgetkit._core.errors import (
     BudgetNotFound,
     BudgetUnavailable,
     InvalidInput,
     OutcomeUnknown,
     UnpricedModel,
 )
-from budgetkit.evaluate import (
-    BudgetSnapshot,
-    check_result,
-    insufficient_result,
-    tool_response,
-    with_root_session_note,
-)
-from budgetkit.ids import (
+from budgetkit._core.ids import (
     LEDGER_ID_BASE_LEN,
     new_budget_id,
     new_hold_id,
@@ -49,9 +42,9 @@ from budgetkit.ids import (
     parse_hold_id,
     validate_identifier,
 )
-from budgetkit.keys import Keyspace
-from budgetkit.metering import meter_for_charge
-from budgetkit.models import (
+from budgetkit._core.keys import Keyspace
+from budgetkit._core.metering import meter_for_charge
+from budgetkit._core.models import (
     Budget,
     BudgetCheckResult,
     BudgetEvent,
@@ -62,9 +55,9 @@ from budgetkit.models import (
     LedgerEntry,
     ToolStatus,
 )
-from budgetkit.observability import Instrument, Instruments
-from budgetkit.redelivery import AUTO_FINGERPRINT, KEEP_FOREVER_MS, request_window_ms
-from budgetkit.replies import (
+from budgetkit._core.observability import Instrument, Instruments
+from budgetkit._core.redelivery import AUTO_FINGERPRINT, KEEP_FOREVER_MS, request_window_ms
+from budgetkit._core.replies import (
     EventRecord,
     Levels,
     Reply,
@@ -73,11 +66,18 @@ from budgetkit.replies import (
     parse_reply,
     text_of,
 )
-from budgetkit.results import DebitResult, Reservation
-from budgetkit.scope import Scope
-from budgetkit.scripts import ScriptArg, ScriptRuntime, translate_error
-from budgetkit.spend import SpendGuard
-from budgetkit.urls import ConnectionOptions, RedisClient, client_from_url
+from budgetkit._core.results import DebitResult, Reservation
+from budgetkit._core.rules import (
+    BudgetSnapshot,
+    check_result,
+    insufficient_result,
+    tool_response,
+    with_root_session_note,
+)
+from budgetkit._core.runtime import ScriptArg, ScriptRuntime, translate_error
+from budgetkit._core.scope import Scope
+from budgetkit._core.spend import SpendGuard
+from budgetkit._core.urls import ConnectionOptions, RedisClient, client_from_url
 
 log = logging.getLogger("budgetkit")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -194,20 +194,20 @@ class BudgetKit:
     ``fail_closed`` (default) makes check say stop when Redis is unreachable; ``fail_open`` says
     continue, flagged with ``fail_open=True``. ``idempotency_ttl_seconds``: how long idempotency
     records are kept (1 s .. 30 days). ``batching`` (default on): concurrent calls of this client
-    share round trips (see budgetkit.batching); each call keeps its own atomicity and result.
-    ``instruments``: metrics/tracing sinks (budgetkit.observability); none by default, at no cost.
+    share round trips (see budgetkit._core.batching); each call keeps its own atomicity and result.
+    ``instruments``: metrics/tracing sinks (_core.observability); none by default, at no cost.
     ``read_replica``: a client of a replica; ``check`` and ``check_tool`` then run a read-only
     script there (rollovers evaluated in memory, nothing written) — stale by the replication lag.
     ``client``: a ``redis.asyncio.Redis`` (one server, or a Sentinel-managed primary) or a
-    ``redis.asyncio.cluster.RedisCluster`` (see budgetkit.scripts for what changes there).
+    ``redis.asyncio.cluster.RedisCluster`` (see budgetkit._core.runtime for what changes there).
     ``durability``: a ``Durability(replicas, timeout_ms, aof)`` waits after each mutation until
     that many replicas acknowledged it (``WAIT``; ``aof``: ``WAITAOF``, Redis >= 7.2), else
-    raises ReplicationTimeout (an OutcomeUnknown): see budgetkit.durability. None: off.
+    raises ReplicationTimeout (an OutcomeUnknown): see budgetkit._core.durability. None: off.
     ``amounts``: ``"round"`` (default) rounds every amount half-up to the micro-unit
     (``1500 * 3e-6`` charges 0.0045); ``"strict"`` rejects more than 6 decimals (SPEC §2).
     ``require_budgets``: a check of a scope with no non-disabled budget says stop
     (error_code ``no_budget``) and a reservation there is denied (SPEC §10); off by default.
-    Every mutation applies exactly once, whoever retries it (budgetkit.redelivery).
+    Every mutation applies exactly once, whoever retries it (budgetkit._core.redelivery).
     """
 
     def __init__(
@@ -275,7 +275,7 @@ class BudgetKit:
         cls, url: str, *, connection: ConnectionOptions | None = None, **options: Unpack[KitOptions]
     ) -> BudgetKit:
         """A client for ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://h:p,h:p``
-        and ``redis+sentinel://h:p,h:p/service`` URLs (budgetkit.urls). ``connection``: timeouts
+        and ``redis+sentinel://h:p,h:p/service`` URLs (_core.urls). ``connection``: timeouts
         (how long a call waits for an unreachable or silent server) and the pool size
         (``ConnectionOptions``; None: its defaults). ``options``: the class's keywords."""
         settings = connection or ConnectionOptions()
@@ -373,7 +373,7 @@ class BudgetKit:
         keep: bool = False,
     ) -> tuple[list[ScriptArg], str, list[ScriptArg]]:
         """The common args, the request record key and its (fingerprint, ttl_ms) args of one
-        mutating call (budgetkit.redelivery: a call sent twice applies once).
+        mutating call (budgetkit._core.redelivery: a call sent twice applies once).
 
         With an idempotency ``key`` the record is scoped per organization and operation kind,
         its fingerprint a SHA-256 of the canonical ``request`` (the same key with another request
@@ -1010,7 +1010,7 @@ async def _redis_errors(operation: str) -> AsyncIterator[None]:
     try:
         yield
     except (redis_errors.RedisError, redis_errors.RedisClusterException) as error:
-        failure = translate_error(operation, error)  # refusals too: budgetkit.store_errors
+        failure = translate_error(operation, error)  # refusals too: budgetkit._core.store_errors
         if type(failure) is OutcomeUnknown:
             failure = BudgetUnavailable(f"{operation}: cannot reach Redis: {error}")
         if failure is error:

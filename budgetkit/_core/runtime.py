@@ -34,8 +34,8 @@ Topologies (``topology_of``): one server, a Sentinel-managed primary, or a Redis
 - **One server.** No failover retry, no guard.
 - **Every topology.** A call whose connection closed after it was sent (its reply lost) is sent
   again, at most ``RESENDS_MAX`` times: every mutation carries a request record the script
-  checks first (budgetkit.redelivery), so the resend returns the first reply instead of applying
-  twice. Refusals are told apart from bugs in budgetkit.store_errors; only those a failover ends
+  checks first (_core.redelivery), so the resend returns the first reply instead of applying
+  twice. Refusals are told apart from bugs in _core.store_errors; only those a failover ends
   (``store_errors.PASSING_CODES``) are retried.
 """
 
@@ -55,18 +55,18 @@ from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from budgetkit.errors import (
+from budgetkit._core.errors import (
     BudgetkitError,
     BudgetUnavailable,
     OutcomeUnknown,
     ScriptError,
 )
-from budgetkit.redelivery import RESENDS_MAX
-from budgetkit.store_errors import budgetkit_error, passing, refusal, translate_reply
+from budgetkit._core.redelivery import RESENDS_MAX
+from budgetkit._core.store_errors import budgetkit_error, passing, refusal, translate_reply
 
 if TYPE_CHECKING:
-    from budgetkit.durability import DurableWriter
-    from budgetkit.urls import RedisClient
+    from budgetkit._core.durability import DurableWriter
+    from budgetkit._core.urls import RedisClient
 
 log = logging.getLogger("budgetkit")
 
@@ -87,11 +87,9 @@ Topology = Literal["single", "sentinel", "cluster"]
 
 
 def lua_dir() -> Path:
-    """The directory holding the Lua sources: inside the wheel, or the repo's top-level lua/."""
-    packaged = Path(str(resources.files("budgetkit"))) / "lua"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "lua"
+    """The directory holding the Lua sources: ``budgetkit/lua`` (the wheel packs the repo's
+    top-level lua/ there; in a checkout it is a link to lua/)."""
+    return Path(str(resources.files("budgetkit"))) / "lua"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +148,7 @@ def topology_of(client: object) -> Topology:
 
 def translate_response_error(error: redis_errors.ResponseError) -> Exception:
     """Maps a ``BK_<CODE> message`` reply to its typed error; anything else is a ScriptError
-    (``translate_error`` first tells the store's refusals apart: budgetkit.store_errors)."""
+    (``translate_error`` first tells the store's refusals apart: budgetkit._core.store_errors)."""
     return budgetkit_error(error) or ScriptError(str(error))
 
 
@@ -189,7 +187,7 @@ def translate_error(name: str, error: BaseException) -> BaseException:
 class ReplyLost(OutcomeUnknown):
     """The connection closed after the request was sent: the reply is lost, the server is not
     known to be stuck, so ScriptRuntime.call sends the request again (its request record makes
-    that safe, budgetkit.redelivery). A timeout is a plain OutcomeUnknown: not resent."""
+    that safe, budgetkit._core.redelivery). A timeout is a plain OutcomeUnknown: not resent."""
 
 
 def connection_failure(
@@ -212,7 +210,7 @@ def connection_failure(
 class ScriptRuntime:
     """Calls operation scripts on one Redis client (one connection pool, or one Cluster).
 
-    ``durability``: wait for replica acknowledgements after each mutation (budgetkit.durability).
+    ``durability``: wait for replica acknowledgements after each mutation (_core.durability).
     ``failover_retry_s``: how long calls that provably did not run are retried; default 0 on
     one server and FAILOVER_RETRY_S on a Cluster or a Sentinel-managed primary.
     """
@@ -241,12 +239,13 @@ class ScriptRuntime:
         self._primary: object = None  # Sentinel: the primary's address as last seen here
         self.reloads = 0
         self.failover_retries = 0  # calls retried after a not-run error (cluster/sentinel)
-        self.resends = 0  # calls sent again after their reply was lost (budgetkit.redelivery)
+        self.resends = 0  # calls sent again after their reply was lost (budgetkit._core.redelivery)
         if isinstance(client, RedisCluster) and client.retry.get_retries() > 0:
             log.warning(
                 "budgetkit: this RedisCluster client retries commands after connection errors; "
                 "request records keep every mutation exactly-once, but they are kept longer "
-                "for it (budgetkit.redelivery). BudgetKit.from_url builds clients without retries"
+                "for it (budgetkit._core.redelivery). BudgetKit.from_url builds clients "
+                "without retries"
             )
 
     @property
@@ -279,7 +278,7 @@ class ScriptRuntime:
         (allowed on replicas; the script must not write).
 
         A call whose connection closed after sending (ReplyLost) is sent again, at most
-        RESENDS_MAX times: every mutation carries its request record (budgetkit.redelivery),
+        RESENDS_MAX times: every mutation carries its request record (budgetkit._core.redelivery),
         so a resend returns the first reply instead of applying twice, and the other scripts
         only read or roll periods over. A timeout is not resent (the server may be stuck: the
         caller should not wait twice). When a resend cannot reach Redis the first outcome stays

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from budgetkit.amounts import MICROS_PER_UNIT
-from budgetkit.models import (
+from budgetkit._core.amounts import MICROS_PER_UNIT
+from budgetkit._core.models import (
     ACTION_SEVERITY,
     ActionKind,
     BudgetCheckResult,
@@ -22,7 +22,7 @@ from budgetkit.models import (
     ErrorFields,
     SummaryStatus,
 )
-from budgetkit.scope import Scope
+from budgetkit._core.scope import Scope
 
 __all__ = [
     "DEFAULT_WARN_FRACTION_PPM",
@@ -528,7 +528,7 @@ def rollover_start_ms(
     rollover the balance returns to the limit, the soft limit's acknowledgement and the fired
     thresholds clear, and the period starts at the returned time.
     """
-    from budgetkit.periods import aligned_period_start_ms, bucket_start_ms
+    from budgetkit._core.periods import aligned_period_start_ms, bucket_start_ms
 
     if now_ms < started_ms:
         return None

@@ -15,10 +15,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from budgetkit.amounts import from_micros
-from budgetkit.errors import BudgetkitError, CorruptState, ScriptError, short_repr
-from budgetkit.evaluate import BudgetSnapshot, event_message
-from budgetkit.models import (
+from budgetkit._core.amounts import from_micros
+from budgetkit._core.errors import BudgetkitError, CorruptState, ScriptError, short_repr
+from budgetkit._core.models import (
     Budget,
     BudgetEvent,
     BudgetEventData,
@@ -27,6 +26,7 @@ from budgetkit.models import (
     LedgerEntry,
     parse_period,
 )
+from budgetkit._core.rules import BudgetSnapshot, event_message
 
 RECORD_WIDTH = 19
 SNAPSHOT_WIDTH = 10

@@ -16,7 +16,7 @@ import threading
 import time
 import unicodedata
 
-from budgetkit.errors import InvalidIdentifier, InvalidInput, short_repr
+from budgetkit._core.errors import InvalidIdentifier, InvalidInput, short_repr
 
 __all__ = [
     "BUDGET_ID_PREFIX",

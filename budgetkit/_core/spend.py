@@ -20,21 +20,21 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from budgetkit import convert
-from budgetkit.amounts import from_micros
-from budgetkit.errors import (
+from budgetkit._core import convert
+from budgetkit._core.amounts import from_micros
+from budgetkit._core.errors import (
     BudgetExceeded,
     HoldExpired,
     HoldNotFound,
     InvalidInput,
     OutcomeUnknown,
 )
-from budgetkit.metering import meter_for_charge
-from budgetkit.results import DebitResult, Reservation
-from budgetkit.scope import Scope
+from budgetkit._core.metering import meter_for_charge
+from budgetkit._core.results import DebitResult, Reservation
+from budgetkit._core.scope import Scope
 
 if TYPE_CHECKING:
-    from budgetkit.client import BudgetKit, _Usage
+    from budgetkit._core.client import BudgetKit, _Usage
 
 #: How long exiting a guard may take to commit or release (shielded from cancellation).
 SETTLE_TIMEOUT_S = 10.0

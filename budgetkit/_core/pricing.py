@@ -8,7 +8,7 @@ maps model names to prices and finds a model by a case-insensitive, dated-alias-
 
 Why exact: prices are Decimal, read from JSON/TOML without passing through a float, so a
 computed cost is the exact product ``rate * tokens / 1,000,000`` before its single half-up
-rounding to micro-units (done by the meter, :mod:`budgetkit.metering`).
+rounding to micro-units (done by the meter, budgetkit/_core/metering.py).
 
 The curated default table ships as ``budgetkit/prices.json`` (each entry names its source page
 and the date of its price); users extend or override it from a dict, a JSON file or a TOML file.
@@ -48,8 +48,8 @@ from pydantic import (
     field_validator,
 )
 
-from budgetkit.errors import InvalidInput
-from budgetkit.models import _describe
+from budgetkit._core.errors import InvalidInput
+from budgetkit._core.models import _describe
 
 __all__ = [
     "DEFAULT_PRICES_FILE",

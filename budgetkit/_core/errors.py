@@ -95,7 +95,7 @@ class BudgetUnavailable(BudgetkitError):
     """Redis could not be reached, or refused the request; it was not applied.
 
     ``server_error`` is Redis's reply when it refused (``NOPERM ...``, ``ERR DB index is out of
-    range``, ``READONLY ...``, ``OOM ...``, ``LOADING ...``: see budgetkit.store_errors), None
+    range``, ``READONLY ...``, ``OOM ...``, ``LOADING ...``: see budgetkit._core.store_errors), None
     when it could not be reached. ``check`` answers by the failure policy in both cases.
     """
 

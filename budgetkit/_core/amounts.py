@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 
-from budgetkit.errors import InvalidAmount, short_repr
+from budgetkit._core.errors import InvalidAmount, short_repr
 
 __all__ = [
     "MAX_MICROS",

@@ -18,16 +18,16 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-from budgetkit.errors import BudgetUnavailable, OutcomeUnknown
-from budgetkit.scripts import (
+from budgetkit._core.errors import BudgetUnavailable, OutcomeUnknown
+from budgetkit._core.runtime import (
     ReplyLost,
     ScriptArg,
     ScriptRuntime,
     connection_failure,
     translate_error,
 )
-from budgetkit.store_errors import passing
-from budgetkit.urls import RedisClient
+from budgetkit._core.store_errors import passing
+from budgetkit._core.urls import RedisClient
 
 BATCH_SIZE_MAX = 256
 
@@ -98,13 +98,15 @@ class ScriptBatcher:
         if self._on_batch is not None:
             self._on_batch(len(calls))
         runtime = self._runtime
-        await runtime.refresh_primary()  # Sentinel: leave a demoted primary (budgetkit.scripts)
+        await (
+            runtime.refresh_primary()
+        )  # Sentinel: leave a demoted primary (budgetkit._core.runtime)
         try:
             for name in {c.name for c in calls}:
                 await runtime.ensure_loaded(name)
             commands = [runtime.command(c.name, c.keys, c.args) for c in calls]
             durability = runtime.durability
-            if durability is not None:  # WAIT after the pipeline (budgetkit.durability)
+            if durability is not None:  # WAIT after the pipeline (budgetkit._core.durability)
                 keys = [c.keys[0] if c.keys else "" for c in calls]
                 mutations = [durability.covers(c.name) for c in calls]
                 results = await durability.run_batch(self._client, commands, keys, mutations)
@@ -117,7 +119,7 @@ class ScriptBatcher:
             lost = connection_failure("batch", error)
             if isinstance(lost, ReplyLost):
                 # Replies lost: each call is sent again alone, at once (its request record
-                # makes that safe, budgetkit.redelivery).
+                # makes that safe, budgetkit._core.redelivery).
                 await asyncio.gather(*(self._resend_alone(c, lost) for c in calls))
                 return
             if isinstance(lost, OutcomeUnknown) or runtime.failover_retry_s <= 0:

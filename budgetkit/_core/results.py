@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_serializer
 
-from budgetkit.models import (
+from budgetkit._core.models import (
     Amount,
     BudgetCheckResult,
     BudgetEvent,
@@ -15,7 +15,7 @@ from budgetkit.models import (
     Timestamp,
     _WireModel,
 )
-from budgetkit.scope import Scope
+from budgetkit._core.scope import Scope
 
 
 class DebitResult(_WireModel):

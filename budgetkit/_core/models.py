@@ -36,9 +36,14 @@ from pydantic import (
     model_serializer,
 )
 
-from budgetkit.errors import InvalidInput, InvalidPeriod, InvalidStatus, short_repr
-from budgetkit.ids import normalize_currency, parse_budget_id, parse_ledger_id, validate_identifier
-from budgetkit.periods import CALENDAR_UNITS, parse_rolling_window
+from budgetkit._core.errors import InvalidInput, InvalidPeriod, InvalidStatus, short_repr
+from budgetkit._core.ids import (
+    normalize_currency,
+    parse_budget_id,
+    parse_ledger_id,
+    validate_identifier,
+)
+from budgetkit._core.periods import CALENDAR_UNITS, parse_rolling_window
 
 __all__ = [
     "ACTION_SEVERITY",
