@@ -293,10 +293,10 @@ async def _in_tasks(items: range, call: Callable[[int], Awaitable[Any]]) -> None
 
 
 async def _load_script(kit: BudgetKit, sha: str) -> None:
-    name = next((s.name for s in kit.runtime.scripts.values() if s.sha == sha), None)
+    name = next((s.name for s in kit._runtime.scripts.values() if s.sha == sha), None)
     if name is None:
         raise BenchError(f"no script of budgetkit has the recorded SHA {sha}")
-    await kit.runtime.ensure_loaded(name)
+    await kit._runtime.ensure_loaded(name)
 
 
 def idempotent_debit_op(kit: BudgetKit, scope: Scope) -> Callable[[], Awaitable[bool]]:

@@ -141,7 +141,7 @@ async def run_budgetkit(
 
 def batching_note(kit: BudgetKit) -> str:
     """How calls coalesced: 'batching off', or the mean calls per pipeline."""
-    batcher = kit.batcher
+    batcher = kit._batcher
     if batcher is None:
         return "batching off: one EVALSHA per call"
     if batcher.batches == 0:

@@ -14,7 +14,7 @@
 --   thr thrf              extra warning thresholds: spent fractions in ppm, ascending, comma-
 --                         separated ('' = none, at most 16); bitmask of those fired this period
 --   created updated       ms
--- Reply shape shared by every script that returns budgets (see budgetkit/replies.py):
+-- Reply shape shared by every script that returns budgets (see budgetkit/_core/replies.py):
 --   { now_ms, n_budgets, n_budgets * (19 record | 10 snapshot) fields,
 --     n_entries, n_entries * 9 ledger fields, n_events, n_events * 10 event fields }
 --   Scope scripts (check, debit, reserve, commit) send snapshots; the others full records.
@@ -27,7 +27,7 @@ local ENTRIES_PER_CALL_MAX = 255
 local CURRENCIES_PER_CALL_MAX = 64
 local LEDGER_ID_BASE_LEN = 37  -- 'ledger_' + 30 hex: a call's entry ids add 2 hex digits
 -- Key suffixes after the organization's prefix (ARGV[1] = P:{org}:), for the keys a script finds
--- by a budget id. budgetkit/keys.py names every suffix (KEY_SUFFIXES);
+-- by a budget id. budgetkit/_core/keys.py names every suffix (KEY_SUFFIXES);
 -- tests/test_shared_constants.py keeps the two equal.
 local BUDGET_KEY, LEDGER_KEY, HOLD_INDEX_KEY, HOLD_AMOUNTS_KEY = 'b:', 'l:', 'hz:', 'ha:'
 
@@ -608,7 +608,7 @@ local function tagged(tags, out)
 end
 
 
--- Request records make every mutation exactly-once (budgetkit/redelivery.py). Two kinds, under a
+-- Request records make every mutation exactly-once (budgetkit/_core/redelivery.py). Two kinds, under a
 -- declared key, judged expired by the operation clock (batch.now; the key TTL only reclaims
 -- memory):
 -- * Idempotency records (a caller's key; fingerprint = a hash of the request): a list

@@ -4,7 +4,7 @@
 -- ARGV[1]   key prefix of the org  bk:{org}:
 -- ARGV[2]   now_ms ('' = Redis TIME)
 -- ARGV[3]   ledger id base (ledger_ + 30 hex) for period_reset entries
--- Returns   the shared reply with budget snapshots; budgetkit/evaluate.py decides (SPEC §4-5)
+-- Returns   the shared reply with budget snapshots; budgetkit/_core/rules.py decides (SPEC §4-5)
 -- Errors    BK_CORRUPT <key field>
 -- Invariants writes only rollovers, each with its ledger entry and events
 local events_key = KEYS[#KEYS]

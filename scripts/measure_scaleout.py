@@ -87,7 +87,7 @@ async def wait_cost(seconds: float) -> list[dict[str, Any]]:
                 await timed_debits(kit, [scope], 1, 0.3)  # warm-up (scripts loaded)
                 for tasks in (1, 64):
                     row = await timed_debits(kit, [scope], tasks, seconds)
-                    waits = kit.runtime.durability.waits if kit.runtime.durability else 0
+                    waits = kit._runtime.durability.waits if kit._runtime.durability else 0
                     row.update(mode="WAIT 1" if durable else "plain", tasks=tasks, waits=waits)
                     rows.append(row)
     return rows

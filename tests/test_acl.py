@@ -331,8 +331,8 @@ async def test_worker_without_script_load(server: Server, root: redis_asyncio.Re
     admin = kit_as(server, ADMIN)
     worker = bk.BudgetKit.from_url(f"redis://worker-noload:pw@{server.host_port}/0")
     try:
-        for name in admin.runtime.scripts:  # the operator preloads every script
-            await admin.runtime.ensure_loaded(name)
+        for name in admin._runtime.scripts:  # the operator preloads every script
+            await admin._runtime.ensure_loaded(name)
         await admin.create_budget("org_a", "session", "s1", "usd", 10)
         result = await worker.check(bk.Scope("org_a", session_id="s1"))
         assert result.action == "continue"

@@ -18,8 +18,8 @@ async def test_concurrent_debits_coalesce_and_stay_exact(redis: Redis) -> None:
     b = await kit.create_budget(ORG, "session", "s1", "usd", 100)
     scope = bk.Scope(organization_id=ORG, session_id="s1")
     results = await asyncio.gather(*(kit.debit(scope, {"usd": 0.5}) for _ in range(300)))
-    assert kit.batcher is not None and kit.batcher.batches >= 1
-    assert kit.batcher.batched_calls >= 256
+    assert kit._batcher is not None and kit._batcher.batches >= 1
+    assert kit._batcher.batched_calls >= 256
     balances = sorted(r.check.balance or 0 for r in results if r.check.balance is not None)
     assert (await kit.get_budget(ORG, b.id)).balance == -50
     assert len({e.id for r in results for e in r.entries}) == 300
@@ -54,13 +54,13 @@ async def test_noscript_inside_a_batch_is_recovered(redis: Redis) -> None:
     await redis.script_flush()
     results = await asyncio.gather(*(kit.debit(scope, {"usd": 0.1}) for _ in range(4)))
     assert len(results) == 4
-    assert kit.runtime.reloads >= 1
+    assert kit._runtime.reloads >= 1
     assert (await kit.check_tool(scope)).budgets[0].balance == pytest.approx(9.2)
 
 
 async def test_batching_can_be_switched_off(redis: Redis) -> None:
     kit = bk.BudgetKit(redis, batching=False)
-    assert kit.batcher is None
+    assert kit._batcher is None
     await kit.create_budget(ORG, "session", "s1", "usd", 10)
     scope = bk.Scope(organization_id=ORG, session_id="s1")
     await asyncio.gather(*(kit.debit(scope, {"usd": 1}) for _ in range(5)))

@@ -110,7 +110,7 @@ async def test_urls_build_cluster_and_sentinel_clients() -> None:
 
 async def test_from_url_runs_on_the_cluster(local_cluster: Any, cluster_client: Any) -> None:
     async with bk.BudgetKit.from_url(local_cluster.url) as kit:
-        assert kit.runtime.topology == "cluster"
+        assert kit._runtime.topology == "cluster"
         orgs = [f"org_{i}" for i in range(12)]  # spread over the 3 primaries
         for org in orgs:
             await kit.create_budget(org, "session", "s", "usd", 10)
@@ -154,7 +154,7 @@ async def test_calls_wait_while_the_slot_is_split_and_unguarded_scripts_would_no
     clock = ManualClock()
     org = "org_split"
     async with bk.BudgetKit.from_url(cluster.url, clock=clock) as kit:
-        kit.runtime.failover_retry_s = 0.3  # give up quickly: the slot stays split here
+        kit._runtime.failover_retry_s = 0.3  # give up quickly: the slot stays split here
         scope, _ = await scope_budgets(kit, org)
         period = {"type": "duration", "seconds": 60}
         rolling = await kit.create_budget(org, "session", "sess_load", "tokens", 100, period=period)
@@ -221,11 +221,11 @@ async def test_slot_migration_to_a_new_node_under_load_loses_and_duplicates_noth
             await load.stop()
         assert cluster.slot_owner(slot).port == new_port
         await assert_books_exact(kit, org, budgets, load.acked)
-        assert kit.runtime.reloads >= 1, "the new node had no scripts: NOSCRIPT, then EVAL"
+        assert kit._runtime.reloads >= 1, "the new node had no scripts: NOSCRIPT, then EVAL"
         print(
             f"\nmigrated {moved} keys in {migration_s:.2f} s under load; "
             f"{len(load.acked)} debits acknowledged, retried errors {load.errors}, "
-            f"runtime retries {kit.runtime.failover_retries}, reloads {kit.runtime.reloads}"
+            f"runtime retries {kit._runtime.failover_retries}, reloads {kit._runtime.reloads}"
         )
 
 
@@ -259,12 +259,12 @@ async def test_primary_failover_under_load_keeps_every_acknowledged_debit(
             await load.stop()
         assert cluster.slot_owner(slot).port == replica.port
         await assert_books_exact(kit, org, budgets, load.acked)
-        assert kit.runtime.reloads >= 1
-        waits = kit.runtime.durability.waits if kit.runtime.durability else 0
+        assert kit._runtime.reloads >= 1
+        waits = kit._runtime.durability.waits if kit._runtime.durability else 0
         print(
             f"\nfailover ({'durable' if durable else 'plain'}) in {failover_s:.2f} s under load: "
             f"{len(load.acked)} debits acknowledged, retried errors {load.errors}, "
-            f"runtime retries {kit.runtime.failover_retries}, WAITs {waits}"
+            f"runtime retries {kit._runtime.failover_retries}, WAITs {waits}"
         )
 
 
@@ -298,7 +298,7 @@ async def test_primary_crash_under_load_durable_loses_no_acknowledged_debit(
         print(
             f"\nprimary killed, replica promoted and old primary back in {outage_s:.2f} s: "
             f"{len(load.acked)} debits acknowledged, retried errors {load.errors}, "
-            f"runtime retries {kit.runtime.failover_retries}"
+            f"runtime retries {kit._runtime.failover_retries}"
         )
 
 

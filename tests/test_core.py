@@ -476,7 +476,7 @@ async def test_noscript_after_flush_is_recovered(kit: bk.BudgetKit, redis: Redis
     await kit.debit(session_scope(), {"usd": 1})
     await redis.script_flush()
     await kit.debit(session_scope(), {"usd": 1})
-    assert kit.runtime.reloads == 1
+    assert kit._runtime.reloads == 1
     assert (await kit.check(session_scope())).action == "continue"
 
 

@@ -13,7 +13,7 @@ straight from Redis (XRANGE) and checked:
   an unavailable call has none; a call's idempotency record exists iff its entries do (a script's
   writes reach the AOF together); ``balance == limit - Σ ledger`` exactly on every budget; the
   scripts, lost with the restart, are reloaded by the same client on its own (NOSCRIPT, counted
-  in ``kit.runtime.reloads``); retrying every outcome-unknown call with its key replays or
+  in ``kit._runtime.reloads``); retrying every outcome-unknown call with its key replays or
   applies it, so afterwards every call has exactly one entry per budget it charges.
 - ``appendfsync everysec``: only what is guaranteed is asserted (atomicity, no duplicates, the
   invariant on what survived, exactly once after retrying); acknowledged debits lost are counted
@@ -362,18 +362,18 @@ async def test_sigkill_under_load_appendfsync_always(
                 before = Counter(c.outcome for c in load.calls)
                 await asyncio.to_thread(server.kill)  # SIGKILL: no shutdown, no final fsync
                 await asyncio.sleep(DOWN_S)
-                reloads = kit.runtime.reloads
+                reloads = kit._runtime.reloads
                 acked = load.count(ACK)
                 await asyncio.to_thread(server.restart)
                 await wait_resumed(load, acked)
                 # The restarted server has no scripts (they are not in the AOF): the first
                 # EVALSHA met NOSCRIPT and the same client reloaded it by itself.
-                assert kit.runtime.reloads > reloads, f"cycle {cycle}: no NOSCRIPT reload"
+                assert kit._runtime.reloads > reloads, f"cycle {cycle}: no NOSCRIPT reload"
                 during = Counter(c.outcome for c in load.calls) - before
                 cycles.append(
                     f"cycle {cycle + 1}: {during[UNKNOWN]} outcome-unknown, "
                     f"{during[UNAVAILABLE]} unavailable, "
-                    f"{kit.runtime.reloads - reloads} script reloads"
+                    f"{kit._runtime.reloads - reloads} script reloads"
                 )
             await asyncio.sleep(LOAD_AFTER_LAST_S)
             await load.finish()
@@ -416,7 +416,7 @@ async def test_sigkill_under_load_appendfsync_always(
         f"before the retries, {books.total} after; retries: {replayed} replayed (applied "
         f"before the crash), {len(unknown) - replayed} applied now; "
         f"{stats['retry_outcome_unknown']} retries outcome-unknown again (retried again); "
-        f"{kit.runtime.reloads} script reloads; counters {counters}"
+        f"{kit._runtime.reloads} script reloads; counters {counters}"
     )
     print("  " + "\n  ".join(cycles))
     record_property("debits_acknowledged", n_ack)

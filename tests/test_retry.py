@@ -249,8 +249,8 @@ async def kit(proxy: DropProxy) -> AsyncIterator[bk.BudgetKit]:
     """The client under test: every command goes through the proxy. Its scripts are loaded
     first, so the EVALSHA the proxy cuts is a real script call (not a first-use NOSCRIPT)."""
     async with bk.BudgetKit.from_url(proxy.url) as client:
-        for name in client.runtime.scripts:
-            await client.runtime.ensure_loaded(name)
+        for name in client._runtime.scripts:
+            await client._runtime.ensure_loaded(name)
         yield client
 
 

@@ -86,9 +86,9 @@ async def test_noscript_after_server_restart(redis_server_factory: Any) -> None:
     server.kill()
     server.restart()
     kit = bk.BudgetKit.from_url(server.url)
-    kit.runtime._loaded.update(s.sha for s in kit.runtime.scripts.values())  # as if warm
+    kit._runtime._loaded.update(s.sha for s in kit._runtime.scripts.values())  # as if warm
     await kit.debit(scope, {"usd": 1})
-    assert kit.runtime.reloads == 1
+    assert kit._runtime.reloads == 1
     assert (await kit.get_budget("org_r", b.id)).balance == 8
     await kit.aclose()
 

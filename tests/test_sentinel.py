@@ -72,7 +72,7 @@ async def test_sentinel_failover_the_client_continues_on_the_new_primary(
     group = sentinel_factory()
     org = "org_sentinel"
     async with bk.BudgetKit.from_url(group.url) as kit:
-        assert kit.runtime.topology == "sentinel"
+        assert kit._runtime.topology == "sentinel"
         scope, budgets = await scope_budgets(kit, org)
         old_port = group.primary_port()
         load = DebitLoad(kit, scope).start()
@@ -107,7 +107,7 @@ async def test_sentinel_failover_the_client_continues_on_the_new_primary(
         print(
             f"\nsentinel failover in {failover_s:.2f} s under load: {len(load.acked)} debits "
             f"acknowledged, {present.count(False)} of them by the demoted primary (lost); "
-            f"retried errors {load.errors}, runtime retries {kit.runtime.failover_retries}"
+            f"retried errors {load.errors}, runtime retries {kit._runtime.failover_retries}"
         )
 
 
@@ -143,7 +143,7 @@ async def test_sentinel_failover_durable_keeps_every_acknowledged_debit(
         print(
             f"\nsentinel failover, durable: {len(load.acked)} debits acknowledged, none lost; "
             f"durable writes resumed {resumed_s:.1f} s after the failover started; "
-            f"retried errors {load.errors}, runtime retries {kit.runtime.failover_retries}"
+            f"retried errors {load.errors}, runtime retries {kit._runtime.failover_retries}"
         )
 
 
@@ -170,7 +170,7 @@ async def test_durable_mode_waits_and_reports_a_missing_acknowledgement(
             org = "org_durable"
             scope, budgets = await scope_budgets(kit, org, limit=100)
             await kit.debit(scope, {"usd": 1}, idempotency_key="k1")
-            durability = kit.runtime.durability
+            durability = kit._runtime.durability
             assert durability is not None and durability.waits >= 4  # 3 creates + 1 debit
             with stopped(replica_server):
                 started = time.monotonic()
@@ -210,13 +210,13 @@ async def test_durable_mode_batches_share_one_wait(
         async with bk.BudgetKit.from_url(primary_server.url, durability=bk.Durability(1)) as kit:
             org = "org_durable_batch"
             scope, budgets = await scope_budgets(kit, org, limit=1000)
-            durability = kit.runtime.durability
+            durability = kit._runtime.durability
             assert durability is not None
             before = durability.waits
             checks = [kit.check(scope) for _ in range(8)]
             debits = [kit.debit(scope, {"usd": 1}, idempotency_key=f"b{i}") for i in range(64)]
             await asyncio.gather(*debits, *checks)
-            assert kit.batcher is not None and kit.batcher.batches >= 1
+            assert kit._batcher is not None and kit._batcher.batches >= 1
             assert durability.waits - before < 64, "batched debits share their WAIT"
             await assert_books_exact(kit, org, budgets, [f"b{i}" for i in range(64)], limit=1000)
     finally:
@@ -232,7 +232,7 @@ async def test_durable_arguments_are_validated(fake_redis: Any) -> None:
             bk.Durability(1, timeout_ms=timeout)
     with pytest.raises(bk.InvalidInput, match=r"durability must be a budgetkit\.Durability"):
         bk.BudgetKit(fake_redis, durability=1)  # type: ignore[arg-type]
-    assert bk.BudgetKit(fake_redis).runtime.durability is None
+    assert bk.BudgetKit(fake_redis)._runtime.durability is None
     durability = DurableWriter(bk.Durability(2, 250))
     assert durability.wait_command() == ["WAIT", 2, 250]
     assert DurableWriter(bk.Durability(1, 100, aof=True)).wait_command() == ["WAITAOF", 0, 1, 100]

@@ -445,7 +445,7 @@ async def test_an_unreachable_cluster_fails_closed() -> None:
     """redis-py raises RedisClusterException (not a RedisError) when no startup node answers."""
     port = _closed_port()
     async with bk.BudgetKit.from_url(f"redis+cluster://127.0.0.1:{port}") as kit:
-        kit.runtime.failover_retry_s = 0.0  # no failover to wait for
+        kit._runtime.failover_retry_s = 0.0  # no failover to wait for
         result = await kit.check(SCOPE)
         assert result.action == "stop" and result.error_code == UNAVAILABLE_CODE
         with pytest.raises(bk.BudgetUnavailable):

@@ -199,10 +199,10 @@ async def test_connection_refused(
 
         # Back up (AOF kept the data; the scripts are gone): the same clients recover by
         # themselves, and nothing refused was applied.
-        reloads = kit.runtime.reloads
+        reloads = kit._runtime.reloads
         await asyncio.to_thread(server.restart)
         assert (await kit.check(scope())).error_code is None
-        assert kit.runtime.reloads > reloads, "NOSCRIPT after the restart: reloaded and retried"
+        assert kit._runtime.reloads > reloads, "NOSCRIPT after the restart: reloaded and retried"
         assert (await fresh.check(scope())).error_code is None
         admin = kit  # its only connection was replaced after the refusals: no stale one left
         for budget in budgets:

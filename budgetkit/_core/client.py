@@ -296,16 +296,8 @@ class BudgetKit:
 
     @property
     def keys(self) -> Keyspace:
+        """A read-only view of the key names this client reads and writes (its prefix)."""
         return self._keys
-
-    @property
-    def runtime(self) -> ScriptRuntime:
-        return self._runtime
-
-    @property
-    def batcher(self) -> ScriptBatcher | None:
-        """The auto-batcher (None when batching=False); its counters show how calls coalesce."""
-        return self._batcher
 
     async def __aenter__(self) -> BudgetKit:
         return self
