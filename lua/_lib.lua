@@ -733,3 +733,31 @@ local function redelivered(batch, receipt, budgets, push_budget, events_key)
   end
   return out
 end
+
+-- The budgets a receipt names as they are now (whole records, rolled over in memory).
+local function receipt_budgets(batch, receipt)
+  local budgets = {}
+  for _, bid in ipairs(receipt.budget_ids) do
+    local b = load_budget(batch.prefix .. BUDGET_KEY .. bid, true)
+    if b ~= nil then
+      refresh(batch, b)
+      table.insert(budgets, b)
+    end
+  end
+  return budgets
+end
+
+-- A scope script's reply to a redelivered call: the scope's budgets now, as snapshots.
+local function redelivered_scope(batch, receipt, subject_keys, events_key)
+  local budgets = load_scope(batch, subject_keys, false)
+  return redelivered(batch, receipt, budgets, push_snapshot, events_key)
+end
+
+-- The reply of a call that was applied before (a caller's retry: the stored reply; a resend:
+-- ``rebuild(receipt)``), or nil: the call runs.
+local function earlier_reply(batch, idem_key, fingerprint, rebuild)
+  local replay, receipt = idem_replay(idem_key, fingerprint, batch.now)
+  if replay ~= nil then return replay end
+  if receipt ~= nil then return rebuild(receipt) end
+  return nil
+end

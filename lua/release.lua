@@ -13,19 +13,10 @@ local hold_key, events_key, idem_key = KEYS[1], KEYS[2], KEYS[3]
 local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
 local hold_id = ARGV[4]
 local fingerprint, idem_ttl_ms = ARGV[5], arg_int(ARGV[6], 'idempotency ttl', 1, MAX_MICROS)
-local replay, receipt = idem_replay(idem_key, fingerprint, batch.now)
-if replay ~= nil then return replay end
-if receipt ~= nil then
-  local now_budgets = {}
-  for _, bid in ipairs(receipt.budget_ids) do
-    local b = load_budget(batch.prefix .. BUDGET_KEY .. bid, true)
-    if b ~= nil then
-      refresh(batch, b)
-      table.insert(now_budgets, b)
-    end
-  end
-  return redelivered(batch, receipt, now_budgets, push_record, events_key)
-end
+local earlier = earlier_reply(batch, idem_key, fingerprint, function(receipt)
+  return redelivered(batch, receipt, receipt_budgets(batch, receipt), push_record, events_key)
+end)
+if earlier ~= nil then return earlier end
 local held = load_hold(hold_key, hold_id, batch.now)
 local budgets = release_hold(batch, held, {}, hold_id, true)
 redis.call('DEL', hold_key)

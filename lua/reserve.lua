@@ -25,12 +25,10 @@ local fingerprint, idem_ttl_ms = ARGV[4], arg_int(ARGV[5], 'idempotency ttl', 1,
 local hold_id, ttl_ms, session = ARGV[6], arg_int(ARGV[7], 'hold ttl', 1, MAX_MICROS), ARGV[8]
 local budgets_required = ARGV[9] == '1'
 local amounts = read_amounts(11)
-local replay, receipt = idem_replay(idem_key, fingerprint, batch.now)
-if replay ~= nil then return replay end
-if receipt ~= nil then
-  local now_budgets = load_scope(batch, subject_keys, false)
-  return redelivered(batch, receipt, now_budgets, push_snapshot, events_key)
-end
+local earlier = earlier_reply(batch, idem_key, fingerprint, function(receipt)
+  return redelivered_scope(batch, receipt, subject_keys, events_key)
+end)
+if earlier ~= nil then return earlier end
 if redis.call('EXISTS', hold_key) == 1 then return fail('INVALID', 'hold id already exists') end
 
 local budgets = load_scope(batch, subject_keys, false)
