@@ -70,6 +70,9 @@ from budgetkit.metering import (
     meter_amounts,
 )
 
+# After the models: budgetkit.webhooks reads budgetkit.BudgetEvent when it loads.
+from budgetkit.webhooks import DeadLetter, WebhookOptions, WebhookSender, WebhookStats
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -95,6 +98,7 @@ __all__ = [
     "CorruptState",
     "DataMeter",
     "DataUsage",
+    "DeadLetter",
     "DebitResult",
     "Durability",
     "DurationPeriod",
@@ -133,6 +137,9 @@ __all__ = [
     "UnpricedModel",
     "UnpricedPolicy",
     "Unset",
+    "WebhookOptions",
+    "WebhookSender",
+    "WebhookStats",
     "__version__",
     "default_registry",
     "from_anthropic_usage",

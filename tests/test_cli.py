@@ -656,3 +656,17 @@ def test_export_reconcile_restore_commands(cli: Cli, tmp_path: pathlib.Path) -> 
     assert restored.code == 0 and restored.json()["ok"]
     shown = cli.here("budgets", "show", "--org", "org_1", "--id", budget.id, "--json")
     assert shown.json()["balance"] == 7.5
+
+
+# -- webhooks -------------------------------------------------------------------------------
+
+
+@pytest.mark.real
+def test_webhooks_dead_letters_and_a_missing_secret(cli: Cli) -> None:
+    listed = cli("webhooks", "dead-letters", "--org", "org_1", "--json")
+    assert listed.code == 0 and json.loads(listed.stdout) == []
+    table = cli("webhooks", "dead-letters", "--org", "org_1")
+    assert table.code == 0 and "none" in table.stdout
+    run = cli("webhooks", "run", "--org", "org_1", "--url", "http://127.0.0.1:9/hook")
+    assert run.code == 2
+    assert "pass --secret or set $BUDGETKIT_WEBHOOK_SECRET" in run.stderr

@@ -39,7 +39,13 @@ from budgetkit.cli.errors import (
     unreachable,
 )
 from budgetkit.cli.output import emit, follow_events, print_json, with_spinner
-from budgetkit.cli.parser import EXIT_LIMIT, EXIT_OK, EXIT_USAGE, build_parser
+from budgetkit.cli.parser import (
+    EXIT_LIMIT,
+    EXIT_OK,
+    EXIT_USAGE,
+    WEBHOOK_SECRET_ENV,
+    build_parser,
+)
 from budgetkit.export import (
     ExportOptions,
     ExportSink,
@@ -51,6 +57,7 @@ from budgetkit.export import (
     restore,
     run_exporter,
 )
+from budgetkit.webhooks import dead_letters, run_webhooks
 
 __all__ = ["HANDLERS", "run", "run_bench"]
 
@@ -402,6 +409,23 @@ def run_bench(argv: Sequence[str]) -> int:
     return int(bench_main(list(argv)))
 
 
+async def webhooks_run(a: argparse.Namespace) -> int:
+    secret = a.secret or os.environ.get(WEBHOOK_SECRET_ENV)
+    if not secret:
+        raise CliError(f"the signing secret: pass --secret or set ${WEBHOOK_SECRET_ENV}")
+    async with open_kit(a) as kit:
+        stats = await run_webhooks(kit, a.org, url=a.url, secret=secret, event_types=a.event_type)
+    emit(stats, as_json=a.json, title="webhooks")
+    return EXIT_OK
+
+
+async def webhooks_dead_letters(a: argparse.Namespace) -> int:
+    async with open_kit(a) as kit:
+        letters = await dead_letters(kit, a.org, limit=a.limit)
+    emit(letters, as_json=a.json, title=f"dead letters of {a.org}")
+    return EXIT_OK
+
+
 HANDLERS: dict[str, Handler] = {
     "budgets create": budgets_create,
     "budgets list": budgets_list,
@@ -421,6 +445,8 @@ HANDLERS: dict[str, Handler] = {
     "export": export,
     "reconcile": reconcile_books,
     "restore": restore_books,
+    "webhooks run": webhooks_run,
+    "webhooks dead-letters": webhooks_dead_letters,
     "schema": schema,
     "demo": demo,
     "completion": completion,

@@ -409,7 +409,7 @@ def render(value: object, *, title: str | None = None) -> None:
     elif isinstance(value, list) and all(isinstance(v, BudgetEvent) for v in value):
         out.print(events_table(value, title))
     else:
-        out.print_json(json.dumps(value, default=str))
+        out.print_json(json.dumps(to_json(value), default=str))
 
 
 async def follow_events(

@@ -31,6 +31,8 @@ SETTABLE_STATUSES = ("active", "paused", "disabled")
 SHELLS = ("bash", "zsh", "fish")
 REDIS_URL_HELP = "redis://, rediss:// or unix:// URL (default: $REDIS_URL)"
 JSON_HELP = "print one JSON document (the models' wire JSON) instead of tables"
+#: Where `budgetkit webhooks run` reads the signing secret when --secret is not given.
+WEBHOOK_SECRET_ENV = "BUDGETKIT_WEBHOOK_SECRET"
 SINK_HELP = "postgresql://USER@HOST:PORT/DB or jsonl:DIRECTORY (the exported books)"
 SESSION_SUBJECT_HELP = (
     "A session budget is enforced for scopes whose root session is --subject-id (child sessions "
@@ -404,6 +406,30 @@ def _add_tools(tree: _Tree, sub: Any) -> None:
     p.add_argument("shell", choices=SHELLS, help="bash, zsh or fish")
 
 
+def _add_webhooks(tree: _Tree, sub: Any) -> None:
+    webhooks = sub.add_parser("webhooks", help="send budget events to an HTTP endpoint, signed")
+    modes = webhooks.add_subparsers(dest="mode", required=True, metavar="MODE")
+    p = tree.add(
+        modes,
+        "webhooks run",
+        help="deliver the organizations' events (Standard Webhooks) until interrupted",
+    )
+    p.add_argument("--org", action="append", required=True, help="organization id (repeatable)")
+    p.add_argument("--url", required=True, help="the endpoint events are POSTed to")
+    p.add_argument(
+        "--secret",
+        default=None,
+        metavar="WHSEC",
+        help=f"the signing secret whsec_... (default: ${WEBHOOK_SECRET_ENV}, kept out of ps)",
+    )
+    p.add_argument(
+        "--event-type", action="append", default=None, help="send only these (repeatable)"
+    )
+    p = tree.add(modes, "webhooks dead-letters", help="events an endpoint never accepted")
+    _org(p)
+    p.add_argument("--limit", type=_positive_int, default=50, help="newest first (default 50)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole `budgetkit` parser; a parsed namespace carries its command's ``path``."""
     parser = _Parser(
@@ -433,5 +459,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scope_commands(tree, sub)
     _add_events(tree, sub)
     _add_books(tree, sub)
+    _add_webhooks(tree, sub)
     _add_tools(tree, sub)
     return parser
