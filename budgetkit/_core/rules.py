@@ -22,6 +22,7 @@ from budgetkit._core.models import (
     ErrorFields,
     SummaryStatus,
 )
+from budgetkit._core.periods import aligned_period_start_ms, bucket_start_ms
 from budgetkit._core.scope import Scope
 
 __all__ = [
@@ -32,15 +33,20 @@ __all__ = [
     "Decision",
     "budget_action",
     "check_result",
+    "derive_status",
     "event_message",
     "format_amount_2dp",
     "format_percent",
+    "in_warn_zone",
     "insufficient_result",
     "message_for",
     "percent_remaining_tenths",
+    "rollover_start_ms",
     "root_session_note",
     "severity",
     "threshold_message",
+    "threshold_spend_micros",
+    "thresholds_reached",
     "tool_response",
     "with_root_session_note",
 ]
@@ -267,7 +273,7 @@ def _rule_action(s: BudgetSnapshot) -> ActionKind:
     spent = s.limit_micros - s.balance_micros
     if _soft_pause_applies(spent, s.soft_limit_micros, s.soft_acknowledged):
         return "pause"
-    if s.balance_micros * PPM <= s.warn_fraction_ppm * s.limit_micros:
+    if in_warn_zone(s.balance_micros, s.limit_micros, s.warn_fraction_ppm):
         return "warn"
     return "continue"
 
@@ -528,8 +534,6 @@ def rollover_start_ms(
     rollover the balance returns to the limit, the soft limit's acknowledgement and the fired
     thresholds clear, and the period starts at the returned time.
     """
-    from budgetkit._core.periods import aligned_period_start_ms, bucket_start_ms
-
     if now_ms < started_ms:
         return None
     if calendar_unit is not None:
