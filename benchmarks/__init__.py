@@ -3,7 +3,8 @@
 ``main(argv)`` is ``python -m benchmarks`` and ``budgetkit bench`` (the CLI imports this package
 lazily: it runs from a checkout of the repository, and is not part of the wheel). Modules:
 ``measure`` (timed runs, rows), ``workloads`` (budgetkit's operations), ``baselines`` and
-``ceiling`` and ``extras`` and ``gate`` and ``postgres`` (the alternatives), ``multiproc`` (rows
+``ceiling`` and ``extras`` and ``gate`` and ``postgres`` (the alternatives), ``server_cost``
+(Redis's own time per script command, next to a lean reference script), ``multiproc`` (rows
 of several processes), ``runner`` (the order of a run), ``report`` and ``chart`` (ratios, JSON,
 markdown, PNG), ``progress`` (console lines), ``growth`` (the cost-growth mode), ``cli``
 (options). The private servers come from the repository's one launcher, scripts/redis_server.py.

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from benchmarks.context import BenchContext
 from benchmarks.measure import BenchError, Row, server_cpu_s, used_memory_bytes
-from benchmarks.record import recorded_command
+from benchmarks.record import SCRIPT_COMMANDS, recorded_command
 from benchmarks.workloads import DEBIT_USD, HUGE_LIMIT_USD, create_scope_budgets, scope_of
 from budgetkit._core.scope import Scope
 
@@ -78,13 +78,14 @@ def parse_csv(text: str) -> dict[str, float]:
     """rps, p50 and p99 (ms) of redis-benchmark's ``--csv`` output."""
     rows = list(csv.reader(text.splitlines()))
     header = next((r for r in rows if r and r[0] == "test"), None)
-    data = next((r for r in rows if r and r[0].startswith("EVALSHA")), None)
+    data = next((r for r in rows if r and r[0].split(" ", 1)[0] in SCRIPT_COMMANDS), None)
     if header is None or data is None:
         raise BenchError(f"unexpected redis-benchmark output: {text[-300:]!r}")
     return {name: float(value) for name, value in zip(header[1:], data[1:], strict=False)}
 
 
-async def _run(argv: list[str]) -> str:
+async def run_tool(argv: list[str]) -> str:
+    """Runs redis-benchmark (``argv``); its stdout, or BenchError on a non-zero exit."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -115,7 +116,7 @@ async def server_ceiling_debit(ctx: BenchContext, requests: int) -> Row:
         server_before = await server_cpu_s(ctx.admin)
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        stats = parse_csv(await _run([*argv, "-n", str(requests), "--csv", *command]))
+        stats = parse_csv(await run_tool([*argv, "-n", str(requests), "--csv", *command]))
         wall_s = time.perf_counter() - started
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         server_cpu = await server_cpu_s(ctx.admin) - server_before

@@ -39,6 +39,8 @@ QUICK_WARMUP_S = 0.1
 QUICK_CONCURRENCY = [1, 8, 64, 256]
 CEILING_REQUESTS_PER_S = 40_000
 CEILING_REQUESTS_MIN = 5_000
+SERVER_COST_REQUESTS = 10_000
+SERVER_COST_QUICK_REQUESTS = 5_000
 DEFAULT_PROCESSES = 2
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SCOPE_SIZE_MAX = len(LEVEL_ORDER)
@@ -125,6 +127,12 @@ def parser() -> argparse.ArgumentParser:
     add("--no-batching", action="store_true", help="check and reserve_commit without batching")
     add("--only", type=_names, help="comma-separated workloads to run (default: all)")
     add("--ceiling-requests", type=int, help="requests for redis-benchmark (from --duration)")
+    add(
+        "--server-cost-requests",
+        type=int,
+        help=f"requests per command of server_cost ({SERVER_COST_REQUESTS:,}; "
+        f"quick: {SERVER_COST_QUICK_REQUESTS:,})",
+    )
     _add_outputs(p)
     return p
 
@@ -144,6 +152,7 @@ def plan_of(a: argparse.Namespace) -> Plan:
     requests = a.ceiling_requests or max(
         CEILING_REQUESTS_MIN, int(duration * CEILING_REQUESTS_PER_S)
     )
+    server_cost_requests = SERVER_COST_QUICK_REQUESTS if a.quick else SERVER_COST_REQUESTS
     return Plan(
         settings=Settings(
             warmup_s=warmup, duration_s=duration, spread=a.spread, batching=not a.no_batching
@@ -157,6 +166,7 @@ def plan_of(a: argparse.Namespace) -> Plan:
         mp_workloads=a.mp_workloads,
         quick=a.quick,
         rounds=max(1, a.rounds or (1 if a.quick else DEFAULT_ROUNDS)),
+        server_cost_requests=max(1, a.server_cost_requests or server_cost_requests),
     )
 
 

@@ -29,6 +29,7 @@ DRAIN_TIMEOUT_S = 10.0
 WARM_WAIT_MAX_S = 1.0
 WARM_POLL_S = 0.005
 NS_PER_US = 1000.0
+USEC_PER_CALL_DIGITS = 3
 
 
 class BenchError(RuntimeError):
@@ -56,6 +57,12 @@ class Row:
     processes: int = 1
     overspend: float | None = None
     notes: str = ""
+    #: Redis's own time per call of the command (``INFO commandstats``: usec / calls) and the
+    #: calls it counted; the ``server_cost`` rows only.
+    usec_per_call: float | None = None
+    calls: int | None = None
+    #: Further figures of a row by name (e.g. bytes per ledger entry); medians over rounds.
+    metrics: dict[str, float | None] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -67,14 +74,18 @@ class Row:
 def merge_rounds(rows: Sequence[Row]) -> Row:
     """One row from the rows of the same job in several rounds.
 
-    ops/s and each latency percentile are the median over the rounds; counts, durations and
-    CPU times add up (so CPU % is over all rounds); memory and overspend are the largest seen.
+    ops/s, each latency percentile, ``usec_per_call`` and each metric are the median over the
+    rounds; counts, durations and CPU times add up (so CPU % is over all rounds); memory and
+    overspend are the largest seen.
     """
     first = rows[0]
     if len(rows) == 1:
         return first
     rates = [r.ops_per_s for r in rows]
     spread = f"median of {len(rows)} rounds, ops/s {min(rates):,.0f}..{max(rates):,.0f}"
+    usecs = [r.usec_per_call for r in rows if r.usec_per_call is not None]
+    if usecs:
+        spread += f", usec_per_call {min(usecs):g}..{max(usecs):g}"
     spread += "; notes of round 1" if first.notes else ""
     return Row(
         name=first.name,
@@ -94,12 +105,25 @@ def merge_rounds(rows: Sequence[Row]) -> Row:
         processes=first.processes,
         overspend=None if first.overspend is None else max(r.overspend or 0.0 for r in rows),
         notes=f"{first.notes}; {spread}".lstrip("; "),
+        usec_per_call=_median((r.usec_per_call for r in rows), digits=USEC_PER_CALL_DIGITS),
+        calls=None if first.calls is None else sum(r.calls or 0 for r in rows),
+        metrics=_median_metrics(rows),
     )
 
 
-def _median(values: Iterable[float | None]) -> float | None:
+def _median(values: Iterable[float | None], digits: int = 1) -> float | None:
     present = [v for v in values if v is not None]
-    return round(statistics.median(present), 1) if present else None
+    return round(statistics.median(present), digits) if present else None
+
+
+def _median_metrics(rows: Sequence[Row]) -> dict[str, float | None] | None:
+    names = [name for r in rows for name in (r.metrics or {})]
+    if not names:
+        return None
+    return {
+        name: _median(((r.metrics or {}).get(name) for r in rows), digits=USEC_PER_CALL_DIGITS)
+        for name in dict.fromkeys(names)
+    }
 
 
 def _total(values: Iterable[float | None]) -> float | None:

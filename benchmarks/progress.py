@@ -34,7 +34,11 @@ def row_summary(row: Row) -> str:
     parts = [
         f"{row.name + procs:<22} b={row.budgets_per_op} c={row.concurrency:<4} {row.mode:<6}",
         f"{_fmt(row.ops_per_s):>10} ops/s",
-        f"p50 {_fmt(row.p50_us)} µs  p99 {_fmt(row.p99_us)} µs  p99.9 {_fmt(row.p999_us)} µs",
+        (
+            f"p50 {_fmt(row.p50_us)} µs  p99 {_fmt(row.p99_us)} µs  p99.9 {_fmt(row.p999_us)} µs"
+            if row.usec_per_call is None
+            else f"Redis {row.usec_per_call:.2f} µs per call (commandstats, {row.calls} calls)"
+        ),
         f"cpu client {_fmt(cpu['client_cpu_pct'])}% server {_fmt(cpu['server_cpu_pct'])}%",
     ]
     if row.overspend is not None:

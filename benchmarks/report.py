@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from benchmarks import server_cost
 from benchmarks.measure import Row
 
 RATIO_CONCURRENCY = 64
@@ -81,11 +82,21 @@ class Ratios:
     def __init__(self) -> None:
         self.out: dict[str, dict[str, Any]] = {}
 
-    def put(self, key: str, value: float | None, basis: str, at_least: float | None = None) -> None:
+    def put(
+        self,
+        key: str,
+        value: float | None,
+        basis: str,
+        at_least: float | None = None,
+        at_most: float | None = None,
+    ) -> None:
         entry: dict[str, Any] = {"value": value, "basis": basis}
         if at_least is not None:
             entry["target"] = f">= {at_least:g}"
             entry["met"] = None if value is None else value >= at_least
+        if at_most is not None:
+            entry["target"] = f"<= {at_most:g}"
+            entry["met"] = None if value is None else value <= at_most
         self.out[key] = entry
 
 
@@ -107,6 +118,7 @@ def compute_ratios(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
         _baseline_ratios(ratios, rows, size, high)
         _mode_ratios(ratios, rows, size, high)
     _overspend_ratios(ratios, rows, high or RATIO_CONCURRENCY)
+    _server_cost_ratios(ratios, rows)
     return ratios.out
 
 
@@ -211,6 +223,94 @@ def _overspend_ratios(ratios: Ratios, rows: Sequence[Row], high: int) -> None:
         }
 
 
+def _server_cost_rows(rows: Sequence[Row]) -> list[Row]:
+    return [r for r in rows if r.name.startswith(server_cost.ROW_PREFIX)]
+
+
+def _usec(row: Row | None) -> float | None:
+    return None if row is None else row.usec_per_call
+
+
+def _server_cost_ratios(ratios: Ratios, rows: Sequence[Row]) -> None:
+    """Redis's own time per call of each script command over the lean reference debit's (INFO
+    commandstats, same run; medians of the rounds), and the bytes per ledger entry and budget."""
+    ours = _server_cost_rows(rows)
+    reference = find(ours, server_cost.row_name(server_cost.REFERENCE))
+    if reference is None:
+        return
+    ref_us = reference.usec_per_call
+    for row in ours:
+        command = row.name.removeprefix(server_cost.ROW_PREFIX)
+        if command in (server_cost.REFERENCE, server_cost.NOOP):
+            continue
+        size = row.budgets_per_op
+        target = server_cost.TARGETS.get(command) if size == server_cost.TARGET_BUDGETS else None
+        ratios.put(
+            f"server_cost {command} b={size} / {server_cost.REFERENCE}",
+            _ratio(row.usec_per_call, ref_us),
+            f"Redis usec_per_call (INFO commandstats): {command} of {size} budget"
+            f"{'' if size == 1 else 's'} as the client sends it, {row.usec_per_call} µs, vs the "
+            "lean reference debit of 3 budgets "
+            f"(3 HMGET, admission loop, 3 HINCRBY, 1 XADD), {ref_us} µs",
+            at_most=target,
+        )
+    debit = find(ours, server_cost.row_name("debit"), size=server_cost.TARGET_BUDGETS)
+    figures = (debit.metrics or {}) if debit is not None else {}
+    ratios.put(
+        "server_cost bytes per ledger entry",
+        figures.get("bytes_per_ledger_entry"),
+        "MEMORY USAGE of the ledger streams of a 3-budget scope after the server_cost debits, "
+        "over their entries: the streams only (each debit also leaves a request record of "
+        f"{figures.get('bytes_per_request_record')} B for the redelivery window); reference "
+        f"script: {(reference.metrics or {}).get('bytes_per_ledger_entry')} B",
+        at_most=server_cost.LEDGER_ENTRY_BYTES_TARGET,
+    )
+    ratios.put(
+        "server_cost bytes per budget",
+        figures.get("bytes_per_budget"),
+        "MEMORY USAGE of a budget's hash, mean of the 3 of the debited scope",
+    )
+
+
+def server_cost_section(rows: Sequence[Row]) -> dict[str, Any] | None:
+    """The ``server_cost`` block of the JSON: each command's Redis time per call, its ratio to
+    the reference and target, and the memory figures; None when server_cost did not run."""
+    ours = _server_cost_rows(rows)
+    if not ours:
+        return None
+    reference = find(ours, server_cost.row_name(server_cost.REFERENCE))
+    ref_us = _usec(reference)
+    commands = []
+    for row in ours:
+        command = row.name.removeprefix(server_cost.ROW_PREFIX)
+        entry: dict[str, Any] = {
+            "command": command,
+            "budgets": row.budgets_per_op,
+            "usec_per_call": row.usec_per_call,
+            "calls": row.calls,
+            "ratio_to_reference": _ratio(row.usec_per_call, ref_us),
+            "server_cpu_us_per_call": (row.metrics or {}).get("server_cpu_us_per_call"),
+        }
+        target = server_cost.TARGETS.get(command)
+        if target is not None and row.budgets_per_op == server_cost.TARGET_BUDGETS:
+            ratio = entry["ratio_to_reference"]
+            entry |= {"target": f"<= {target:g}", "met": None if ratio is None else ratio <= target}
+        commands.append(entry)
+    debit = find(ours, server_cost.row_name("debit"), size=server_cost.TARGET_BUDGETS)
+    memory = {
+        "budgetkit": _memory_figures(debit),
+        server_cost.REFERENCE: _memory_figures(reference),
+        "bytes_per_ledger_entry_target": f"<= {server_cost.LEDGER_ENTRY_BYTES_TARGET:g}",
+    }
+    return {"reference": server_cost.REFERENCE, "commands": commands, "memory": memory}
+
+
+def _memory_figures(row: Row | None) -> dict[str, float | None]:
+    if row is None:
+        return {}
+    return {k: v for k, v in (row.metrics or {}).items() if k != "server_cpu_us_per_call"}
+
+
 def _cpu_model() -> str | None:
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -261,12 +361,23 @@ def machine_info(redis_info: dict[str, Any]) -> dict[str, Any]:
 def document(
     rows: Sequence[Row], ratios: dict[str, Any], machine: dict[str, Any], command: str
 ) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "rows": [row.as_dict() for row in rows],
         "ratios": ratios,
         "machine": machine,
         "command": command,
     }
+    section = server_cost_section(rows)
+    if section is not None:
+        doc["server_cost"] = section
+        by_row = {
+            (c["command"], c["budgets"]): c["ratio_to_reference"] for c in section["commands"]
+        }
+        for row in doc["rows"]:
+            if row["name"].startswith(server_cost.ROW_PREFIX):
+                key = (row["name"].removeprefix(server_cost.ROW_PREFIX), row["budgets_per_op"])
+                row["ratio_to_reference"] = by_row.get(key)
+    return doc
 
 
 def _cell(key: str, row: dict[str, Any]) -> str:
@@ -299,7 +410,10 @@ def markdown(doc: dict[str, Any]) -> str:
         "|" + "---|" * len(COLUMNS),
     ]
     for row in doc["rows"]:
-        lines.append("| " + " | ".join(_cell(key, row) for key, _ in COLUMNS) + " |")
+        if not row["name"].startswith(server_cost.ROW_PREFIX):
+            lines.append("| " + " | ".join(_cell(key, row) for key, _ in COLUMNS) + " |")
+    if doc.get("server_cost"):
+        lines += _server_cost_markdown(doc["server_cost"])
     lines += ["", "## Ratios", ""]
     for key, ratio in doc["ratios"].items():
         lines.append(f"- **{key}**: {ratio['value']} ({ratio['basis']}){_verdict(ratio)}")
@@ -310,6 +424,38 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += ["", "## Machine", ""]
     lines += [f"- {key}: {value}" for key, value in doc["machine"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _server_cost_markdown(section: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Server cost",
+        "",
+        "Redis's own time per call (`INFO commandstats` usec / calls, each command in its own "
+        "`CONFIG RESETSTAT` window) of each script command as the client sends it, and of the "
+        f"lean reference debit `{section['reference']}` (3 HMGET, admission loop, 3 HINCRBY, "
+        "1 XADD) in the same run.",
+        "",
+        "| command | budgets | Redis µs per call | calls | ratio to reference | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in section["commands"]:
+        verdict = ""
+        if "target" in c:
+            met = c["met"]
+            word = "not measured" if met is None else "met" if met else "MISSED"
+            verdict = f"{c['target']}: **{word}**"
+        ratio = "" if c["ratio_to_reference"] is None else f"{c['ratio_to_reference']:.2f}"
+        lines.append(
+            f"| {c['command']} | {c['budgets']} | {c['usec_per_call']} | {c['calls']} "
+            f"| {ratio} | {verdict} |"
+        )
+    lines.append("")
+    for who, figures in section["memory"].items():
+        if isinstance(figures, dict):
+            shown = ", ".join(f"{k} {v}" for k, v in figures.items())
+            lines.append(f"- memory, {who}: {shown or 'not measured'}")
+    return lines
 
 
 def write_json(doc: dict[str, Any], path: Path) -> None:

@@ -3,10 +3,12 @@
 With ``rounds`` > 1 the whole sequence runs that many times and each row is the median of its
 rounds: on a machine shared with other work, a burst of load then lands on one round of many
 rows rather than on all of one row, and the rows (and their ratios) see the same average load.
-Then the extra rows: the spread mode (one organization per task) and the multi-process mode (N
-worker processes sharing the budgets) of a few workloads, at the ratio scope size. Each run
-starts from an empty benchmark keyspace (``cleanup`` after each), so ledger streams of one run
-do not inflate the memory or the timings of the next.
+``server_cost`` is one job of several rows (benchmarks.server_cost: each script command's
+Redis time per call, next to a lean reference script). Then the extra rows: the spread mode
+(one organization per task) and the multi-process mode (N worker processes sharing the budgets)
+of a few workloads, at the ratio scope size. Each run starts from an empty benchmark keyspace
+(``cleanup`` after each), so ledger streams of one run do not inflate the memory or the timings
+of the next.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from benchmarks import baselines, ceiling, extras, gate, multiproc, postgres, workloads
+from benchmarks import baselines, ceiling, extras, gate, multiproc, postgres, server_cost, workloads
 from benchmarks.context import BenchContext, Settings
 from benchmarks.measure import BenchError, CpuReader, Row, merge_rounds
 from benchmarks.progress import Progress
@@ -33,7 +35,8 @@ from benchmarks.report import (
 )
 from budgetkit._core.errors import BudgetkitError
 
-Job = Callable[[], Awaitable[Row]]
+#: One job of a run: a row, or several (server_cost measures its commands together).
+Job = Callable[[], Awaitable[Row | list[Row]]]
 
 WORKLOADS = (
     "raw_evalsha_noop",
@@ -45,6 +48,7 @@ WORKLOADS = (
     "watch_multi_exec",
     "naive_check_then_incr",
     "server_ceiling_debit",
+    "server_cost",
     "limits_moving_window",
     "postgres_for_update",
 )
@@ -76,6 +80,8 @@ class Plan:
     mp_workloads: list[str] = field(default_factory=list)
     quick: bool = False
     rounds: int = 1
+    #: Requests per command of the server_cost workload.
+    server_cost_requests: int = 5_000
 
     @property
     def extra_scope_size(self) -> int:
@@ -143,6 +149,8 @@ def jobs(
                     out.append((f"{name} b={size} c={c}", _scoped_job(ctx, name, size, c)))
         elif name == "server_ceiling_debit":
             out.append((name, _ceiling_job(ctx, plan.ceiling_requests)))
+        elif name == "server_cost":
+            out.append((name, _server_cost_job(ctx, plan.server_cost_requests)))
         else:
             for c in plan.concurrency:
                 out.append((f"{name} c={c}", _concurrency_job(ctx, name, c)))
@@ -182,6 +190,10 @@ def _ceiling_job(ctx: BenchContext, requests: int) -> Job:
     return lambda: ceiling.server_ceiling_debit(ctx, requests)
 
 
+def _server_cost_job(ctx: BenchContext, requests: int) -> Job:
+    return lambda: server_cost.measure_all(ctx, requests)
+
+
 def _concurrency_job(ctx: BenchContext, name: str, concurrency: int) -> Job:
     return lambda: PER_CONCURRENCY[name](ctx, concurrency)
 
@@ -194,18 +206,24 @@ class Outcome:
 
 
 async def run_jobs(ctx: BenchContext, plan: Plan, pg: Postgres) -> Outcome:
-    """Every planned job, ``plan.rounds`` times over; a row per job, merged over its rounds."""
+    """Every planned job, ``plan.rounds`` times over; each row of a job merged over its rounds."""
     outcome = Outcome()
     planned = jobs(ctx, plan, pg, outcome.skipped)
-    per_job: dict[str, list[Row]] = {label: [] for label, _ in planned}
+    per_job: dict[str, list[list[Row]]] = {label: [] for label, _ in planned}
     ctx.progress.start(len(planned) * plan.rounds)
     try:
         for round_index in range(plan.rounds):
             await _run_round(ctx, planned, round_index, plan.rounds, per_job, outcome)
     finally:
         ctx.progress.stop()
-    outcome.rows = [merge_rounds(rows) for rows in per_job.values() if rows]
+    outcome.rows = [merge_rounds(rows) for rounds in per_job.values() for rows in _by_row(rounds)]
     return outcome
+
+
+def _by_row(rounds: list[list[Row]]) -> list[list[Row]]:
+    """The rounds of one job regrouped per row: [[row 1 of each round], [row 2 ...], ...]."""
+    width = max((len(rows) for rows in rounds), default=0)
+    return [[rows[i] for rows in rounds if i < len(rows)] for i in range(width)]
 
 
 async def _run_round(
@@ -213,7 +231,7 @@ async def _run_round(
     planned: list[tuple[str, Job]],
     round_index: int,
     rounds: int,
-    per_job: dict[str, list[Row]],
+    per_job: dict[str, list[list[Row]]],
     outcome: Outcome,
 ) -> None:
     tag = f" round {round_index + 1}/{rounds}" if rounds > 1 else ""
@@ -221,14 +239,17 @@ async def _run_round(
         ctx.progress.step(f"[{index}/{len(planned)}{tag}] {label}")
         started = time.perf_counter()
         try:
-            row = await job()
+            result = await job()
         except Exception as error:  # BenchError, Redis, asyncpg, limits...: report, go on
             message = f"{_error_name(error)}: {error}"
             ctx.progress.fail(label + tag, message)
             outcome.failed.append({"name": label + tag, "error": message})
         else:
-            per_job[label].append(row)
-            ctx.progress.row(row, time.perf_counter() - started)
+            rows = result if isinstance(result, list) else [result]
+            per_job[label].append(rows)
+            took = time.perf_counter() - started
+            for i, row in enumerate(rows, start=1):
+                ctx.progress.row(row, took if i == len(rows) else None)
         finally:
             await ctx.cleanup()
             ctx.progress.advance()

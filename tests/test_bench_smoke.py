@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import redis_server
 
-from benchmarks import main
+from benchmarks import main, server_cost
 from benchmarks.measure import Row, merge_rounds
 from benchmarks.postgres import LocalPostgres, driver_skip_reason, server_skip_reason
 
@@ -34,6 +34,17 @@ ROW_FIELDS = {
     "used_memory_bytes",
 }
 TINY = ["--duration", "0.15", "--warmup", "0.05", "--plain"]
+SERVER_COST_COMMANDS = {
+    ("check", 3),
+    ("debit", 3),
+    ("debit", 1),
+    ("reserve", 3),
+    ("commit", 3),
+    ("reference_debit", 3),
+    ("noop", 0),
+}
+SERVER_COST_TARGETS = ("check", "debit", "reserve", "commit")
+SERVER_COST_REQUESTS = 300
 
 pytestmark = [
     pytest.mark.slow,
@@ -67,6 +78,7 @@ def test_quick_bench_writes_rows_ratios_and_markdown(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     argv = ["--quick", *TINY, "--concurrency", "1,8", "--scope-sizes", "1,3"]
     argv += ["--ceiling-requests", "2000", "--processes", "2"]
+    argv += ["--server-cost-requests", str(SERVER_COST_REQUESTS)]
     argv += ["--mp-workloads", "debit_batched", "--spread-workloads", "debit_batched"]
     code = main([*argv, "--json", str(out)])
 
@@ -103,9 +115,72 @@ def test_quick_bench_writes_rows_ratios_and_markdown(tmp_path: Path) -> None:
     assert "debit_batched@8 / server_ceiling_debit" in ratios
     assert ratios["reserve_commit_gate overspend"]["value"] == 0
     assert "debit_batched@8 / watch_multi_exec@8" in ratios
-    assert (tmp_path / "out.md").read_text().startswith("# budgetkit benchmark")
+    md = (tmp_path / "out.md").read_text()
+    assert md.startswith("# budgetkit benchmark")
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "out.png").stat().st_size > 0
+    _assert_server_cost(doc, md)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _assert_server_cost(doc: dict[str, Any], md: str) -> None:
+    """The server_cost rows, their JSON section, their ratios with targets, and the markdown."""
+    rows = {
+        (r["name"].removeprefix("server_cost_"), r["budgets_per_op"]): r
+        for r in doc["rows"]
+        if r["name"].startswith("server_cost_")
+    }
+    assert set(rows) == SERVER_COST_COMMANDS
+    for row in rows.values():
+        assert _positive(row["usec_per_call"]), row
+        assert row["calls"] >= SERVER_COST_REQUESTS, row
+        assert _positive(row["ratio_to_reference"]), row
+    assert rows[("reference_debit", 3)]["ratio_to_reference"] == 1.0
+    section = doc["server_cost"]
+    commands = {(c["command"], c["budgets"]): c for c in section["commands"]}
+    assert set(commands) == SERVER_COST_COMMANDS
+    for name in SERVER_COST_TARGETS:
+        entry = commands[(name, 3)]
+        assert entry["target"].startswith("<= ") and isinstance(entry["met"], bool), entry
+    figures = section["memory"]["budgetkit"]
+    for key in ("bytes_per_budget", "bytes_per_ledger_entry", "bytes_per_request_record"):
+        assert _positive(figures[key]), figures
+    assert _positive(section["memory"]["reference_debit"]["bytes_per_ledger_entry"])
+
+    ratios = doc["ratios"]
+    keys = [f"server_cost {name} b=3 / reference_debit" for name in SERVER_COST_TARGETS]
+    for key in [*keys, "server_cost debit b=1 / reference_debit"]:
+        assert _positive(ratios[key]["value"]), (key, ratios.get(key))
+    for name in SERVER_COST_TARGETS:
+        ratio = ratios[f"server_cost {name} b=3 / reference_debit"]
+        assert ratio["target"] == f"<= {server_cost.TARGETS[name]:g}"
+        assert isinstance(ratio["met"], bool)
+    ledger = ratios["server_cost bytes per ledger entry"]
+    assert _positive(ledger["value"]) and ledger["target"] == "<= 150", ledger
+    assert _positive(ratios["server_cost bytes per budget"]["value"])
+    assert "## Server cost" in md and "| reference_debit | 3 |" in md
+
+
+def test_server_cost_without_redis_benchmark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where redis-benchmark is missing (or cannot reach the URL), a pipelined Python client
+    drives every command: the same rows, ratios and memory figures."""
+    monkeypatch.setattr(server_cost, "benchmark_argv", lambda url: None)
+    out = tmp_path / "cost.json"
+    argv = ["--quick", "--plain", "--only", "server_cost", "--rounds", "2"]
+    argv += ["--server-cost-requests", str(SERVER_COST_REQUESTS), "--json", str(out)]
+    assert main(argv) == 0
+
+    doc = json.loads(out.read_text())
+    assert doc["failed"] == []
+    _assert_server_cost(doc, (tmp_path / "cost.md").read_text())
+    for row in doc["rows"]:
+        assert "python pipelines" in row["notes"] and "median of 2 rounds" in row["notes"], row
+        assert row["calls"] >= 2 * SERVER_COST_REQUESTS, row
 
 
 def test_growth_mode_reports_bytes_and_throughput(tmp_path: Path) -> None:
@@ -166,3 +241,26 @@ def test_rounds_merge_into_medians() -> None:
     assert (merged.ops, merged.duration_s, merged.client_cpu_s) == (300, 3.0, 1.5)
     assert merged.overspend == 0.2
     assert "median of 3 rounds" in merged.notes
+
+
+def test_server_cost_rounds_merge_into_medians() -> None:
+    def row(usec: float, bytes_per_entry: float) -> Row:
+        return Row(
+            name="server_cost_debit",
+            concurrency=4,
+            budgets_per_op=3,
+            ops_per_s=1000.0,
+            p50_us=None,
+            p99_us=None,
+            p999_us=None,
+            usec_per_call=usec,
+            calls=100,
+            metrics={"bytes_per_ledger_entry": bytes_per_entry},
+        )
+
+    merged = merge_rounds([row(70.5, 140.0), row(64.25, 150.0), row(90.0, 145.0)])
+    assert (merged.usec_per_call, merged.calls) == (70.5, 300)
+    assert merged.metrics == {"bytes_per_ledger_entry": 145.0}
+    assert "usec_per_call 64.25..90" in merged.notes
+    assert server_cost.slice_sizes(11, 5) == [3, 2, 2, 2, 2]
+    assert server_cost.slice_sizes(2, 5) == [1, 1]
