@@ -1,10 +1,14 @@
-"""Metering (SPEC §8): price tables, the LLM meter, the unpriced policy, pluggable meters, and
-record_usage on both tiers (real Redis and fakeredis)."""
+"""Metering (SPEC §8): price tables (the overrides), the LLM meter, the unpriced policy, pluggable
+meters, and record_usage on both tiers (real Redis and fakeredis).
+
+Prices here are overrides with fixed numbers (the SPEC's examples, and list prices pinned for the
+SDK examples), so no test depends on genai-prices' data; tests/test_prices.py checks the default
+meter against genai-prices itself."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,6 +55,22 @@ SPEC_TABLE = PriceTable.from_dict(
         },
     }
 )
+
+
+#: List prices the SDK and record_usage examples below assume, pinned as overrides (USD per 1M).
+PINNED = PriceTable.from_dict(
+    {
+        "gpt-4.1": {"input": 2, "output": 8, "cache_read": "0.5"},
+        "claude-sonnet-4": {
+            "input": 3,
+            "output": 15,
+            "cache_read": "0.3",
+            "cache_write": "3.75",
+            "aliases": ["claude-sonnet-4-0"],
+        },
+    }
+)
+PINNED_METER = LlmMeter(PINNED)
 
 
 def usage(model: str = "spec-model", **tokens: Any) -> LlmUsage:
@@ -208,6 +228,29 @@ def test_unpriced_policy_configuration_errors() -> None:
 # ================================================================================================
 
 
+#: A table of the names the old shipped table had, to test the lookup rule of any table.
+LOOKUP_TABLE = PriceTable.from_dict(
+    {
+        name: {"input": 1, "output": 1, "aliases": aliases}
+        for name, aliases in {
+            "gpt-4.1": [],
+            "gpt-4.1-mini": [],
+            "gpt-4.1-nano": [],
+            "gpt-4o": [],
+            "gpt-4o-mini": [],
+            "o3": [],
+            "o4-mini": [],
+            "claude-sonnet-4": ["claude-sonnet-4-0", "claude-4-sonnet"],
+            "claude-opus-4": ["claude-opus-4-0", "claude-4-opus"],
+            "claude-3-5-haiku": [],
+            "gemini-2.5-pro": [],
+            "gemini-2.5-flash": [],
+            "gemini-2.5-flash-lite": [],
+        }.items()
+    }
+)
+
+
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
@@ -242,8 +285,8 @@ def test_unpriced_policy_configuration_errors() -> None:
         ("", None),
     ],
 )
-def test_default_table_lookup(model: str, expected: str | None) -> None:
-    assert PriceTable.default().resolve(model) == expected
+def test_table_lookup(model: str, expected: str | None) -> None:
+    assert LOOKUP_TABLE.resolve(model) == expected
 
 
 def test_prefix_match_never_takes_a_shorter_models_price() -> None:
@@ -252,57 +295,31 @@ def test_prefix_match_never_takes_a_shorter_models_price() -> None:
     assert table.lookup("gpt-4.1-2025-04-14") is table["gpt-4.1"]
 
 
-def test_default_table_documents_every_price() -> None:
-    table = PriceTable.default()
-    required = {
-        "gpt-4.1",
-        "gpt-4.1-mini",
-        "gpt-4.1-nano",
-        "gpt-4o",
-        "gpt-4o-mini",
-        "o3",
-        "o4-mini",
-        "claude-sonnet-4",
-        "claude-opus-4",
-        "claude-3-5-haiku",
-        "gemini-2.5-pro",
-        "gemini-2.5-flash",
-    }
-    assert required <= set(table)
-    for name, price in table.items():
-        assert price.provider in {"openai", "anthropic", "google"}, name
-        assert price.as_of is not None and price.as_of.year >= 2024, name
-        assert price.source is not None and price.source.startswith("https://"), name
-        assert price.input > 0 and price.output > price.input, name
-    assert (table["gpt-4.1"].input, table["gpt-4.1"].output) == (Decimal(2), Decimal(8))
-    assert table["gpt-4.1"].cache_read == Decimal("0.5")
-    assert table["claude-sonnet-4"].cache_write == Decimal("3.75")
-    pro = table["gemini-2.5-pro"]
-    assert [tier.above_prompt_tokens for tier in pro.tiers] == [200_000]
-    assert pro.rates(200_001).input == Decimal("2.5") and pro.rates(200_000).input == Decimal(
-        "1.25"
-    )
+def test_budgetkit_ships_no_price_list() -> None:
+    """SPEC §8: the prices come from genai-prices; budgetkit's own table holds overrides only."""
+    assert not (Path(bk.__file__).parent / "prices.json").exists()
+    assert len(PriceTable.default()) == 0 and PriceTable.default() is PriceTable.default()
+    assert len(LlmMeter().prices) == 0
 
 
-def test_default_meter_prices_known_models() -> None:
-    call = usage("gpt-4.1-2025-04-14", input_tokens=1_000_000, output_tokens=1_000_000)
-    assert LlmMeter().amounts(call, ("usd",)) == {"usd": Decimal(10)}
-    anthropic = usage(
-        "claude-sonnet-4-20250514",
-        input_tokens=1_000_000,
-        cache_read_tokens=1_000_000,
-        cache_creation_tokens=1_000_000,
-    )
-    # 3 + 0.30 + 3.75, and no output: prompt = 3M > 200k → long-context rates 6 + 0.6 + 7.5.
-    assert LlmMeter().amounts(anthropic, ("usd",)) == {"usd": Decimal("14.1")}
+def test_meter_clock_dates_the_price() -> None:
+    """genai-prices' prices are dated: the meter prices a call at its clock's time."""
+    calls: list[datetime] = []
 
+    def clock() -> datetime:
+        calls.append(datetime(2026, 1, 15, 12, tzinfo=UTC))
+        return calls[-1]
 
-def test_packaged_prices_file_is_the_default_table() -> None:
-    path = Path(bk.__file__).parent / "prices.json"
-    document = json.loads(path.read_text("utf-8"))
-    assert document["unit"] == "usd_per_1m_tokens"
-    assert PriceTable.from_file(path) == PriceTable.default()
-    assert PriceTable.default() is PriceTable.default()  # loaded once
+    meter = LlmMeter(clock=clock)
+    meter.amounts(usage("gpt-4.1", input_tokens=1), ("usd", "tokens"))
+    assert len(calls) == 1
+    meter.amounts(usage("gpt-4.1", input_tokens=1, provider_cost_usd=1), ("usd",))
+    PINNED_METER.amounts(usage("gpt-4.1", input_tokens=1), ("usd",))
+    assert len(calls) == 1  # a provider cost or an override needs no date
+    with pytest.raises(bk.InvalidInput, match="timezone-aware"):
+        LlmMeter(clock=lambda: datetime(2026, 1, 15)).amounts(usage("gpt-4.1"), ("usd",))
+    with pytest.raises(bk.InvalidInput, match="callable"):
+        LlmMeter(clock=datetime.now(UTC))  # type: ignore[arg-type]
 
 
 def test_load_from_json_toml_and_dict(tmp_path: Path) -> None:
@@ -329,21 +346,24 @@ def test_load_from_json_toml_and_dict(tmp_path: Path) -> None:
 
 
 def test_with_overrides_replaces_and_extends(tmp_path: Path) -> None:
-    default = PriceTable.default()
+    base = PINNED
     path = tmp_path / "mine.toml"
     path.write_text(
         '[models."gpt-4.1"]\ninput = 1\noutput = 4\n\n[models."my-llm"]\ninput = 9\noutput = 9\n'
     )
-    table = default.with_overrides(path)
+    table = base.with_overrides(path)
     assert table["gpt-4.1"].input == 1 and table.lookup("gpt-4.1-2025-04-14") is table["gpt-4.1"]
+    assert table["gpt-4.1"].cache_read is None  # a replaced entry keeps nothing of the old one
     assert table.resolve("my-llm-latest") == "my-llm"
-    assert len(table) == len(default) + 1
-    assert default["gpt-4.1"].input == 2  # the default table is untouched
-    from_dict = default.with_overrides({"models": {"o3": {"input": 20, "output": 80}}})
+    assert len(table) == len(base) + 1
+    assert base["gpt-4.1"].input == 2  # the base table is untouched
+    from_dict = base.with_overrides({"models": {"o3": {"input": 20, "output": 80}}})
     assert from_dict["o3"].output == 80
-    assert default.with_overrides(
+    assert base.with_overrides(
         PriceTable({"x": ModelPrice(input=Decimal(1), output=Decimal(2))})
     ).resolve("x")
+    # The documented start of an override table: the empty default.
+    assert PriceTable.default().with_overrides(path).resolve("my-llm") == "my-llm"
 
 
 @pytest.mark.parametrize(
@@ -458,7 +478,7 @@ def test_from_openai_chat_completion() -> None:
         cache_read_tokens=1_000,
     )
     # 200 x 2 + 1,000 x 0.5 + 300 x 8 = 3,300 → 0.0033
-    assert meter_amounts(call, currencies=["USD", "tokens"]) == {
+    assert meter_amounts(call, meter=PINNED_METER, currencies=["USD", "tokens"]) == {
         "usd": Decimal("0.0033"),
         "tokens": Decimal(1_500),
     }
@@ -521,7 +541,9 @@ def test_from_anthropic_message() -> None:
         cache_creation_tokens=2_000,
     )
     # 50 x 3 + 400 x 15 + 10,000 x 0.3 + 2,000 x 3.75 = 150 + 6,000 + 3,000 + 7,500 → 0.01665
-    assert meter_amounts(call, currencies=("usd",)) == {"usd": Decimal("0.01665")}
+    assert meter_amounts(call, meter=PINNED_METER, currencies=("usd",)) == {
+        "usd": Decimal("0.01665")
+    }
     # Cache fields are Optional in the SDK: None counts as 0.
     plain = SimpleNamespace(
         input_tokens=5,
@@ -647,7 +669,7 @@ async def test_record_usage_debits_every_currency_exactly(kit: bk.BudgetKit) -> 
     call = LlmUsage(
         model="gpt-4.1-2025-04-14", input_tokens=2_000, output_tokens=500, cache_read_tokens=1_000
     )
-    result = await record_usage(kit, scope(), call, ref_id="gen_1")
+    result = await record_usage(kit, scope(), call, meter=PINNED_METER, ref_id="gen_1")
     assert result.check.action == "continue"
     by_budget = {entry.budget_id: entry for entry in result.entries}
     # usd: 2,000 x 2 + 500 x 8 + 1,000 x 0.5 = 8,500 → 0.0085; tokens 3,500; credits 3.5
@@ -723,7 +745,9 @@ async def test_record_usage_commits_a_reservation(kit: bk.BudgetKit) -> None:
     hold = await kit.reserve(scope(), {"usd": 1, "tokens": 10_000}, ttl_seconds=60)
     assert hold.granted
     call = LlmUsage(model="claude-sonnet-4-20250514", input_tokens=1_000, output_tokens=100)
-    result = await record_usage(kit, scope(), call, hold=hold, currencies=("usd", "tokens"))
+    result = await record_usage(
+        kit, scope(), call, meter=PINNED_METER, hold=hold, currencies=("usd", "tokens")
+    )
     # 1,000 x 3 + 100 x 15 = 4,500 → 0.0045
     assert {e.budget_id: e.amount for e in result.entries} == {
         made["usd"].id: 0.0045,
@@ -766,5 +790,5 @@ async def test_record_usage_with_registered_and_custom_meters(kit: bk.BudgetKit)
 async def test_kit_record_usage_is_the_same_call(kit: bk.BudgetKit) -> None:
     made = await budgets(kit)
     usage = bk.LlmUsage(model="gpt-4.1", provider="openai", input_tokens=1_000_000)
-    result = await kit.record_usage(scope(), usage, ref_id="gen_2")
+    result = await kit.record_usage(scope(), usage, meter=PINNED_METER, ref_id="gen_2")
     assert {e.budget_id: e.amount for e in result.entries}[made["usd"].id] == 2.0

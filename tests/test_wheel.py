@@ -1,5 +1,5 @@
-"""The built wheel ships every Lua script of the repo as budgetkit/lua/<name>.lua, py.typed and the
-default price table."""
+"""The built wheel ships every Lua script of the repo as budgetkit/lua/<name>.lua and py.typed, and
+no copy of a public price list (the LLM meter's prices come from the genai-prices dependency)."""
 
 from __future__ import annotations
 
@@ -36,5 +36,7 @@ def test_wheel_contains_lua_scripts_and_py_typed(tmp_path: Path) -> None:
             member = f"budgetkit/lua/{name}"
             assert member in names, f"{member} missing from {wheels[0].name}"
             assert wheel.read(member) == (ROOT / "lua" / name).read_bytes()
+        metadata = next(wheel.read(n) for n in names if n.endswith(".dist-info/METADATA"))
     assert "budgetkit/py.typed" in names
-    assert "budgetkit/prices.json" in names  # the default price table
+    assert "budgetkit/prices.json" not in names  # prices come from genai-prices, a dependency
+    assert b"Requires-Dist: genai-prices" in metadata

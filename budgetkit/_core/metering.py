@@ -7,8 +7,9 @@ is asked about. Built in (SPEC §8):
 - ``LlmMeter`` for ``LlmUsage`` (input, output, cache_read, cache_creation tokens — disjoint):
   ``tokens`` = total tokens, ``credits`` = total / 1000, any other currency = total tokens
   (unless ``units_per_token`` says otherwise), ``usd`` = the provider-reported cost when > 0,
-  else the price-table estimate. A model with no price and no provider cost follows an explicit
-  ``UnpricedPolicy`` — never "tokens as dollars".
+  else the estimate from the meter's overrides (a PriceTable) or, below them, genai-prices. A
+  model with no price in either and no provider cost follows an explicit ``UnpricedPolicy`` —
+  never "tokens as dollars".
 - ``ToolCallMeter`` (a flat price per tool, per call) and ``DataMeter`` (per byte / GB).
 
 ``record_usage`` is the one call a worker makes after an LLM call: meter, then ``debit`` (or
@@ -22,8 +23,9 @@ micro-units (``amounts.round_micros``), never a float.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
@@ -41,7 +43,15 @@ from budgetkit._core.amounts import MAX_MICROS, MICROS_PER_UNIT, round_micros
 from budgetkit._core.errors import InvalidAmount, InvalidInput, UnpricedModel
 from budgetkit._core.ids import normalize_currency
 from budgetkit._core.models import _describe
-from budgetkit._core.pricing import EXACT, ModelPrice, PriceTable, model_price, parse_rate
+from budgetkit._core.pricing import (
+    EXACT,
+    ModelPrice,
+    PriceTable,
+    genai_cost_usd,
+    genai_prices_version,
+    model_price,
+    parse_rate,
+)
 from budgetkit._core.results import DebitResult, Reservation
 from budgetkit._core.scope import Scope
 
@@ -140,8 +150,10 @@ class LlmUsage(BaseModel):
     """The usage of one LLM call: disjoint token buckets, the model, an optional provider cost.
 
     ``input_tokens`` excludes cached tokens (``cache_read_tokens``: read from the prompt cache;
-    ``cache_creation_tokens``: written to it). ``provider_cost_usd``, when > 0, is charged to
-    ``usd`` budgets instead of the price-table estimate (rounded half-up to micro-units).
+    ``cache_creation_tokens``: written to it). ``provider``, when given, narrows the price
+    lookup in genai-prices to that provider (``openai``, ``anthropic``, ``bedrock``, ``azure``…).
+    ``provider_cost_usd``, when > 0, is charged to ``usd`` budgets instead of the price estimate
+    (rounded half-up to micro-units).
     Token counts are ints in ``[0, 10**12]``; ``provider_cost_usd`` is an int, float (read as
     its shortest decimal), Decimal or str, finite and non-negative. Raises InvalidInput.
     """
@@ -321,13 +333,15 @@ def _per_token_rates(units: Mapping[str, Price] | None) -> dict[str, Decimal]:
 
 
 class LlmMeter:
-    """Meters ``LlmUsage`` (SPEC §8): usd from the provider cost or a price table; token units.
+    """Meters ``LlmUsage`` (SPEC §8): usd from the provider cost or the prices; token units.
 
-    ``prices``: the table (default: the curated one shipped with budgetkit, loaded on first
-    use; extend it with ``PriceTable.default().with_overrides(...)``). ``unpriced``: the
-    UnpricedPolicy (or its value). ``fallback_price``: a ModelPrice or its dict, required by and
-    only allowed with ``FALLBACK_PRICE``. ``units_per_token``: units of a non-usd currency per
-    token (defaults: ``credits`` 0.001, any other currency 1).
+    The usd price of a call, in order: the provider-reported cost when > 0; else ``prices``, the
+    meter's overrides (a PriceTable, default none), when one matches the model; else genai-prices
+    (by provider + model, or the model alone); else the ``unpriced`` policy (an UnpricedPolicy
+    or its value). ``fallback_price``: a ModelPrice or its dict, required by and only allowed
+    with ``FALLBACK_PRICE``. ``units_per_token``: units of a non-usd currency per token
+    (defaults: ``credits`` 0.001, any other currency 1). ``clock``: returns the aware time a
+    call is priced at (genai-prices' prices are dated; default: now, UTC).
     """
 
     def __init__(
@@ -337,11 +351,10 @@ class LlmMeter:
         unpriced: UnpricedPolicy | str = UnpricedPolicy.ERROR,
         fallback_price: ModelPrice | Mapping[str, Any] | None = None,
         units_per_token: Mapping[str, Price] | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         if prices is not None and not isinstance(prices, PriceTable):
-            raise InvalidInput(
-                "prices must be a PriceTable (PriceTable.from_file / from_dict / default())"
-            )
+            raise InvalidInput("prices must be a PriceTable (PriceTable.from_file or from_dict)")
         try:
             self.unpriced = UnpricedPolicy(unpriced)
         except ValueError as error:
@@ -354,15 +367,16 @@ class LlmMeter:
             raise InvalidInput(
                 "fallback_price is required by, and only used with, 'fallback_price'"
             )
+        if clock is not None and not callable(clock):
+            raise InvalidInput("clock must be a callable returning a timezone-aware datetime")
         self.fallback_price = fallback
-        self._prices = prices
+        self._prices = PriceTable.default() if prices is None else prices
         self._per_token = _per_token_rates(units_per_token)
+        self._clock = clock
 
     @property
     def prices(self) -> PriceTable:
-        """The price table in use."""
-        if self._prices is None:
-            self._prices = PriceTable.default()
+        """The overrides: asked before genai-prices (an empty table unless given)."""
         return self._prices
 
     def usd(self, usage: LlmUsage) -> Decimal | None:
@@ -373,21 +387,38 @@ class LlmMeter:
         cost = usage.provider_cost_usd
         if cost is not None and cost > 0:
             return _micro_decimal(cost)
-        price = self.prices.lookup(usage.model)
-        if price is None:
+        exact = self._estimate(usage)
+        if exact is None:
             if self.unpriced is UnpricedPolicy.TOKENS_ONLY:
                 return None
             if self.unpriced is UnpricedPolicy.ERROR:
                 raise UnpricedModel(_unpriced_message(usage))
-            price = self.fallback_price
-            assert price is not None  # enforced by __init__
-        exact = price.cost_usd(
+            assert self.fallback_price is not None  # enforced by __init__
+            exact = self.fallback_price.cost_usd(
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_tokens,
+                usage.cache_creation_tokens,
+            )
+        return _micro_decimal(exact)
+
+    def _estimate(self, usage: LlmUsage) -> Decimal | None:
+        """The exact price of one call: an override's when one matches, else genai-prices'."""
+        override = self._prices.lookup(usage.model)
+        if override is None:
+            return genai_cost_usd(usage, at=self._now())
+        return override.cost_usd(
             usage.input_tokens,
             usage.output_tokens,
             usage.cache_read_tokens,
             usage.cache_creation_tokens,
         )
-        return _micro_decimal(exact)
+
+    def _now(self) -> datetime:
+        now = datetime.now(UTC) if self._clock is None else self._clock()
+        if not isinstance(now, datetime) or now.tzinfo is None:
+            raise InvalidInput("the meter's clock must return a timezone-aware datetime")
+        return now
 
     def amounts(self, usage: Any, currencies: Sequence[str]) -> dict[str, Decimal]:
         """Amounts of one LlmUsage for each of ``currencies`` (usd first, so it fails first)."""
@@ -410,13 +441,17 @@ class LlmMeter:
 
 
 def _unpriced_message(usage: LlmUsage) -> str:
-    provider = f" (provider {usage.provider!r})" if usage.provider else ""
+    source = f"genai-prices {genai_prices_version()}"
+    if usage.provider:
+        source += (
+            f" for provider {usage.provider!r} (leave provider unset to match the model alone)"
+        )
     return (
-        f"model {usage.model!r}{provider} has no price and the call has no provider-reported "
-        "cost, so a usd budget cannot be charged; nothing was written. Add the model to the "
-        "price table (PriceTable.default().with_overrides(...)), pass provider_cost_usd, use "
-        "LlmMeter(unpriced='fallback_price' or 'tokens_only'), or meter token currencies only "
-        "(currencies=('tokens',))"
+        f"model {usage.model!r} has no price in the meter's overrides nor in {source}, and the "
+        "call has no provider-reported cost, so a usd budget cannot be charged; nothing was "
+        "written. Price it with LlmMeter(PriceTable.from_dict({...}) or .from_file(...)), pass "
+        "provider_cost_usd, use LlmMeter(unpriced='fallback_price' or 'tokens_only'), or meter "
+        "token currencies only (currencies=('tokens',))"
     )
 
 

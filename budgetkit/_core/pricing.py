@@ -1,17 +1,21 @@
-"""LLM price tables: USD per 1M tokens per model, with prompt-size tiers (SPEC §8).
+"""LLM prices (SPEC §8): genai-prices is the source, budgetkit's own PriceTable layers on top.
+
+The default price of a model comes from ``genai-prices`` (pydantic's maintained, offline price
+database: Decimal prices, cache reads and writes, prompt-size tiers, dated, regional and Bedrock
+ids, price history), through :func:`genai_cost_usd`. budgetkit ships no copy of a public price
+list.
 
 A ``ModelPrice`` holds the four rates of a model (``input``, ``output``, ``cache_read``,
 ``cache_write``; USD per 1,000,000 tokens) and optional ``tiers`` that replace them for calls
 whose prompt (input + cache_read + cache_creation tokens) *exceeds* a threshold. A ``PriceTable``
-maps model names to prices and finds a model by a case-insensitive, dated-alias-aware lookup
-(``gpt-4.1-2025-04-14`` → ``gpt-4.1``).
+maps model names to prices (a user's overrides: from a dict, a JSON file or a TOML file) and
+finds a model by a case-insensitive, dated-alias-aware lookup (``gpt-4.1-2025-04-14`` →
+``gpt-4.1``). The LLM meter (budgetkit/_core/metering.py) asks its table first, genai-prices
+second.
 
-Why exact: prices are Decimal, read from JSON/TOML without passing through a float, so a
-computed cost is the exact product ``rate * tokens / 1,000,000`` before its single half-up
-rounding to micro-units (done by the meter, budgetkit/_core/metering.py).
-
-The curated default table ships as ``budgetkit/prices.json`` (each entry names its source page
-and the date of its price); users extend or override it from a dict, a JSON file or a TOML file.
+Why exact: prices are Decimal, read from JSON/TOML without passing through a float, and
+genai-prices computes in Decimal too, so a computed cost is exact before its single half-up
+rounding to micro-units (done by the meter).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import (
     ROUND_HALF_UP,
     Context,
@@ -31,12 +35,13 @@ from decimal import (
     Inexact,
     InvalidOperation,
     Overflow,
+    localcontext,
 )
 from functools import cache
-from importlib import resources
+from importlib import metadata
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import (
     BaseModel,
@@ -52,20 +57,20 @@ from budgetkit._core.errors import InvalidInput
 from budgetkit._core.models import _describe
 
 __all__ = [
-    "DEFAULT_PRICES_FILE",
+    "GENAI_CONTEXT",
     "TOKENS_PER_PRICE_UNIT",
+    "CallTokens",
     "ModelPrice",
     "PriceTable",
     "PriceTier",
     "Rates",
+    "genai_cost_usd",
+    "genai_prices_version",
     "parse_rate",
 ]
 
 #: Prices are USD per this many tokens.
 TOKENS_PER_PRICE_UNIT = 1_000_000
-
-#: Name of the curated default table inside the package.
-DEFAULT_PRICES_FILE = "prices.json"
 
 #: Largest rate, in USD per 1M tokens (one dollar per token).
 RATE_MAX = Decimal(1_000_000)
@@ -441,8 +446,12 @@ class PriceTable(Mapping[str, ModelPrice]):
 
     @classmethod
     def default(cls) -> PriceTable:
-        """The curated table shipped in the package (``budgetkit/prices.json``), loaded once."""
-        return _default_table()
+        """The default overrides: an empty table (budgetkit ships no price list).
+
+        Why it stays: ``PriceTable.default().with_overrides(...)`` still builds the table of a
+        meter's overrides, which genai-prices' prices sit under (see LlmMeter).
+        """
+        return _empty_table()
 
 
 def _build_index(prices: Mapping[str, ModelPrice]) -> dict[str, str]:
@@ -458,6 +467,113 @@ def _build_index(prices: Mapping[str, ModelPrice]) -> dict[str, str]:
 
 
 @cache
-def _default_table() -> PriceTable:
-    text = resources.files("budgetkit").joinpath(DEFAULT_PRICES_FILE).read_text("utf-8")
-    return PriceTable.from_json(text)
+def _empty_table() -> PriceTable:
+    return PriceTable()
+
+
+# ================================================================================================
+# The default source: genai-prices
+# ================================================================================================
+
+#: Distribution name of the price database (its version dates the default prices).
+GENAI_PRICES = "genai-prices"
+
+#: genai-prices' provider id that reads a ``maker/model`` id the way LiteLLM writes it.
+GENAI_LITELLM_PROVIDER = "litellm"
+
+#: genai-prices' provider id of Amazon Bedrock, and the form of a Bedrock model id: a vendor
+#: (``anthropic.``), maybe after a region (``us.``, ``us-gov.``), then the model. A model id alone
+#: in that form is looked up at Bedrock, where genai-prices' own guess (the vendor) lacks it.
+GENAI_BEDROCK_PROVIDER = "aws"
+_BEDROCK_ID = re.compile(r"(?:[a-z]+(?:-[a-z]+)*\.)?[a-z]+(?:-[a-z]+)*\.[a-z0-9]")
+
+#: Decimal context of genai-prices' arithmetic for one call: 100 digits, so that no product or
+#: sum within budgetkit's bounds is rounded whatever the caller's thread context is (the result
+#: is then the exact cost, as genai-prices defines it, before the meter's one rounding).
+GENAI_CONTEXT = Context(
+    prec=100,
+    rounding=ROUND_HALF_UP,
+    traps=[InvalidOperation, Overflow, DivisionByZero],
+)
+
+
+class CallTokens(Protocol):
+    """What genai_cost_usd reads of one call (an LlmUsage): its model and disjoint buckets."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def provider(self) -> str | None: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cache_read_tokens(self) -> int: ...
+    @property
+    def cache_creation_tokens(self) -> int: ...
+
+
+def genai_prices_version() -> str:
+    """The installed genai-prices version: the date stamp of the default prices."""
+    return metadata.version(GENAI_PRICES)
+
+
+def genai_cost_usd(call: CallTokens, *, at: datetime) -> Decimal | None:
+    """The exact cost in USD of one call as genai-prices computes it; None for a model it lacks.
+
+    Lookup (genai-prices' own matching: case-insensitive; dated, regional and Bedrock ids):
+    ``provider`` + ``model`` when the call names a provider (genai-prices maps names such as
+    ``bedrock`` → aws and ``vertex_ai`` → google, and a reseller such as azure to the maker's
+    price); a provider it does not know, or a model that provider does not serve, is None, never
+    another provider's price. Without a provider: the model id alone (genai-prices guesses the
+    provider from it), then a ``maker/model`` id as LiteLLM writes it (``openai/gpt-4o``), then
+    a Bedrock id (``us.anthropic.claude-…-v1:0``) at Bedrock. ``at``: the aware time of the call
+    (prices are dated; some have off-peak hours). Not rounded: the meter rounds once, half-up.
+
+    Why the buckets are summed: genai-prices' ``input_tokens`` is the whole prompt, cache reads
+    and writes included (each priced at its own rate), where budgetkit's buckets are disjoint.
+    """
+    import genai_prices  # here, not at the top: ~0.1 s, paid by the first call it prices
+
+    if at.tzinfo is None:
+        raise InvalidInput("the time of a call must be a timezone-aware datetime")
+    usage = genai_prices.Usage(
+        input_tokens=call.input_tokens + call.cache_read_tokens + call.cache_creation_tokens,
+        output_tokens=call.output_tokens,
+        cache_read_tokens=call.cache_read_tokens,
+        cache_write_tokens=call.cache_creation_tokens,
+    )
+    model = call.model.strip()
+    for provider_id in _genai_providers(model, call.provider):
+        try:
+            with localcontext(GENAI_CONTEXT):
+                price = genai_prices.calc_price(
+                    usage, model, provider_id=provider_id, genai_request_timestamp=at
+                )
+        except LookupError as error:
+            if type(error) is not LookupError:  # a KeyError or IndexError is a bug, not "unknown"
+                raise
+            continue
+        return _checked_cost(price.total_price, model)
+    return None
+
+
+def _genai_providers(model: str, provider: str | None) -> tuple[str | None, ...]:
+    """The provider ids to look ``model`` up with, in order (see genai_cost_usd)."""
+    named = (provider or "").strip()
+    if named:
+        return (named,)
+    attempts: list[str | None] = [None]
+    if "/" in model:
+        attempts.append(GENAI_LITELLM_PROVIDER)
+    elif _BEDROCK_ID.match(model.lower()):
+        attempts.append(GENAI_BEDROCK_PROVIDER)
+    return tuple(attempts)
+
+
+def _checked_cost(value: object, model: str) -> Decimal:
+    """genai-prices' total, asserted on the way in: a finite, non-negative Decimal."""
+    if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
+        raise InvalidInput(f"genai-prices priced {model!r} at {value!r}, not a cost in USD")
+    return value
