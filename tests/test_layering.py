@@ -1,5 +1,5 @@
 """The package's layering (issue "architecture"): the public surface is budgetkit/__init__.py
-(and budgetkit.sync, .metering, .export, .webhooks, the CLI); the internals live in
+(and budgetkit.sync, .metering, .export, .webhooks, .integrations, the CLI); the internals live in
 budgetkit._core, which depends on no outer module; no module imports a private name
 (``_x``) of another package or module of budgetkit."""
 
@@ -19,6 +19,7 @@ OUTER = (
     "budgetkit.export",
     "budgetkit.webhooks",
     "budgetkit.cli",
+    "budgetkit.integrations",
 )
 
 

@@ -710,6 +710,16 @@ def _usage_of(obj: object, token_fields: tuple[str, ...]) -> object:
     return usage
 
 
+def _payload(obj: object, name: str) -> object:
+    """A streaming event's payload when the usage is there: ``event.response`` (OpenAI's
+    Responses events, e.g. ``response.completed``), ``event.message`` (Anthropic's
+    ``message_start``); else ``obj`` itself."""
+    inner = _get(obj, name)
+    if inner is None or _get(obj, "usage") is not None or _get(inner, "usage") is None:
+        return obj
+    return inner
+
+
 def _llm_usage(**fields: Any) -> LlmUsage:
     if not isinstance(fields.get("model"), str) or not fields["model"]:
         raise InvalidInput("the model is unknown: pass model='...' (the response has none)")
@@ -725,11 +735,15 @@ def from_openai_usage(
 ) -> LlmUsage:
     """An LlmUsage from an OpenAI response or its ``.usage`` (Chat Completions or Responses).
 
-    OpenAI's prompt count *includes* cached tokens: ``input = prompt_tokens - cached_tokens``,
-    ``cache_read = cached_tokens``; ``output`` = completion/output tokens (reasoning included).
-    ``model`` defaults to ``response.model``. Also accepts the dict form (``model_dump()``) and
+    OpenAI's prompt count *includes* the prompt-cache tokens: ``cache_read = cached_tokens``,
+    ``cache_creation = cache_write_tokens`` (capped at what the prompt leaves), ``input`` = the
+    rest; ``output`` = completion/output tokens (reasoning included). Streamed usage too: a
+    ``ChatCompletionChunk`` that carries it (``stream_options={"include_usage": True}``), a
+    Responses stream event with its ``response`` (e.g. ``response.completed``). ``model``
+    defaults to the response's. Also accepts the dict form (``model_dump()``) and
     OpenAI-compatible APIs (set ``provider``). Raises InvalidInput.
     """
+    response = _payload(response, "response")
     usage = _usage_of(response, ("prompt_tokens", "input_tokens"))
     if _get(usage, "prompt_tokens") is not None:  # Chat Completions
         prompt = _count(_get(usage, "prompt_tokens"), "prompt_tokens")
@@ -742,12 +756,17 @@ def from_openai_usage(
     cached = 0 if details is None else _count(_get(details, "cached_tokens"), "cached_tokens")
     if cached > prompt:
         raise InvalidInput(f"cached_tokens ({cached}) exceeds the prompt tokens ({prompt})")
+    written = 0
+    if details is not None:
+        written = _count(_get(details, "cache_write_tokens"), "cache_write_tokens")
+    written = min(written, prompt - cached)  # "unadjusted" by OpenAI: never more than is left
     return _llm_usage(
         model=model if model is not None else _get(response, "model"),
         provider=provider,
-        input_tokens=prompt - cached,
+        input_tokens=prompt - cached - written,
         output_tokens=output,
         cache_read_tokens=cached,
+        cache_creation_tokens=written,
         provider_cost_usd=cost_usd,
     )
 
@@ -763,8 +782,12 @@ def from_anthropic_usage(
 
     Anthropic's buckets are already disjoint: ``input_tokens``, ``output_tokens``,
     ``cache_read_input_tokens``, ``cache_creation_input_tokens`` (None counts as 0). ``model``
-    defaults to ``message.model``. When streaming, pass the final message. Raises InvalidInput.
+    defaults to ``message.model``. When streaming, pass the final message
+    (``stream.get_final_message()``), or the last ``message_delta`` event with ``model=``: its
+    usage is cumulative. A ``message_start`` event reads as its message (the prompt, before any
+    output). Raises InvalidInput.
     """
+    message = _payload(message, "message")
     usage = _usage_of(message, ("input_tokens", "output_tokens"))
     return _llm_usage(
         model=model if model is not None else _get(message, "model"),
