@@ -22,7 +22,6 @@ from budgetkit._core.metering import (
     from_openai_usage,
     meter_amounts,
     meter_for_charge,
-    record_usage,
 )
 
 __all__ = [
@@ -42,5 +41,4 @@ __all__ = [
     "from_openai_usage",
     "meter_amounts",
     "meter_for_charge",
-    "record_usage",
 ]

@@ -35,7 +35,6 @@ from budgetkit.metering import (
     from_anthropic_usage,
     from_openai_usage,
     meter_amounts,
-    record_usage,
 )
 
 ORG = "org_m"
@@ -669,7 +668,7 @@ async def test_record_usage_debits_every_currency_exactly(kit: bk.BudgetKit) -> 
     call = LlmUsage(
         model="gpt-4.1-2025-04-14", input_tokens=2_000, output_tokens=500, cache_read_tokens=1_000
     )
-    result = await record_usage(kit, scope(), call, meter=PINNED_METER, ref_id="gen_1")
+    result = await kit.record_usage(scope(), call, meter=PINNED_METER, ref_id="gen_1")
     assert result.check.action == "continue"
     by_budget = {entry.budget_id: entry for entry in result.entries}
     # usd: 2,000 x 2 + 500 x 8 + 1,000 x 0.5 = 8,500 → 0.0085; tokens 3,500; credits 3.5
@@ -687,8 +686,8 @@ async def test_record_usage_debits_every_currency_exactly(kit: bk.BudgetKit) -> 
 async def test_record_usage_provider_cost_and_idempotency(kit: bk.BudgetKit) -> None:
     made = await budgets(kit)
     call = LlmUsage(model="anything", input_tokens=10, provider_cost_usd=0.0123)
-    first = await record_usage(kit, scope(), call, idempotency_key="k1")
-    again = await record_usage(kit, scope(), call, idempotency_key="k1")
+    first = await kit.record_usage(scope(), call, idempotency_key="k1")
+    again = await kit.record_usage(scope(), call, idempotency_key="k1")
     assert not first.replayed and again.replayed
     assert (await kit.get_budget(ORG, made["usd"].id)).balance == 9.9877
 
@@ -700,10 +699,10 @@ async def test_unpriced_model_writes_nothing(
     before = await redis_snapshot(redis)
     call = LlmUsage(model="mystery-model-7", input_tokens=1_000, output_tokens=1_000)
     with pytest.raises(bk.UnpricedModel):
-        await record_usage(kit, scope(), call)
+        await kit.record_usage(scope(), call)
     assert await redis_snapshot(redis) == before
     # Metering tokens only is the documented way around it: the usd budget is untouched.
-    result = await record_usage(kit, scope(), call, currencies=("tokens",))
+    result = await kit.record_usage(scope(), call, currencies=("tokens",))
     assert [entry.budget_id for entry in result.entries] == [made["tokens"].id]
     assert (await kit.get_budget(ORG, made["usd"].id)).balance == 10
 
@@ -712,11 +711,11 @@ async def test_unpriced_model_is_fine_without_a_usd_budget(kit: bk.BudgetKit) ->
     """SPEC §8: the unpriced error is raised only when a usd budget is in the scope."""
     tokens = await kit.create_budget(ORG, "session", "session_a", "tokens", 100_000)
     call = LlmUsage(model="mystery-model-7", input_tokens=1_000, output_tokens=1_000)
-    result = await record_usage(kit, scope(), call)
+    result = await kit.record_usage(scope(), call)
     assert [(e.budget_id, e.amount) for e in result.entries] == [(tokens.id, 2_000)]
     await kit.create_budget(ORG, "org", ORG, "usd", 10)  # now a usd budget is in the scope
     with pytest.raises(bk.UnpricedModel, match="mystery-model-7"):
-        await record_usage(kit, scope(), call)
+        await kit.record_usage(scope(), call)
     assert (await kit.get_budget(ORG, tokens.id)).balance == 98_000
 
 
@@ -724,7 +723,7 @@ async def test_unpriced_tokens_only_policy(kit: bk.BudgetKit) -> None:
     made = await budgets(kit)
     meter = LlmMeter(unpriced="tokens_only")
     call = LlmUsage(model="mystery-model-7", input_tokens=1_000, output_tokens=1_000)
-    result = await record_usage(kit, scope(), call, meter=meter)
+    result = await kit.record_usage(scope(), call, meter=meter)
     charged = {entry.budget_id: entry.amount for entry in result.entries}
     assert charged == {made["tokens"].id: 2_000, made["credits"].id: 2}
     assert (await kit.get_budget(ORG, made["usd"].id)).balance == 10  # never tokens as dollars
@@ -736,7 +735,7 @@ async def test_unpriced_fallback_price_policy(kit: bk.BudgetKit) -> None:
         unpriced="fallback_price", fallback_price=ModelPrice(input=Decimal(5), output=Decimal(15))
     )
     call = LlmUsage(model="mystery-model-7", input_tokens=1_000, output_tokens=1_000)
-    await record_usage(kit, scope(), call, meter=meter)
+    await kit.record_usage(scope(), call, meter=meter)
     assert (await kit.get_budget(ORG, made["usd"].id)).balance == 9.98
 
 
@@ -745,8 +744,8 @@ async def test_record_usage_commits_a_reservation(kit: bk.BudgetKit) -> None:
     hold = await kit.reserve(scope(), {"usd": 1, "tokens": 10_000}, ttl_seconds=60)
     assert hold.granted
     call = LlmUsage(model="claude-sonnet-4-20250514", input_tokens=1_000, output_tokens=100)
-    result = await record_usage(
-        kit, scope(), call, meter=PINNED_METER, hold=hold, currencies=("usd", "tokens")
+    result = await kit.record_usage(
+        scope(), call, meter=PINNED_METER, hold=hold, currencies=("usd", "tokens")
     )
     # 1,000 x 3 + 100 x 15 = 4,500 → 0.0045
     assert {e.budget_id: e.amount for e in result.entries} == {
@@ -756,14 +755,13 @@ async def test_record_usage_commits_a_reservation(kit: bk.BudgetKit) -> None:
     with pytest.raises(bk.HoldNotFound):
         await kit.release(hold)
     with pytest.raises(bk.InvalidInput, match="same scope"):
-        await record_usage(kit, scope("session_b"), call, hold=hold)
+        await kit.record_usage(scope("session_b"), call, hold=hold)
 
 
 async def test_record_usage_with_registered_and_custom_meters(kit: bk.BudgetKit) -> None:
     made = await budgets(kit)
     gpu = await kit.create_budget(ORG, "session", "session_a", "gpu_s", 100)
-    result = await record_usage(
-        kit,
+    result = await kit.record_usage(
         scope(),
         12.5,
         meter=GpuSecondsMeter(),
@@ -775,8 +773,7 @@ async def test_record_usage_with_registered_and_custom_meters(kit: bk.BudgetKit)
     assert {e.meter_source for e in result.entries} == {"gpu"}
     default_registry.register("test_tools", ToolCallMeter({"web_search": 0.01}))
     try:
-        result = await record_usage(
-            kit,
+        result = await kit.record_usage(
             scope(),
             ToolCall(tool="web_search", calls=2),
             meter="test_tools",

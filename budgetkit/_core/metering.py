@@ -52,11 +52,9 @@ from budgetkit._core.pricing import (
     model_price,
     parse_rate,
 )
-from budgetkit._core.results import DebitResult, Reservation
-from budgetkit._core.scope import Scope
 
 if TYPE_CHECKING:
-    from budgetkit._core.client import BudgetKit
+    pass
 
 __all__ = [
     "DEFAULT_CURRENCIES",
@@ -75,7 +73,6 @@ __all__ = [
     "from_openai_usage",
     "meter_amounts",
     "meter_for_charge",
-    "record_usage",
 ]
 
 Amount = int | float | Decimal
@@ -647,35 +644,6 @@ def meter_for_charge(
         amounts = meter_amounts(usage, meter=meter, currencies=others) if others else {}
         micros = {c: round_micros(a) for c, a in amounts.items()}
         return Metered(micros, ("usd",), error)
-
-
-async def record_usage(
-    kit: BudgetKit,
-    scope: Scope,
-    usage: Any,
-    *,
-    meter: Meter | str | None = None,
-    currencies: Iterable[str] | None = None,
-    hold: Reservation | None = None,
-    meter_source: str = "llm_tokens",
-    ref_type: str | None = "llm_generation",
-    ref_id: str | None = None,
-    description: str | None = None,
-    idempotency_key: str | None = None,
-) -> DebitResult:
-    """``kit.record_usage(scope, usage, ...)`` (kept as a function for existing callers)."""
-    return await kit.record_usage(
-        scope,
-        usage,
-        meter=meter,
-        currencies=None if currencies is None else list(currencies),
-        hold=hold,
-        meter_source=meter_source,
-        ref_type=ref_type,
-        ref_id=ref_id,
-        description=description,
-        idempotency_key=idempotency_key,
-    )
 
 
 # ================================================================================================
