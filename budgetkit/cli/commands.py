@@ -372,17 +372,22 @@ async def demo(a: argparse.Namespace) -> int:
             ok = await _run_demo(a, kit.redis, say)
     else:
         say("no --redis-url / REDIS_URL: running on an in-process fakeredis server")
-        ok = await _run_demo(a, in_process_redis(), say)
+        ok = await _run_demo(a, in_process_redis(), say, embedded=True)
     if a.json:
         print_json({"reconciled": ok, "output": lines})
     return EXIT_OK if ok else EXIT_LIMIT
 
 
-async def _run_demo(a: argparse.Namespace, client: Redis, say: Callable[[str], None]) -> bool:
+async def _run_demo(
+    a: argparse.Namespace, client: Redis, say: Callable[[str], None], *, embedded: bool = False
+) -> bool:
     """Plain lines when printing JSON or piped; a spinner under the lines on a terminal."""
+    batching = not embedded
     if a.json or not sys.stdout.isatty():
-        return await run_demo(client, say=say)
-    return await with_spinner("running the demo", lambda s: run_demo(client, say=s))
+        return await run_demo(client, say=say, batching=batching)
+    return await with_spinner(
+        "running the demo", lambda s: run_demo(client, say=s, batching=batching)
+    )
 
 
 async def completion(a: argparse.Namespace) -> int:
