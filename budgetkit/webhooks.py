@@ -109,8 +109,6 @@ DEAD_LETTERS_MAX: Final = 100_000
 #: ``dead_letters``' page: default and maximum entries.
 DEAD_LETTERS_LIMIT_DEFAULT: Final = 50
 DEAD_LETTERS_LIMIT_MAX: Final = 1000
-#: Key suffix of the dead-letter stream after the organization's prefix ``P:{org}:``.
-DEAD_LETTERS_SUFFIX: Final = "webhooks:dead"
 #: Length bound of an error text stored with a dead letter.
 ERROR_TEXT_MAX: Final = 500
 #: ``run_webhooks``: organizations per call, and requests in flight across them.
@@ -710,7 +708,7 @@ async def _store(operation: str) -> AsyncIterator[None]:
 
 def _dead_letters_key(kit: bk.BudgetKit, organization_id: str) -> str:
     """``P:{org}:webhooks:dead``: under the organization's hash tag, like its event stream."""
-    return kit.keys.org(organization_id) + DEAD_LETTERS_SUFFIX
+    return kit.keys.webhook_dead_letters(organization_id)
 
 
 def _stream_entries(raw: Any) -> list[_Entry]:

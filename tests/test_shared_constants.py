@@ -96,6 +96,7 @@ def test_python_builds_every_key_from_the_suffix_table() -> None:
         "hold": space.hold(org, "x"),
         "hold_index": space.hold_index(org, "x"),
         "hold_amounts": space.hold_amounts(org, "x"),
+        "webhook_dead_letters": space.webhook_dead_letters(org),
     }
     assert set(built) == set(keys.KEY_SUFFIXES)
     for name, key in built.items():

@@ -24,6 +24,7 @@ Layout (``P`` = prefix, default ``bk``):
     P:{org}:h:<hold_id>            hash    a reservation: exp (ms), sess, b:<budget_id> amounts
     P:{org}:hz:<budget_id>         zset    a budget's outstanding holds, score = expiry ms
     P:{org}:ha:<budget_id>         hash    a budget's outstanding holds: hold id -> amount
+    P:{org}:webhooks:dead          stream  events a webhook endpoint never accepted
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ KEY_SUFFIXES: Final[Mapping[str, str]] = {
     "hold": "h:",
     "hold_index": "hz:",
     "hold_amounts": "ha:",
+    "webhook_dead_letters": "webhooks:dead",
 }
 _S = KEY_SUFFIXES
 
@@ -93,6 +95,9 @@ class Keyspace:
 
     def idempotency(self, organization_id: str, operation: str, key: str) -> str:
         return f"{self.org(organization_id)}{_S['idempotency']}{operation}:{key}"
+
+    def webhook_dead_letters(self, organization_id: str) -> str:
+        return f"{self.org(organization_id)}{_S['webhook_dead_letters']}"
 
     def request(self, organization_id: str, request_id: str) -> str:
         return f"{self.org(organization_id)}{_S['request']}{request_id}"
