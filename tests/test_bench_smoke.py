@@ -33,7 +33,10 @@ ROW_FIELDS = {
     "server_cpu_pct",
     "used_memory_bytes",
 }
-TINY = ["--duration", "0.15", "--warmup", "0.05", "--plain"]
+#: Short runs, but long enough for reserve_commit_gate at concurrency 1 to finish one round
+#: (100 reserve + commit pairs against a 1 usd limit) on a loaded 2-core CI machine: at 0.15 s
+#: it once completed none after the request records made each call ~10 % dearer.
+TINY = ["--duration", "0.4", "--warmup", "0.05", "--plain"]
 SERVER_COST_COMMANDS = {
     ("check", 3),
     ("debit", 3),
