@@ -518,12 +518,12 @@ local function load_scope(batch, subject_keys, include_disabled, full)
   return budgets
 end
 
--- k (currency, amount_micros) pairs starting at ARGV[first]; k = ARGV[first - 1] (0..64).
-local function read_amounts(first)
-  local n = arg_int(ARGV[first - 1], 'currency count', 0, CURRENCIES_PER_CALL_MAX)
+-- k (currency, amount_micros) pairs starting at argv[first]; k = argv[first - 1] (0..64).
+local function read_amounts(argv, first)
+  local n = arg_int(argv[first - 1], 'currency count', 0, CURRENCIES_PER_CALL_MAX)
   local amounts = {}
   for i = 0, n - 1 do
-    amounts[ARGV[first + 2 * i]] = arg_int(ARGV[first + 2 * i + 1], 'amount_micros', 0, MAX_MICROS)
+    amounts[argv[first + 2 * i]] = arg_int(argv[first + 2 * i + 1], 'amount_micros', 0, MAX_MICROS)
   end
   return amounts
 end

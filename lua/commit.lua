@@ -23,7 +23,7 @@ local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
 local fingerprint, idem_ttl_ms = ARGV[4], arg_int(ARGV[5], 'idempotency ttl', 1, MAX_MICROS)
 local hold_id = ARGV[6]
 local source, ref_type, ref_id, session, description = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-local unpriced, amounts = ARGV[12], read_amounts(14)
+local unpriced, amounts = ARGV[12], read_amounts(ARGV, 14)
 local earlier = earlier_reply(batch, idem_key, fingerprint, function(receipt)
   return redelivered_scope(batch, receipt, subject_keys, events_key)
 end)

@@ -25,7 +25,7 @@ for i = 1, #KEYS - 2 do subject_keys[i] = KEYS[i] end
 local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
 local fingerprint, idem_ttl_ms = ARGV[4], arg_int(ARGV[5], 'idempotency ttl', 1, MAX_MICROS)
 local source, ref_type, ref_id, session, description = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local unpriced, amounts = ARGV[11], read_amounts(13)
+local unpriced, amounts = ARGV[11], read_amounts(ARGV, 13)
 local earlier = earlier_reply(batch, idem_key, fingerprint, function(receipt)
   return redelivered_scope(batch, receipt, subject_keys, events_key)
 end)

@@ -24,7 +24,7 @@ local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
 local fingerprint, idem_ttl_ms = ARGV[4], arg_int(ARGV[5], 'idempotency ttl', 1, MAX_MICROS)
 local hold_id, ttl_ms, session = ARGV[6], arg_int(ARGV[7], 'hold ttl', 1, MAX_MICROS), ARGV[8]
 local budgets_required = ARGV[9] == '1'
-local amounts = read_amounts(11)
+local amounts = read_amounts(ARGV, 11)
 local earlier = earlier_reply(batch, idem_key, fingerprint, function(receipt)
   return redelivered_scope(batch, receipt, subject_keys, events_key)
 end)

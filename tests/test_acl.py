@@ -8,8 +8,8 @@ tells operators to, and then:
   reserve + release, resume, get, events) as ``budgetkit-worker`` and the admin path (create,
   update, disable, top_up, list, ledger, trim_history) as ``budgetkit-admin``;
 * shows what the worker is refused: FLUSHALL, FLUSHDB, CONFIG, KEYS, SCAN, INFO, ACL, CLIENT,
-  EVAL, SCRIPT FLUSH, any key outside ``bk:*`` (directly, through a declared script key, or
-  through a key built inside a Lua script), and the admin-only operations — each refused before
+  EVAL, EVALSHA, SCRIPT LOAD, FUNCTION FLUSH/DELETE, any key outside ``bk:*`` (directly,
+  through a declared key, or through a key built inside a Lua function), and the admin-only operations — each refused before
   anything is written;
 * states the limits of what an ACL can do (see docs/acl.md): the worker needs HSET & co. on
   ``bk:*`` for debit, so it can also run top_up/update or HSET a balance itself;
@@ -206,6 +206,10 @@ async def assert_refused(
         ("commands", lambda: w.acl_list()),
         ("commands", lambda: w.client_list()),
         ("commands", lambda: w.script_flush()),
+        ("commands", lambda: w.script_load("return 1")),
+        ("commands", lambda: w.evalsha("0" * 40, 0)),
+        ("commands", lambda: w.function_flush()),
+        ("commands", lambda: w.execute_command("FUNCTION", "DELETE", "budgetkit_x")),
         ("commands", lambda: w.execute_command("SAVE")),
         ("commands", lambda: w.execute_command("SWAPDB", "0", "1")),
         ("commands", lambda: w.execute_command("SELECT", "1")),
@@ -232,21 +236,26 @@ async def assert_refused(
             await call()
         counts[kind] += 1
 
-    # SCRIPT LOAD is granted (NOSCRIPT recovery): the Lua it loads obeys the same ACL.
-    declared = await w.script_load("return redis.call('GET', KEYS[1])")
-    with pytest.raises(redis_errors.NoPermissionError):
-        await w.evalsha(declared, 1, "other:key")
-    counts["lua"] += 1
-    for body in (
+    # FUNCTION LOAD is granted (a server that lost the library): what it loads obeys the ACL.
+    bodies = [
+        "return redis.call('GET', keys[1])",
         "return redis.call('GET', 'other:key')",
         "return redis.call('SET', 'other:key', 'pwned')",
         "return redis.call('FLUSHALL')",
         "return redis.call('DEL', 'other:key')",
         "return redis.call('KEYS', '*')",
-    ):
-        sha = await w.script_load(body)
+    ]
+    registrations = "\n".join(
+        f"redis.register_function('acl_probe_{i}', function(keys, args) {body} end)"
+        for i, body in enumerate(bodies)
+    )
+    await w.execute_command("FUNCTION", "LOAD", "REPLACE", f"#!lua name=acl_probe\n{registrations}")
+    with pytest.raises(redis_errors.NoPermissionError):
+        await w.execute_command("FCALL", "acl_probe_0", 1, "other:key")
+    counts["lua"] += 1
+    for i in range(1, len(bodies)):
         with pytest.raises(redis_errors.ResponseError, match=r"(?i)permission|can't"):
-            await w.evalsha(sha, 0)
+            await w.execute_command("FCALL", f"acl_probe_{i}", 0)
         counts["lua"] += 1
 
     # Admin-only budgetkit operations: refused before their first write (an unavailable store
@@ -324,15 +333,14 @@ async def test_per_organization_worker(
             await client.aclose()
 
 
-async def test_worker_without_script_load(server: Server, root: redis_asyncio.Redis) -> None:
-    rules = [r for r in acl_users()[WORKER] if r != "+script|load"]
+async def test_worker_without_function_load(server: Server, root: redis_asyncio.Redis) -> None:
+    rules = [r for r in acl_users()[WORKER] if r != "+function|load"]
     await root.execute_command("ACL", "SETUSER", "worker-noload", "reset", *rules)
     await root.execute_command("ACL", "SETUSER", "worker-noload", "on", ">pw")
     admin = kit_as(server, ADMIN)
     worker = bk.BudgetKit.from_url(f"redis://worker-noload:pw@{server.host_port}/0")
     try:
-        for name in admin._runtime.scripts:  # the operator preloads every script
-            await admin._runtime.ensure_loaded(name)
+        await admin._runtime.ensure_loaded()  # the operator loads the library
         await admin.create_budget("org_a", "session", "s1", "usd", 10)
         result = await worker.check(bk.Scope("org_a", session_id="s1"))
         assert result.action == "continue"

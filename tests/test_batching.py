@@ -46,12 +46,12 @@ async def test_errors_stay_with_their_call(redis: Redis) -> None:
     assert (await kit.get_budget(ORG, b.id)).balance == 8
 
 
-async def test_noscript_inside_a_batch_is_recovered(redis: Redis) -> None:
+async def test_library_lost_inside_a_batch_is_reloaded(redis: Redis) -> None:
     kit = bk.BudgetKit(redis)
     await kit.create_budget(ORG, "session", "s1", "usd", 10)
     scope = bk.Scope(organization_id=ORG, session_id="s1")
     await asyncio.gather(*(kit.debit(scope, {"usd": 0.1}) for _ in range(4)))
-    await redis.script_flush()
+    await redis.function_flush()
     results = await asyncio.gather(*(kit.debit(scope, {"usd": 0.1}) for _ in range(4)))
     assert len(results) == 4
     assert kit._runtime.reloads >= 1

@@ -471,10 +471,10 @@ async def test_corrupt_budget_is_reported_and_nothing_written(
 # -- script runtime ---------------------------------------------------------------------------
 
 
-async def test_noscript_after_flush_is_recovered(kit: bk.BudgetKit, redis: Redis) -> None:
+async def test_library_lost_by_function_flush_is_reloaded(kit: bk.BudgetKit, redis: Redis) -> None:
     await make(kit, 10)
     await kit.debit(session_scope(), {"usd": 1})
-    await redis.script_flush()
+    await redis.function_flush()
     await kit.debit(session_scope(), {"usd": 1})
     assert kit._runtime.reloads == 1
     assert (await kit.check(session_scope())).action == "continue"

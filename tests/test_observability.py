@@ -31,7 +31,7 @@ async def test_prometheus_metrics(redis: Redis) -> None:
     await asyncio.gather(*(kit.debit(scope, {"usd": 0.1}) for _ in range(12)))
     assert (await kit.check(scope)).action == "stop"
     assert not (await kit.reserve(scope, {"usd": 0.5})).granted
-    await redis.script_flush()
+    await redis.function_flush()
     await kit.check(scope)
     assert sample(registry, "budgetkit_calls_total", operation="debit", outcome="ok") == 12
     assert sample(registry, "budgetkit_script_seconds_count", operation="check") == 3

@@ -1,15 +1,15 @@
 """A reply lost in flight (SPEC §4 idempotency, unavailable store), on the real Redis server.
 
 A tiny TCP proxy sits between the client and a private redis-server. Armed, it forwards the next
-EVALSHA to Redis, waits for Redis's complete reply (so the script *was* applied), then closes
-both sockets instead of forwarding that reply (``times`` EVALSHAs in a row, or every one until
+FCALL to Redis, waits for Redis's complete reply (so the function *was* applied), then closes
+both sockets instead of forwarding that reply (``times`` FCALLs in a row, or every one until
 disarmed). SPEC §10: whoever sends the call again — redis-py's own retry, budgetkit's resend —
 the mutation applies exactly once and returns the first reply; when every reply is lost the call
 raises ``OutcomeUnknown`` (a ``BudgetUnavailable``) having applied exactly once, and a retry with
 the same idempotency key returns the original outcome (``replayed=True``) and changes nothing.
 The proxy parses RESP frames in both directions (RESP2 and
 RESP3: redis-py pipelines HELLO / CLIENT SETINFO on connect), pairs each reply with its command,
-and drops only the reply of the armed EVALSHA, so the SCRIPT LOAD of a first use passes through.
+and drops only the reply of the armed FCALL, so the FUNCTION LOAD of a first use passes through.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class DropProxy:
         port = self._server.sockets[0].getsockname()[1]
         return f"redis://127.0.0.1:{port}/0"
 
-    def arm(self, command: bytes = b"EVALSHA", times: int = 1) -> None:
+    def arm(self, command: bytes = b"FCALL", times: int = 1) -> None:
         """Lose the replies of the next ``times`` commands named ``command`` (-1: all)."""
         assert self.armed is None, "already armed"
         self._drop_event.clear()
@@ -246,11 +246,10 @@ async def proxy(real_redis: Redis, redis_server_url: str) -> AsyncIterator[DropP
 
 @pytest_asyncio.fixture
 async def kit(proxy: DropProxy) -> AsyncIterator[bk.BudgetKit]:
-    """The client under test: every command goes through the proxy. Its scripts are loaded
-    first, so the EVALSHA the proxy cuts is a real script call (not a first-use NOSCRIPT)."""
+    """The client under test: every command goes through the proxy. Its library is loaded
+    first, so the FCALL the proxy cuts is a real call (not a first-use "function not found")."""
     async with bk.BudgetKit.from_url(proxy.url) as client:
-        for name in client._runtime.scripts:
-            await client._runtime.ensure_loaded(name)
+        await client._runtime.ensure_loaded()
         yield client
 
 
@@ -290,7 +289,7 @@ async def lose_reply(proxy: DropProxy, call: Awaitable[object]) -> bk.OutcomeUnk
     finally:
         proxy.disarm()
     dropped = await proxy.wait_dropped()
-    assert dropped.command == b"EVALSHA"
+    assert dropped.command == b"FCALL"
     assert dropped.reply[:1] == b"*", dropped.reply[:200]  # a script reply, not an error
     assert isinstance(caught.value, bk.BudgetUnavailable)
     return caught.value

@@ -5,7 +5,7 @@
     ``fail_open`` continue flagged ``fail_open=True``; mutations raise ``BudgetUnavailable``, not
     ``OutcomeUnknown`` (nothing was sent), and are not retried; every such call is counted in
     ``kit.counters`` and logged (logger ``budgetkit``). After a restart the same client works
-    again (scripts reloaded after NOSCRIPT) and nothing refused was applied.
+    again (the function library persisted with the data) and nothing refused was applied.
 (b) **Timeout** (the server stops answering: SIGSTOP, then SIGCONT): ``check`` answers the
     policy within ``3 x socket timeout x CHECK_ATTEMPTS_MAX`` (plus slack); a debit sent on a
     live connection raises ``OutcomeUnknown`` within about one socket timeout; once the server
@@ -197,12 +197,12 @@ async def test_connection_refused(
         assert records(caplog, f"store unavailable, {policy}"), "the policy decision is logged"
         assert records(caplog, "store unavailable: cannot reach Redis"), "each failure is logged"
 
-        # Back up (AOF kept the data; the scripts are gone): the same clients recover by
-        # themselves, and nothing refused was applied.
+        # Back up (AOF kept the data and the function library): the same clients recover by
+        # themselves, with nothing to load, and nothing refused was applied.
         reloads = kit._runtime.reloads
         await asyncio.to_thread(server.restart)
         assert (await kit.check(scope())).error_code is None
-        assert kit._runtime.reloads > reloads, "NOSCRIPT after the restart: reloaded and retried"
+        assert kit._runtime.reloads == reloads, "the library is persisted with the data"
         assert (await fresh.check(scope())).error_code is None
         admin = kit  # its only connection was replaced after the refusals: no stale one left
         for budget in budgets:
@@ -298,7 +298,7 @@ async def test_timeout_server_stops_answering(redis_server_factory: Callable[...
             timing["debit (sent)"] = time.monotonic() - started
 
             # A fresh client: the kernel accepts its connection while the server is stopped and
-            # its EVALSHA is sent (scripts are loaded on NOSCRIPT only): outcome unknown too.
+            # its FCALL is sent (the library is loaded only when missing): outcome unknown too.
             started = time.monotonic()
             with pytest.raises(bk.OutcomeUnknown):
                 await debit(fresh, "silent-fresh", 2.5)

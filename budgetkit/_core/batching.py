@@ -1,7 +1,7 @@
 """Auto-batching: concurrent script calls of one process share round trips.
 
 Calls made in the same event-loop iteration are queued and sent together as one non-transactional
-pipeline of EVALSHAs (at most BATCH_SIZE_MAX per pipeline). Each script still runs atomically on
+pipeline of FCALLs (at most BATCH_SIZE_MAX per pipeline). Each script still runs atomically on
 its own, in the order the calls were made, and each caller gets exactly the reply or error it
 would have got alone: batching changes round trips, not results. A call made while nothing else
 is queued or in flight goes straight out (no queue, no task): a lone worker pays nothing.
@@ -102,8 +102,8 @@ class ScriptBatcher:
             runtime.refresh_primary()
         )  # Sentinel: leave a demoted primary (budgetkit._core.runtime)
         try:
-            for name in {c.name for c in calls}:
-                await runtime.ensure_loaded(name)
+            # No load up front: a server without the library answers "Function not found" to
+            # each call, and the call is sent again alone (the runtime loads the library).
             commands = [runtime.command(c.name, c.keys, c.args) for c in calls]
             durability = runtime.durability
             if durability is not None:  # WAIT after the pipeline (budgetkit._core.durability)
@@ -136,8 +136,8 @@ class ScriptBatcher:
             return
         again: list[_Call] = []
         for c, result in zip(calls, results, strict=True):
-            if isinstance(result, redis_errors.NoScriptError):
-                again.append(c)  # the runtime reloads (or EVALs, on a Cluster) and retries once
+            if isinstance(result, Exception) and runtime.recoverable(c.name, result):
+                again.append(c)  # the runtime loads the library (or answers a check read-only)
             elif isinstance(result, Exception):
                 failure = translate_error(c.name, result)
                 retry = type(failure) is BudgetUnavailable and passing(failure)

@@ -44,7 +44,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import MovedError
 
 from budgetkit._core.errors import InvalidInput, ReplicationTimeout
-from budgetkit._core.runtime import GUARD_PREAMBLE, ScriptArg, guard_key, slot_prefix
+from budgetkit._core.runtime import ScriptArg, guard_key, slot_prefix
 
 #: The scripts whose writes must survive a failover (check, get, list, ledger only roll periods
 #: over, which is recomputed identically if lost).
@@ -58,7 +58,8 @@ MARKER_NAME = "!durable"
 MARKER_TTL_MS = 10_000
 #: Cluster: the marker is written by a guarded script, so it is refused (TRYAGAIN) while the
 #: slot migrates instead of being redirected to a connection WAIT does not watch.
-MARKER_SCRIPT = GUARD_PREAMBLE + "redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) return 1"
+#: (The guard is the last key; the script drops it before it writes.)
+MARKER_SCRIPT = "table.remove(KEYS) redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) return 1"
 
 
 def marker_key(key: str) -> str:

@@ -48,7 +48,8 @@ class Instrument(Protocol):
         """A pipeline of ``size`` script calls went out (auto-batching)."""
 
     def script_reloaded(self) -> None:
-        """A NOSCRIPT reply made the runtime load a script again."""
+        """The server had lost the function library (``Function not found``): the runtime loaded
+        it again."""
 
 
 #: The context of a call with no instrument: shared, it does nothing.
@@ -133,7 +134,10 @@ class PrometheusMetrics:
         self.batches = Histogram(
             "batch_size", "Script calls per auto-batched pipeline", buckets=BATCH_BUCKETS, **kw
         )
-        self.reloads = Counter("noscript_reloads", "Scripts loaded again after NOSCRIPT", **kw)
+        # (The metric keeps its name from the EVALSHA days, for existing dashboards.)
+        self.reloads = Counter(
+            "noscript_reloads", "Function library loaded again after the server lost it", **kw
+        )
 
         self._children: dict[tuple[str, ...], Any] = {}
 

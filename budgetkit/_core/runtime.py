@@ -1,21 +1,30 @@
-"""Script runtime: loads ``lua/*.lua``, calls them by SHA, translates their errors.
+"""Script runtime: loads ``lua/*.lua`` as one Redis Functions library, calls it, translates
+its errors.
 
-Each operation script is the shared prelude ``_lib.lua`` followed by the operation's file. Scripts
-are registered with ``SCRIPT LOAD`` the first time a connection pool uses them and then called
-with ``EVALSHA``; a ``NOSCRIPT`` reply (after ``SCRIPT FLUSH``, a restart or a failover) reloads
-the script and retries once. ``BK_<CODE> message`` error replies become typed errors here — the
-one seam between Redis errors and budgetkit errors.
+The library is the shared prelude ``_lib.lua`` followed by every operation's file, each wrapped
+in a function registered as ``<library>_<operation>`` (``LIBRARY_PREFIX`` + a hash of the source:
+two budgetkit versions sharing a server each call their own functions during a rolling upgrade).
+The prelude runs once, when the library is loaded, not on every call. Calls are ``FCALL`` (and
+``FCALL_RO`` for the read-only ``check_ro``, which replicas accept). A ``Function not found``
+reply (a new or flushed server, a restart without persistence) loads the library with
+``FUNCTION LOAD REPLACE`` and retries once; functions are replicated and persisted by Redis, so a
+promoted replica already has them. ``BK_<CODE> message`` error replies become typed errors here
+— the one seam between Redis errors and budgetkit errors.
+
+A function that may write is refused up front by a primary over ``maxmemory`` (OOM) and by a
+replica (READONLY); a ``check`` so refused is answered by ``check_ro`` instead: the same budgets
+rolled over in memory, nothing written (a due rollover is written by the next call that can).
 
 Topologies (``topology_of``): one server, a Sentinel-managed primary, or a Redis Cluster.
 
-- **Cluster.** ``SCRIPT LOAD`` goes to every primary (best effort); a ``NOSCRIPT`` from a node
-  that lacks a script (a replica promoted by a failover, a node added later and given slots)
-  is answered by one ``EVAL`` of the full source on that node, which runs the call and caches
-  the script there. Every call also declares a *migration guard*: a key of the organization's
-  slot that never exists (``P:{org}:!guard``), appended as the last key and removed from
-  ``KEYS`` by a one-line preamble before the prelude runs. The scope scripts read and write
-  keys they build themselves (budgets, ledgers, holds); while the slot is being migrated, some
-  of those keys may already be on the target node and others still on the source, and Redis
+- **Cluster.** ``FUNCTION LOAD`` goes to every primary (best effort); a node that lacks the
+  library (a node added later and given slots) answers ``Function not found`` and gets it by a
+  ``FUNCTION LOAD`` sent to that node. Every call also declares a *migration guard*: a key of
+  the organization's slot that never exists (``P:{org}:!guard``), appended as the last key and
+  removed from ``KEYS`` by the ``<function>_g`` variant before the operation runs. The scope
+  operations read and write keys they build themselves (budgets, ledgers, holds); while the
+  slot is being migrated, some of those keys may already be on the target node and others still
+  on the source, and Redis
   fails a script at the first such key — after the writes it already made (verified on Redis
   7.0: a partial write on the source, and on the importing node a second copy of a key that
   MIGRATE then refuses with BUSYKEY). Redis runs a multi-key command on a slot in migration
@@ -62,7 +71,13 @@ from budgetkit._core.errors import (
     ScriptError,
 )
 from budgetkit._core.redelivery import RESENDS_MAX
-from budgetkit._core.store_errors import budgetkit_error, passing, refusal, translate_reply
+from budgetkit._core.store_errors import (
+    budgetkit_error,
+    passing,
+    refusal,
+    reply_code,
+    translate_reply,
+)
 
 if TYPE_CHECKING:
     from budgetkit._core.durability import DurableWriter
@@ -71,7 +86,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("budgetkit")
 
 PRELUDE_NAME = "_lib"
-NOSCRIPT_RETRIES_MAX = 1
+LIBRARY_PREFIX = "budgetkit"
+#: Operations registered with the ``no-writes`` flag (callable with FCALL_RO, on replicas).
+READ_ONLY_OPERATIONS = frozenset({"check_ro"})
+#: A write function refused up front (OOM, READONLY) is answered by its read-only twin.
+READ_ONLY_TWINS = {"check": "check_ro"}
+TWIN_REFUSALS = ("OOM", "READONLY")
+LOAD_RETRIES_MAX = 1
 #: Cluster/Sentinel: how long a call that provably did not run is retried (seconds).
 FAILOVER_RETRY_S = 10.0
 FAILOVER_DELAY_FIRST_S = 0.05
@@ -80,7 +101,7 @@ FAILOVER_DELAY_MAX_S = 1.0
 SENTINEL_REFRESH_S = 0.5
 #: Cluster: the never-written key every call declares last (see the module docstring).
 GUARD_NAME = "!guard"
-GUARD_PREAMBLE = "local _bk_migration_guard = table.remove(KEYS)\n"
+GUARD_SUFFIX = "_g"
 
 ScriptArg = str | int | bytes
 Topology = Literal["single", "sentinel", "cluster"]
@@ -92,36 +113,96 @@ def lua_dir() -> Path:
     return Path(str(resources.files("budgetkit"))) / "lua"
 
 
+def _operation_sources(directory: Path) -> tuple[str, dict[str, str]]:
+    prelude = (directory / f"{PRELUDE_NAME}.lua").read_text(encoding="utf-8")
+    bodies = {
+        path.stem: path.read_text(encoding="utf-8")
+        for path in sorted(directory.glob("*.lua"))
+        if not path.stem.startswith("_")
+    }
+    return prelude, bodies
+
+
+@dataclass(frozen=True, slots=True)
+class Library:
+    """The Redis Functions library of every operation: its name (``budgetkit_`` + 12 hex digits
+    of the source's SHA1), its source for ``FUNCTION LOAD``, and the operations it registers."""
+
+    name: str
+    source: str
+    operations: frozenset[str]
+
+    def function(self, operation: str, guarded: bool = False) -> str:
+        """The registered name of ``operation`` (``guarded``: the Cluster variant that drops
+        the migration guard, its last key, first)."""
+        if operation not in self.operations:
+            raise ScriptError(f"no operation {operation!r} in the library")
+        return f"{self.name}_{operation}{GUARD_SUFFIX if guarded else ''}"
+
+
+def load_library(directory: Path | None = None) -> Library:
+    """Builds the library from ``directory`` (default: the packaged Lua): the prelude, then each
+    operation's file as the body of a function of (KEYS, ARGV), registered twice (plain and
+    guarded)."""
+    prelude, bodies = _operation_sources(directory or lua_dir())
+    parts = [prelude, "local OPERATIONS = {}"]
+    for name, body in bodies.items():
+        parts.append(f"OPERATIONS[{name!r}] = function(KEYS, ARGV)\n{body}\nend")
+    code = "\n".join(parts)
+
+    # Unrolled: while the library loads, only the registration API is available (no pairs).
+    def registrations(library: str) -> str:
+        return "\n".join(
+            _registration(library, name, guarded) for name in bodies for guarded in (False, True)
+        )
+
+    digest = hashlib.sha1(
+        (code + registrations("")).encode("utf-8"), usedforsecurity=False
+    ).hexdigest()[:12]
+    library = f"{LIBRARY_PREFIX}_{digest}"
+    register = registrations(library)
+    source = f"#!lua name={library}\n{code}\n{register}"
+    return Library(library, source, frozenset(bodies))
+
+
+def _registration(library: str, name: str, guarded: bool) -> str:
+    flags = "{ 'no-writes' }" if name in READ_ONLY_OPERATIONS else "{}"
+    callback = f"OPERATIONS[{name!r}]"
+    if guarded:  # drops the migration guard, the last key
+        callback = f"function(KEYS, ARGV) table.remove(KEYS) return {callback}(KEYS, ARGV) end"
+    suffix = GUARD_SUFFIX if guarded else ""
+    return (
+        f"redis.register_function{{ function_name = '{library}_{name}{suffix}', "
+        f"callback = {callback}, flags = {flags} }}"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Script:
-    """One operation: its full source (prelude + body) and SHA1."""
+    """One operation as a standalone EVAL script (prelude + body) and its SHA1: what the Lua
+    A/B tools in scripts/ and a few tests run; the client calls the library."""
 
     name: str
     source: str
     sha: str
 
 
-def _script(name: str, source: str) -> Script:
-    return Script(
-        name, source, hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
-    )
-
-
 def load_scripts(directory: Path | None = None) -> dict[str, Script]:
-    """Reads every operation script of ``directory`` and prepends the prelude."""
-    directory = directory or lua_dir()
-    prelude = (directory / f"{PRELUDE_NAME}.lua").read_text(encoding="utf-8")
+    """Every operation of ``directory`` as a standalone EVAL script."""
+    prelude, bodies = _operation_sources(directory or lua_dir())
     scripts: dict[str, Script] = {}
-    for path in sorted(directory.glob("*.lua")):
-        if path.stem.startswith("_"):
-            continue
-        scripts[path.stem] = _script(path.stem, prelude + "\n" + path.read_text(encoding="utf-8"))
+    for name, body in bodies.items():
+        source = prelude + "\n" + body
+        sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
+        scripts[name] = Script(name, source, sha)
     return scripts
 
 
-def guarded(scripts: dict[str, Script]) -> dict[str, Script]:
-    """The Cluster variants: each drops the migration guard (its last key) before it starts."""
-    return {name: _script(name, GUARD_PREAMBLE + s.source) for name, s in scripts.items()}
+def missing_function(error: BaseException) -> bool:
+    """The server does not have the library (new, flushed, restarted without persistence)."""
+    return isinstance(error, redis_errors.ResponseError) and str(error).startswith(
+        "Function not found"
+    )
 
 
 def slot_prefix(key: str) -> str:
@@ -218,7 +299,7 @@ class ScriptRuntime:
     def __init__(
         self,
         client: RedisClient,
-        scripts: dict[str, Script] | None = None,
+        library: Library | None = None,
         on_reload: Callable[[], None] | None = None,
         *,
         durability: DurableWriter | None = None,
@@ -227,9 +308,12 @@ class ScriptRuntime:
         self._client: Any = client
         self.topology: Topology = topology_of(client)
         self._cluster = self.topology == "cluster"
-        base = scripts if scripts is not None else load_scripts()
-        self._scripts = guarded(base) if self._cluster else base
-        self._loaded: set[str] = set()
+        self.library = library if library is not None else load_library()
+        self._functions = {
+            name: self.library.function(name, guarded=self._cluster)
+            for name in self.library.operations
+        }
+        self._loaded = False  # this runtime saw the server run (or load) the library
         self._on_reload = on_reload
         self.durability = durability
         if failover_retry_s is None:
@@ -249,33 +333,25 @@ class ScriptRuntime:
             )
 
     @property
-    def scripts(self) -> dict[str, Script]:
-        return self._scripts
+    def operations(self) -> frozenset[str]:
+        return self.library.operations
 
     def command(
-        self,
-        name: str,
-        keys: Sequence[str],
-        args: Sequence[ScriptArg],
-        *,
-        source: bool = False,
-        readonly: bool = False,
+        self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], readonly: bool = False
     ) -> list[ScriptArg]:
-        """The EVALSHA (``source``: EVAL) command of one call, with the Cluster guard key."""
-        script = self._scripts[name]
+        """The FCALL (``readonly``: FCALL_RO) command of one call, with the Cluster guard key."""
+        function = self._functions.get(name)
+        if function is None:
+            raise ScriptError(f"no operation {name!r} in the library")
         if self._cluster and keys:
             keys = [*keys, guard_key(keys[0])]
-        if source:
-            verb, body = ("EVAL_RO" if readonly else "EVAL"), script.source
-        else:
-            verb, body = ("EVALSHA_RO" if readonly else "EVALSHA"), script.sha
-        return [verb, body, len(keys), *keys, *args]
+        return ["FCALL_RO" if readonly else "FCALL", function, len(keys), *keys, *args]
 
     async def call(
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], readonly: bool = False
     ) -> Any:
-        """Runs one script atomically; returns its raw reply. ``readonly`` uses EVALSHA_RO
-        (allowed on replicas; the script must not write).
+        """Runs one operation atomically; returns its raw reply. ``readonly`` uses FCALL_RO
+        (allowed on replicas; the operation must be registered ``no-writes``).
 
         A call whose connection closed after sending (ReplyLost) is sent again, at most
         RESENDS_MAX times: every mutation carries its request record (budgetkit._core.redelivery),
@@ -329,66 +405,85 @@ class ScriptRuntime:
     async def _call(
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], readonly: bool
     ) -> Any:
-        script = self._scripts[name]
         durable = self.durability is not None and not readonly and self.durability.covers(name)
-        for attempt in range(NOSCRIPT_RETRIES_MAX + 1):
-            # One server: EVALSHA first and SCRIPT LOAD only on NOSCRIPT, so a worker whose ACL
-            # lacks SCRIPT LOAD runs scripts an operator preloaded. A Cluster loads up front.
-            if self._cluster or attempt > 0:
-                await self.ensure_loaded(name)
-            # Cluster: after a NOSCRIPT, EVAL the source on the node that lacks it.
-            source = self._cluster and attempt > 0
-            command = self.command(name, keys, args, source=source, readonly=readonly)
+        for attempt in range(LOAD_RETRIES_MAX + 1):
+            # FCALL first and FUNCTION LOAD only when the server lacks the library, so a worker
+            # whose ACL lacks FUNCTION LOAD runs a library an operator loaded.
+            command = self.command(name, keys, args, readonly=readonly)
             try:
                 if durable:
                     assert self.durability is not None
                     reply = await self.durability.run(self._client, command, keys[0])
                 else:
                     reply = await self._client.execute_command(*command)
-                self._loaded.add(script.sha)  # the server has it: a later NOSCRIPT is a reload
+                self._loaded = True  # the server has it: a later "not found" is a reload
                 return reply
-            except redis_errors.NoScriptError:
-                was_loaded = self._cluster or script.sha in self._loaded
-                if not self._cluster:  # a Cluster node that lacks it gets it by EVAL instead
-                    self._loaded.discard(script.sha)
-                if was_loaded:  # a reload (flush, restart, failover), not the first load
-                    self.reloads += 1
-                    if self._on_reload is not None:
-                        self._on_reload()
-                if attempt == NOSCRIPT_RETRIES_MAX:
-                    raise ScriptError(f"script {name} vanished again after reload") from None
             except BudgetkitError:
                 raise
             except (redis_errors.ResponseError, redis_errors.RedisClusterException) as error:
+                if missing_function(error) and attempt < LOAD_RETRIES_MAX:
+                    await self._reload(keys)
+                    continue
+                twin = self._read_only_twin(name, error)
+                if twin is not None:
+                    return await self._call(twin, keys, args, True)
+                if missing_function(error):
+                    raise ScriptError(f"function {name} vanished again after loading") from None
                 raise translate_error(name, error) from None
             except redis_errors.RedisError as error:
                 raise translate_error(name, error) from error
         raise AssertionError("unreachable")
 
-    async def ensure_loaded(self, name: str) -> None:
-        """Registers the script on the server unless this runtime already did."""
-        script = self._scripts[name]
-        if script.sha not in self._loaded:
-            await self._load(script)
+    def recoverable(self, name: str, error: BaseException) -> bool:
+        """A pipelined call's error that ``call`` recovers from when the call is sent alone: a
+        missing library, a check refused for a write it may not need (see the module doc)."""
+        return missing_function(error) or self._read_only_twin(name, error) is not None
 
-    async def _load(self, script: Script) -> None:
+    def _read_only_twin(self, name: str, error: BaseException) -> str | None:
+        twin = READ_ONLY_TWINS.get(name)
+        if twin is None or not isinstance(error, redis_errors.ResponseError):
+            return None
+        refused = refusal(name, error)
+        if refused is None or refused.server_error is None:
+            return None
+        return twin if reply_code(refused.server_error) in TWIN_REFUSALS else None
+
+    async def _reload(self, keys: Sequence[str]) -> None:
+        if self._loaded:  # a reload (flush, restart, new node), not the first load
+            self.reloads += 1
+            if self._on_reload is not None:
+                self._on_reload()
+        node = self._client.get_node_from_key(keys[0]) if self._cluster and keys else None
+        await self._load(node)
+
+    async def ensure_loaded(self, name: str | None = None) -> None:
+        """Loads the library unless this runtime already saw the server run or load it
+        (``name``: an operation the caller is about to run; checked to exist)."""
+        if name is not None and name not in self._functions:
+            raise ScriptError(f"no operation {name!r} in the library")
+        if not self._loaded:
+            await self._load(None)
+
+    async def _load(self, node: object) -> None:
+        """``FUNCTION LOAD REPLACE`` on the server, on every Cluster primary, or on ``node``."""
+        command = ["FUNCTION", "LOAD", "REPLACE", self.library.source]
         try:
-            sha = await self._client.script_load(script.source)
-        except (redis_errors.RedisError, redis_errors.RedisClusterException) as error:
             if self._cluster:
-                # Best effort on a Cluster (SCRIPT LOAD goes to every primary): a node that
-                # missed it answers NOSCRIPT and gets the script by EVAL, on its own slots only.
-                log.debug("budgetkit: SCRIPT LOAD %s on the cluster: %s", script.name, error)
-                self._loaded.add(script.sha)
+                target = node if node is not None else RedisCluster.PRIMARIES
+                await self._client.execute_command(*command, target_nodes=target)
+            else:
+                await self._client.execute_command(*command)
+        except (redis_errors.RedisError, redis_errors.RedisClusterException) as error:
+            if self._cluster and node is None:
+                # Best effort on every primary: a node that missed it answers "not found"
+                # and gets the library then, on its own.
+                log.debug("budgetkit: FUNCTION LOAD on the cluster: %s", error)
+                self._loaded = True
                 return
             if isinstance(error, redis_errors.ConnectionError | redis_errors.TimeoutError):
                 raise BudgetUnavailable(f"cannot reach Redis: {error}") from error
-            raise translate_error(script.name, error) from error
-        if isinstance(sha, bytes):
-            sha = sha.decode()
-        if sha != script.sha:
-            raise ScriptError(f"server computed {sha} for {script.name}, expected {script.sha}")
-        self._loaded.add(script.sha)
+            raise translate_error("FUNCTION LOAD", error) from error
+        self._loaded = True
 
     async def refresh_primary(self, force: bool = False) -> None:
         """Sentinel: re-read the primary's address, at most every SENTINEL_REFRESH_S unless

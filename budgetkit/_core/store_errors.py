@@ -5,10 +5,10 @@ budgetkit call is one of three kinds, told apart here and nowhere else:
 
 - **budgetkit's own**: ``BK_<CODE> message`` raised by a script → its typed error
   (``errors.SCRIPT_ERROR_CODES``);
-- **a bug in budgetkit**: a Lua runtime error in one of its scripts (``user_script:12: attempt to
-  compare nil with number``), a command a script misused (``Wrong number of args calling Redis
-  command from script``), a key of the wrong type (WRONGTYPE) or of two slots (CROSSSLOT) →
-  ``ScriptError``;
+- **a bug in budgetkit**: a Lua runtime error in one of its functions (``user_function:12:
+  attempt to compare nil with number``), a command a script misused (``Wrong number of args
+  calling Redis command from script``), a key of the wrong type (WRONGTYPE) or of two slots
+  (CROSSSLOT) → ``ScriptError``;
 - **a refusal**, anything else: the store did not serve the call → ``BudgetUnavailable`` carrying
   the server's reply (``server_error``), ``PermissionDenied`` for an ACL refusal. Among them:
   NOPERM, WRONGPASS / NOAUTH (replies to the connection's AUTH), ``DB index is out of range``
@@ -57,9 +57,11 @@ _CODE = re.compile(r"[A-Z][A-Z0-9_]+")
 #: Redis 6 (and fakeredis) wrap the reply of a command run by a script: ``...: -OOM command...``.
 _INNER_CODE = re.compile(r"(?:^|\s)-([A-Z][A-Z0-9_]+) ")
 #: The marks of an error raised while a script ran (Redis 7 suffixes ``script: <sha>, on
-#: @user_script:12.``; Redis 6 and fakeredis say ``Error running script`` or ``... from script``).
+#: @user_script:12.``, or ``script: <function>, on @user_function:12.`` for a function; Redis 6
+#: and fakeredis say ``Error running script`` or ``... from script``).
 _FROM_SCRIPT = re.compile(
-    r"user_script|(?:running|compiling) script|\bfrom (?:[\w-]+ )?scripts?\b", re.IGNORECASE
+    r"user_script|user_function|(?:running|compiling) script|\bfrom (?:[\w-]+ )?scripts?\b",
+    re.IGNORECASE,
 )
 #: An ACL refusal inside a script: Redis 7.0 (``The user executing the script can't run this
 #: command or subcommand``, ``... can't access at least one of the keys``), Redis 7.2+ (``ACL
