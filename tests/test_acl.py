@@ -9,8 +9,8 @@ tells operators to, and then:
   update, disable, top_up, list, ledger, trim_history) as ``budgetkit-admin``;
 * shows what the worker is refused: FLUSHALL, FLUSHDB, CONFIG, KEYS, SCAN, INFO, ACL, CLIENT,
   EVAL, EVALSHA, SCRIPT LOAD, FUNCTION FLUSH/DELETE, any key outside ``bk:*`` (directly,
-  through a declared key, or through a key built inside a Lua function), and the admin-only operations — each refused before
-  anything is written;
+  through a declared key, or through a key built inside a Lua function), and the admin-only
+  operations — each refused before anything is written;
 * states the limits of what an ACL can do (see docs/acl.md): the worker needs HSET & co. on
   ``bk:*`` for debit, so it can also run top_up/update or HSET a balance itself;
 * a per-organization worker (``~bk:{org_a}:*``) cannot touch another organization at all.
