@@ -173,16 +173,41 @@ end
 -- The identity and text fields of a budget hash: its id must be the one in its key, the currency
 -- a currency code; a full read also checks the organization, the subject, the period and the
 -- metadata, so a hand-edited record can never be written through or shown half-parsed.
+-- Ids and currencies seen valid before, so the hot path matches their patterns once per
+-- library load, not on every call (the library's state lives as long as the server's Lua VM;
+-- only valid strings are remembered, so a corrupted field is still caught on every read).
+local KNOWN_MAX = 10000
+local known_ids, known_currencies, known_count = {}, {}, 0
+
+-- Remembers a valid id ('id') or currency ('cur'); both sets start over past KNOWN_MAX.
+local function remember(kind, value)
+  if known_count >= KNOWN_MAX then known_ids, known_currencies, known_count = {}, {}, 0 end
+  known_count = known_count + 1
+  if kind == 'id' then known_ids[value] = true else known_currencies[value] = true end
+end
+
+local function valid_id(id)
+  if known_ids[id] then return true end
+  if type(id) ~= 'string' or #id ~= 37 or not string.find(id, '^bdgt_%x+$') then return false end
+  remember('id', id)
+  return true
+end
+
+local function valid_currency(cur)
+  if known_currencies[cur] then return true end
+  if type(cur) ~= 'string' or #cur > 32 or not string.find(cur, '^[a-z0-9_]+$') then
+    return false
+  end
+  remember('cur', cur)
+  return true
+end
+
 local function validate_identity(key, h, full)
   local id = h.id
-  if type(id) ~= 'string' or not string.find(id, '^bdgt_%x+$') or #id ~= 37
-    or string.sub(key, -(#id + 2)) ~= 'b:' .. id then
+  if id == nil or not valid_id(id) or string.sub(key, -(#id + 2)) ~= 'b:' .. id then
     corrupt(key, 'id')
   end
-  local cur = h.cur
-  if type(cur) ~= 'string' or #cur > 32 or not string.find(cur, '^[a-z0-9_]+$') then
-    corrupt(key, 'cur')
-  end
+  if h.cur == nil or not valid_currency(h.cur) then corrupt(key, 'cur') end
   if not full then return end
   if not is_identifier(h.org) then corrupt(key, 'org') end
   if not SUBJECT_TYPES[h.st or ''] then corrupt(key, 'st') end
