@@ -5,9 +5,10 @@ lazily: it runs from a checkout of the repository, and is not part of the wheel)
 ``measure`` (timed runs, rows), ``workloads`` (budgetkit's operations), ``baselines`` and
 ``ceiling`` and ``extras`` and ``gate`` and ``postgres`` (the alternatives), ``server_cost``
 (Redis's own time per script command, next to a lean reference script), ``multiproc`` (rows
-of several processes), ``runner`` (the order of a run), ``report`` and ``chart`` (ratios, JSON,
-markdown, PNG), ``progress`` (console lines), ``growth`` (the cost-growth mode), ``cli``
-(options). The private servers come from the repository's one launcher, scripts/redis_server.py.
+of several processes), ``loops`` (the ``+uvloop`` rows, on a uvloop event loop), ``runner`` (the
+order of a run), ``report`` and ``chart`` (ratios, the target table, JSON, markdown, PNG),
+``progress`` (console lines), ``growth`` (the cost-growth mode), ``cli`` (options). The private
+servers come from the repository's one launcher, scripts/redis_server.py.
 """
 
 import sys

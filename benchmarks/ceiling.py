@@ -1,8 +1,9 @@
 """``server_ceiling_debit``: redis-benchmark drives the debit script directly.
 
-It sends ``EVALSHA`` of budgetkit's debit script with the keys and arguments BudgetKit.debit
-sends for a three-budget scope (recorded from a real call), from 50 connections with
-16 commands pipelined per round trip: what the server can do with no client-side work at all.
+It sends the command BudgetKit.debit sends for a three-budget scope (recorded from a real call:
+``FCALL`` of budgetkit's function library, or ``EVALSHA``, whichever the client sends; its keys
+and arguments), from 50 connections with 16 commands pipelined per round trip: what the server
+can do with no client-side work at all.
 redis-benchmark does not count error replies, so the run is checked afterwards by how much the
 org budget's balance went down.
 """
@@ -59,9 +60,9 @@ RAND_RANGE = 10**9  # redis-benchmark reads -r as a C int
 
 
 async def debit_command(prefix: str, scope: Scope) -> list[str]:
-    """``EVALSHA sha numkeys keys... args...`` as BudgetKit.debit sends it, with a random
-    request record key per request: the same command sent twice applies once
-    (budgetkit._core.redelivery), so every request must be a new one."""
+    """The command BudgetKit.debit sends (``FCALL function numkeys keys... args...``, or
+    ``EVALSHA``), with a random request record key per request: the same command sent twice
+    applies once (budgetkit._core.redelivery), so every request must be a new one."""
     command = await recorded_command(
         prefix, lambda kit: kit.debit(scope, {"usd": DEBIT_USD}, meter_source="bench")
     )
@@ -78,7 +79,7 @@ def parse_csv(text: str) -> dict[str, float]:
     """rps, p50 and p99 (ms) of redis-benchmark's ``--csv`` output."""
     rows = list(csv.reader(text.splitlines()))
     header = next((r for r in rows if r and r[0] == "test"), None)
-    data = next((r for r in rows if r and r[0].split(" ", 1)[0] in SCRIPT_COMMANDS), None)
+    data = next((r for r in rows if r and r[0].split(" ", 1)[0].upper() in SCRIPT_COMMANDS), None)
     if header is None or data is None:
         raise BenchError(f"unexpected redis-benchmark output: {text[-300:]!r}")
     return {name: float(value) for name, value in zip(header[1:], data[1:], strict=False)}
@@ -112,7 +113,7 @@ async def server_ceiling_debit(ctx: BenchContext, requests: int) -> Row:
         scope = scope_of("org_ceiling", SCOPE_SIZE)
         org_budget = (await create_scope_budgets(kit, scope))[0]
         command = await debit_command(ctx.prefix, scope)
-        await kit.debit(scope, {"usd": DEBIT_USD}, meter_source="bench")  # loads the script
+        await kit.debit(scope, {"usd": DEBIT_USD}, meter_source="bench")  # loads it on the server
         server_before = await server_cpu_s(ctx.admin)
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()

@@ -1,7 +1,8 @@
 """The PNG chart of a run (matplotlib, Agg backend; optional: the ``bench`` extra).
 
-Four panels: throughput and p99 latency against concurrency (budgetkit in colour, baselines in
-grey, hot mode, one process, at the ratio scope size; the server ceiling as a dashed line);
+Four panels: throughput and p99 latency against concurrency (budgetkit in colour, its +uvloop
+rows dotted, baselines in grey, hot mode, one process, at the ratio scope size; the server
+ceiling as a dashed line);
 throughput against the number of budgets per operation at the ratio concurrency; and the extra
 modes of ``debit_batched`` (hot, spread, multi-process) against concurrency.
 """
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.loops import SUFFIX as UVLOOP_SUFFIX
 from benchmarks.report import RATIO_CONCURRENCY, RATIO_SCOPE_SIZE
 
 OURS = {
@@ -24,6 +26,7 @@ OURS = {
 }
 BASELINES = {
     "raw_evalsha_noop": ("0.55", ":"),
+    "raw_evalsha_noop" + UVLOOP_SUFFIX: ("0.7", ":"),
     "watch_multi_exec": ("0.25", "--"),
     "naive_check_then_incr": ("0.4", "-."),
     "limits_moving_window": ("tab:orange", "--"),
@@ -40,6 +43,14 @@ def matplotlib_pyplot() -> Any:
         return None
     matplotlib.use("Agg")
     return importlib.import_module("matplotlib.pyplot")
+
+
+def _legend(axes: Any, **options: Any) -> None:
+    """The legend of a panel that has labelled series (a run of server_cost alone has none:
+    matplotlib would warn)."""
+    handles, _ = axes.get_legend_handles_labels()
+    if handles:
+        axes.legend(**options)
 
 
 def _size(rows: Sequence[dict[str, Any]]) -> int:
@@ -67,6 +78,11 @@ def _by_concurrency(axes: Any, rows: Sequence[dict[str, Any]], key: str, size: i
         if series:
             xs = [r["concurrency"] for r in series]
             axes.plot(xs, [r[key] for r in series], "o-", color=color, label=name, linewidth=2)
+        fast = [r for r in _series(rows, name + UVLOOP_SUFFIX, size) if r[key] is not None]
+        if fast:  # the +uvloop rows (benchmarks.loops): the same colour, dotted
+            xs = [r["concurrency"] for r in fast]
+            label = name + UVLOOP_SUFFIX
+            axes.plot(xs, [r[key] for r in fast], "^:", color=color, label=label, alpha=0.8)
     for name, (color, style) in BASELINES.items():
         wanted = size if name == "postgres_for_update" else None
         series = [r for r in _series(rows, name, wanted) if r[key] is not None]
@@ -97,7 +113,7 @@ def _by_size(axes: Any, rows: Sequence[dict[str, Any]]) -> None:
     axes.set_xlabel(f"budgets per operation (concurrency {at}, hot)")
     axes.set_ylabel("ops/s")
     axes.set_yscale("log")
-    axes.legend(fontsize=7)
+    _legend(axes, fontsize=7)
     axes.grid(True, axis="y", which="both", alpha=0.3)
 
 
@@ -116,7 +132,7 @@ def _modes(axes: Any, rows: Sequence[dict[str, Any]], size: int) -> None:
     axes.set_xlabel("concurrent tasks in total")
     axes.set_ylabel("ops/s")
     axes.set_title(f"modes, {size} budgets per debit", fontsize=9)
-    axes.legend(fontsize=7)
+    _legend(axes, fontsize=7)
     axes.grid(True, which="both", alpha=0.3)
 
 
@@ -140,7 +156,7 @@ def write_png(doc: dict[str, Any], path: Path, pyplot: Any) -> None:
         throughput.set_title(
             f"throughput, hot (budgetkit and postgres at {size} budgets per op)", fontsize=9
         )
-        throughput.legend(fontsize=7, loc="lower left")
+        _legend(throughput, fontsize=7, loc="lower left")
         _by_concurrency(latency, rows, "p99_us", size)
         latency.set_ylabel("p99 latency µs (log)")
         latency.set_title("p99 latency as the caller sees it", fontsize=9)

@@ -22,12 +22,12 @@ from typing import Any
 
 from redis_server import RedisServer, RedisServerError
 
-from benchmarks import growth, postgres
+from benchmarks import growth, loops, postgres
 from benchmarks.chart import matplotlib_pyplot, write_png
 from benchmarks.context import Settings
 from benchmarks.measure import BenchError
 from benchmarks.progress import Progress
-from benchmarks.report import load_average, write_json, write_markdown
+from benchmarks.report import load_average, target_lines, write_json, write_markdown
 from benchmarks.runner import EXTRA_DEFAULT, SCOPED, WORKLOADS, Plan, Postgres, run
 from benchmarks.workloads import LEVEL_ORDER
 
@@ -77,6 +77,10 @@ def _scoped_names(text: str) -> list[str]:
     return _names(text, SCOPED)
 
 
+def _uvloop_names(text: str) -> list[str]:
+    return _names(text, loops.WORKLOADS)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="budgetkit bench",
@@ -101,7 +105,8 @@ def parser() -> argparse.ArgumentParser:
     add(
         "--rounds",
         type=int,
-        help=f"run everything this many times, report medians ({DEFAULT_ROUNDS}; quick: 1)",
+        help=f"run everything this many times, report medians ({DEFAULT_ROUNDS}); with --quick "
+        "(default 1) the rounds after the first repeat only the rows of the target table",
     )
     add("--concurrency", type=_ints, default=[1, 8, 64, 256], help="tasks, e.g. 1,8,64,256")
     add("--scope-sizes", type=_scope_sizes, default=[1, 3, 6], help="budgets per operation (1..6)")
@@ -123,6 +128,13 @@ def parser() -> argparse.ArgumentParser:
         type=_scoped_names,
         default=list(EXTRA_DEFAULT),
         help="workloads with multi-process rows (default debit,debit_batched; none)",
+    )
+    add(
+        "--uvloop-workloads",
+        type=_uvloop_names,
+        default=list(loops.WORKLOADS),
+        help="workloads with +uvloop rows, on a uvloop event loop (default "
+        f"{','.join(loops.WORKLOADS)}; none; skipped when uvloop is not installed)",
     )
     add("--no-batching", action="store_true", help="check and reserve_commit without batching")
     add("--only", type=_names, help="comma-separated workloads to run (default: all)")
@@ -167,6 +179,7 @@ def plan_of(a: argparse.Namespace) -> Plan:
         quick=a.quick,
         rounds=max(1, a.rounds or (1 if a.quick else DEFAULT_ROUNDS)),
         server_cost_requests=max(1, a.server_cost_requests or server_cost_requests),
+        uvloop_workloads=a.uvloop_workloads,
     )
 
 
@@ -247,6 +260,18 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _print_ratios(doc: dict[str, Any], progress: Progress) -> None:
+    """The ratios without a target (and not a uvloop variant), then the target table."""
+    progress.line("ratios:", style="bold")
+    for key, ratio in doc["ratios"].items():
+        if "target" not in ratio and "variant_of" not in ratio:
+            progress.line(f"  {key} = {ratio['value']}  ({ratio['basis']})")
+    head, *lines = target_lines(doc["targets"])
+    progress.line(head, style="bold")
+    for line in lines:
+        progress.line(line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark; 0 when every workload that was not skipped produced its rows."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -271,10 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_average_start": load_start,
             "load_average_end": load_average(),
         }
-        progress.line("ratios:", style="bold")
-        for key, ratio in doc["ratios"].items():
-            verdict = "" if "met" not in ratio else f"  [target {ratio['target']}: {ratio['met']}]"
-            progress.line(f"  {key} = {ratio['value']}  ({ratio['basis']}){verdict}")
+        _print_ratios(doc, progress)
         write_outputs(a, doc, progress)
         progress.line(f"done in {doc['machine']['total_s']} s, {len(doc['rows'])} rows")
         if doc["failed"]:

@@ -4,7 +4,7 @@ Four series, in this order, on one Redis (a private redis-server unless ``--redi
 bounded in time (about 4 minutes with the defaults on 2 cores):
 
 - **ledger length**: debit throughput on a one-budget scope whose ledger holds 0, then each
-  ``--ledger`` level of entries (default 100k, 1M; written by pipelines of the debit script:
+  ``--ledger`` level of entries (default 100k, 1M; written by pipelines of the debit command:
   exactly the command ``BudgetKit.debit`` sends, recorded, with a new ledger id base each);
   bytes per ledger entry from the memory the last level added.
 - **idempotency records**: ``--idempotency`` debits (default 100k) with unique idempotency keys
@@ -12,7 +12,7 @@ bounded in time (about 4 minutes with the defaults on 2 cores):
   ledger entries they also wrote; debit_batched throughput without and with unique keys.
 - **budgets per scope** (1..6): check and debit_batched throughput and Redis CPU per operation.
 - **stored budgets** (default 1k, 100k, 1M): budgets are added by pipelines of the create
-  script (the command ``create_budget`` sends, recorded; organization, subject and budget id
+  command (the one ``create_budget`` sends, recorded; organization, subject and budget id
   replaced), 100 per organization, each on its own user subject. After each level:
   ``used_memory`` and, on a fresh hot scope of 3 budgets, the throughput of check, debit
   (batching off) and debit_batched. Bytes per budget = the memory the level's fill added over
@@ -198,7 +198,7 @@ class GrowthRun:
                 for part in template
             ]
 
-        await self.pipelined(template[1], command, range(start, stop))
+        await self.pipelined("create", command, range(start, stop))
 
     async def fill_ledger(self, scope: Scope, count: int) -> None:
         """``count`` debits of ``scope`` (each with a new ledger id base)."""
@@ -214,13 +214,17 @@ class GrowthRun:
             new_request = _new_request_id()
             return [part.replace(base, new_base).replace(request, new_request) for part in template]
 
-        await self.pipelined(template[1], command, range(count))
+        await self.pipelined("debit", command, range(count))
 
-    async def pipelined(self, sha: str, command: Callable[[int], list[str]], items: range) -> None:
-        """``command(i)`` for every i: FILL_PIPELINES connections, FILL_BATCH per round trip."""
+    async def pipelined(
+        self, operation: str, command: Callable[[int], list[str]], items: range
+    ) -> None:
+        """``command(i)`` for every i (commands of ``operation``, recorded: benchmarks.record):
+        FILL_PIPELINES connections, FILL_BATCH per round trip. The operation's script (or
+        function library) is registered on the server first, however the runtime does it."""
         client = self.ctx.client(FILL_PIPELINES)
         try:
-            await _load_script(self.ctx.kit(client), sha)
+            await self.ctx.kit(client)._runtime.ensure_loaded(operation)
 
             async def worker(indexes: range) -> None:
                 for first in range(0, len(indexes), FILL_BATCH):
@@ -290,13 +294,6 @@ async def _in_tasks(items: range, call: Callable[[int], Awaitable[Any]]) -> None
             await call(i)
 
     await asyncio.gather(*(worker(chunk) for chunk in chunks))
-
-
-async def _load_script(kit: BudgetKit, sha: str) -> None:
-    name = next((s.name for s in kit._runtime.scripts.values() if s.sha == sha), None)
-    if name is None:
-        raise BenchError(f"no script of budgetkit has the recorded SHA {sha}")
-    await kit._runtime.ensure_loaded(name)
 
 
 def idempotent_debit_op(kit: BudgetKit, scope: Scope) -> Callable[[], Awaitable[bool]]:

@@ -63,6 +63,8 @@ class Row:
     calls: int | None = None
     #: Further figures of a row by name (e.g. bytes per ledger entry); medians over rounds.
     metrics: dict[str, float | None] | None = None
+    #: How many rounds the row is the median of (benchmarks.runner).
+    rounds: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -108,6 +110,7 @@ def merge_rounds(rows: Sequence[Row]) -> Row:
         usec_per_call=_median((r.usec_per_call for r in rows), digits=USEC_PER_CALL_DIGITS),
         calls=None if first.calls is None else sum(r.calls or 0 for r in rows),
         metrics=_median_metrics(rows),
+        rounds=len(rows),
     )
 
 

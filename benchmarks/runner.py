@@ -3,12 +3,15 @@
 With ``rounds`` > 1 the whole sequence runs that many times and each row is the median of its
 rounds: on a machine shared with other work, a burst of load then lands on one round of many
 rows rather than on all of one row, and the rows (and their ratios) see the same average load.
+A quick run repeats only the rows the target table reads (benchmarks.report.target_shapes, the
+uvloop rows, and server_cost) in its later rounds: the rest run once.
 ``server_cost`` is one job of several rows (benchmarks.server_cost: each script command's
 Redis time per call, next to a lean reference script). Then the extra rows: the spread mode
 (one organization per task) and the multi-process mode (N worker processes sharing the budgets)
-of a few workloads, at the ratio scope size. Each run starts from an empty benchmark keyspace
-(``cleanup`` after each), so ledger streams of one run do not inflate the memory or the timings
-of the next.
+of a few workloads, at the ratio scope size; and the ``+uvloop`` rows (benchmarks.loops): the
+hot-path workloads again on a uvloop event loop, at every concurrency (a quick run: the points
+the ratios read). Each run starts from an empty benchmark keyspace (``cleanup`` after each), so
+ledger streams of one run do not inflate the memory or the timings of the next.
 """
 
 from __future__ import annotations
@@ -22,16 +25,31 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from benchmarks import baselines, ceiling, extras, gate, multiproc, postgres, server_cost, workloads
+from benchmarks import (
+    baselines,
+    ceiling,
+    extras,
+    gate,
+    loops,
+    multiproc,
+    postgres,
+    server_cost,
+    workloads,
+)
 from benchmarks.context import BenchContext, Settings
 from benchmarks.measure import BenchError, CpuReader, Row, merge_rounds
 from benchmarks.progress import Progress
 from benchmarks.report import (
     RATIO_CONCURRENCY,
     RATIO_SCOPE_SIZE,
+    RatioPoints,
+    Shape,
     compute_ratios,
     document,
+    hot_path_shapes,
     machine_info,
+    ratio_points,
+    target_shapes,
 )
 from budgetkit._core.errors import BudgetkitError
 
@@ -82,6 +100,32 @@ class Plan:
     rounds: int = 1
     #: Requests per command of the server_cost workload.
     server_cost_requests: int = 5_000
+    #: Workloads (of benchmarks.loops.WORKLOADS) that also run on uvloop.
+    uvloop_workloads: list[str] = field(default_factory=list)
+
+    @property
+    def points(self) -> RatioPoints:
+        """The shapes the ratios read, among those of this plan."""
+        return ratio_points(self.scope_sizes, self.concurrency)
+
+    def every_round(self, shape: Shape) -> bool:
+        """Whether a job runs in every round: all of them, but in a quick run only the rows of
+        the target table (the others run in the first round only)."""
+        return not self.quick or shape in target_shapes(self.points)
+
+    def uvloop_shapes(self) -> list[Shape]:
+        """The +uvloop rows: each uvloop workload at the ratio scope size and every
+        concurrency; in a quick run only at the points the hot-path ratios read."""
+        if self.quick:
+            shapes = hot_path_shapes(self.points)
+        else:
+            size = self.points.size
+            shapes = [
+                (name, None if name not in SCOPED else size, c)
+                for name in loops.WORKLOADS
+                for c in self.concurrency
+            ]
+        return [shape for shape in shapes if shape[0] in self.uvloop_workloads]
 
     @property
     def extra_scope_size(self) -> int:
@@ -129,49 +173,112 @@ def skip_reason(name: str, pg: Postgres) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One job of the plan: its label, the job, and whether it runs in every round."""
+
+    label: str
+    job: Job
+    every_round: bool = True
+
+
 def jobs(
-    ctx: BenchContext, plan: Plan, pg: Postgres, skipped: list[dict[str, str]]
-) -> list[tuple[str, Job]]:
-    """(label, job) of every run of the plan; skipped workloads are reported and left out."""
-    out: list[tuple[str, Job]] = []
+    ctx: BenchContext,
+    plan: Plan,
+    pg: Postgres,
+    skipped: list[dict[str, str]],
+    uvloop: loops.UvloopThread | None = None,
+) -> list[Planned]:
+    """Every job of the plan; skipped workloads are reported and left out. A ``+uvloop`` row
+    comes right after the row it is a variant of (the same load for both)."""
+    out: list[Planned] = []
     runnable = []
     for name in plan.workloads:
         reason = skip_reason(name, pg)
         if reason is not None:
-            ctx.progress.skip(name, reason)
-            skipped.append({"name": name, "reason": reason})
+            _skip(ctx, skipped, name, reason)
         else:
             runnable.append(name)
+    twins = _uvloop_shapes(ctx, plan, runnable, skipped, uvloop)
+
+    def add(label: str, job: Job, shape: Shape) -> None:
+        out.append(Planned(label, job, plan.every_round(shape)))
+        if uvloop is not None and shape in twins:
+            name, size, c = shape
+            twin = f"{loops.variant_name(name)} {label.removeprefix(name).strip()}"
+            out.append(Planned(twin, _uvloop_job(uvloop, name, size, c), True))
+
     for name in runnable:
         if name in SCOPED or name == "postgres_for_update":
             for size in plan.sizes_of(name):
                 for c in plan.concurrency:
-                    out.append((f"{name} b={size} c={c}", _scoped_job(ctx, name, size, c)))
+                    add(f"{name} b={size} c={c}", _scoped_job(ctx, name, size, c), (name, size, c))
         elif name == "server_ceiling_debit":
-            out.append((name, _ceiling_job(ctx, plan.ceiling_requests)))
+            out.append(Planned(name, _ceiling_job(ctx, plan.ceiling_requests), not plan.quick))
         elif name == "server_cost":
-            out.append((name, _server_cost_job(ctx, plan.server_cost_requests)))
+            out.append(Planned(name, _server_cost_job(ctx, plan.server_cost_requests)))
         else:
             for c in plan.concurrency:
-                out.append((f"{name} c={c}", _concurrency_job(ctx, name, c)))
+                add(f"{name} c={c}", _concurrency_job(ctx, name, c), (name, None, c))
     return out + extra_jobs(ctx, plan, runnable)
 
 
-def extra_jobs(ctx: BenchContext, plan: Plan, runnable: list[str]) -> list[tuple[str, Job]]:
-    """Spread-mode rows (in a hot run) and multi-process rows, at the extra scope size."""
-    out: list[tuple[str, Job]] = []
+def _skip(ctx: BenchContext, skipped: list[dict[str, str]], name: str, reason: str) -> None:
+    ctx.progress.skip(name, reason)
+    skipped.append({"name": name, "reason": reason})
+
+
+def _uvloop_shapes(
+    ctx: BenchContext,
+    plan: Plan,
+    runnable: list[str],
+    skipped: list[dict[str, str]],
+    uvloop: loops.UvloopThread | None,
+) -> set[Shape]:
+    """The shapes of the +uvloop rows to run; when uvloop is missing, none, and each such row
+    is reported as skipped with the reason."""
+    wanted = [name for name in plan.uvloop_workloads if name in runnable]
+    reason = loops.skip_reason() if uvloop is not None else "no uvloop thread in this run"
+    if reason is not None:
+        for name in wanted:
+            _skip(ctx, skipped, loops.variant_name(name), reason)
+        return set()
+    return {shape for shape in plan.uvloop_shapes() if shape[0] in wanted}
+
+
+def extra_jobs(ctx: BenchContext, plan: Plan, runnable: list[str]) -> list[Planned]:
+    """Spread-mode rows (in a hot run) and multi-process rows, at the extra scope size (a quick
+    run: in its first round only)."""
+    out: list[Planned] = []
     size = plan.extra_scope_size
+    every_round = not plan.quick
     if not ctx.settings.spread:
         for name in (n for n in plan.spread_workloads if n in runnable and n in SCOPED):
             for c in plan.extra_concurrency:
                 label = f"{name} spread b={size} c={c}"
-                out.append((label, _scoped_job(ctx, name, size, c, spread=True)))
+                job = _scoped_job(ctx, name, size, c, spread=True)
+                out.append(Planned(label, job, every_round))
     if plan.processes > 1:
         for name in (n for n in plan.mp_workloads if n in runnable and n in SCOPED):
             for c in (c for c in plan.extra_concurrency if c >= plan.processes):
                 label = f"{name} x{plan.processes} processes b={size} c={c}"
-                out.append((label, _mp_job(ctx, name, size, c, plan.processes)))
+                job = _mp_job(ctx, name, size, c, plan.processes)
+                out.append(Planned(label, job, every_round))
     return out
+
+
+def _uvloop_job(thread: loops.UvloopThread, name: str, size: int | None, concurrency: int) -> Job:
+    """``name`` on the uvloop thread, with the thread's twin of the run's context."""
+
+    async def on_twin(twin: BenchContext) -> Row:
+        if name in SCOPED and size is not None:
+            return await workloads.run_budgetkit(twin, name, size, concurrency)
+        return await PER_CONCURRENCY[name](twin, concurrency)
+
+    async def job() -> Row:
+        return loops.as_variant(await thread.run(on_twin))
+
+    return job
 
 
 def _scoped_job(
@@ -206,16 +313,23 @@ class Outcome:
 
 
 async def run_jobs(ctx: BenchContext, plan: Plan, pg: Postgres) -> Outcome:
-    """Every planned job, ``plan.rounds`` times over; each row of a job merged over its rounds."""
+    """Every planned job, ``plan.rounds`` times over (a job not run in every round: once);
+    each row of a job merged over its rounds."""
     outcome = Outcome()
-    planned = jobs(ctx, plan, pg, outcome.skipped)
-    per_job: dict[str, list[list[Row]]] = {label: [] for label, _ in planned}
-    ctx.progress.start(len(planned) * plan.rounds)
+    uvloop = loops.UvloopThread(ctx)
     try:
-        for round_index in range(plan.rounds):
-            await _run_round(ctx, planned, round_index, plan.rounds, per_job, outcome)
+        planned = jobs(ctx, plan, pg, outcome.skipped, uvloop)
+        per_job: dict[str, list[list[Row]]] = {p.label: [] for p in planned}
+        repeated = sum(p.every_round for p in planned)
+        ctx.progress.start(len(planned) + repeated * (plan.rounds - 1))
+        try:
+            for round_index in range(plan.rounds):
+                this_round = [p for p in planned if round_index == 0 or p.every_round]
+                await _run_round(ctx, this_round, round_index, plan.rounds, per_job, outcome)
+        finally:
+            ctx.progress.stop()
     finally:
-        ctx.progress.stop()
+        await uvloop.aclose()
     outcome.rows = [merge_rounds(rows) for rounds in per_job.values() for rows in _by_row(rounds)]
     return outcome
 
@@ -228,18 +342,19 @@ def _by_row(rounds: list[list[Row]]) -> list[list[Row]]:
 
 async def _run_round(
     ctx: BenchContext,
-    planned: list[tuple[str, Job]],
+    planned: list[Planned],
     round_index: int,
     rounds: int,
     per_job: dict[str, list[list[Row]]],
     outcome: Outcome,
 ) -> None:
     tag = f" round {round_index + 1}/{rounds}" if rounds > 1 else ""
-    for index, (label, job) in enumerate(planned, start=1):
+    for index, planned_job in enumerate(planned, start=1):
+        label = planned_job.label
         ctx.progress.step(f"[{index}/{len(planned)}{tag}] {label}")
         started = time.perf_counter()
         try:
-            result = await job()
+            result = await planned_job.job()
         except Exception as error:  # BenchError, Redis, asyncpg, limits...: report, go on
             message = f"{_error_name(error)}: {error}"
             ctx.progress.fail(label + tag, message)

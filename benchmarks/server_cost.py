@@ -1,14 +1,16 @@
 """``server_cost``: what each script command costs Redis itself, next to a lean reference script.
 
-For each command as BudgetKit sends it (recorded, benchmarks.record) — check of 3 budgets, debit
+For each command as BudgetKit sends it (recorded, benchmarks.record: ``FCALL`` / ``FCALL_RO`` of
+its Functions library, or ``EVALSHA``, whichever the client sends) — check of 3 budgets, debit
 of 3 and of 1 budget, reserve and commit of 3 — plus ``reference_debit`` (the lean debit of
 issue 14, REFERENCE_SCRIPT: 3 HMGET of the balance fields, an admission loop, 3 HINCRBY, 1 XADD)
 and ``noop`` (``EVALSHA`` of ``return 1``): ``CONFIG RESETSTAT``, then N requests, then
-``INFO commandstats``. Each command is measured in its own reset window, so
-``cmdstat_<command>`` (``cmdstat_evalsha``) holds that command's calls only; ``usec_per_call`` is
-its ``usec / calls``: Redis's own time executing the command (Lua and the commands the script
-calls), without networking, parsing or the driver. A few unmeasured calls come first (script
-cache, first writes).
+``INFO commandstats``. Each command is measured in its own reset window, so the
+``cmdstat_<command>`` of the command it actually is (``cmdstat_fcall``, ``cmdstat_fcall_ro``,
+``cmdstat_evalsha``) holds that command's calls only; ``usec_per_call`` is its ``usec / calls``:
+Redis's own time executing the command (Lua and the commands the script calls), without
+networking, parsing or the driver. A few unmeasured calls come first (script or library
+loading, first writes).
 
 Drivers: redis-benchmark (RB_CLIENTS connections, RB_PIPELINE commands pipelined) for the
 commands whose per-request novelty is a random request id (``__rand_int__``, as in
@@ -97,11 +99,11 @@ class Spec:
 
 
 SPECS = (
-    Spec("check", 3, "check.lua of a 3-budget scope"),
-    Spec("debit", 3, "debit.lua of a 3-budget scope"),
-    Spec("debit", 1, "debit.lua of a 1-budget scope"),
-    Spec("reserve", 3, "reserve.lua of a 3-budget scope, a new hold each"),
-    Spec("commit", 3, "commit.lua of a 3-budget scope, one reserved hold each"),
+    Spec("check", 3, "check of a 3-budget scope"),
+    Spec("debit", 3, "debit of a 3-budget scope"),
+    Spec("debit", 1, "debit of a 1-budget scope"),
+    Spec("reserve", 3, "reserve of a 3-budget scope, a new hold each"),
+    Spec("commit", 3, "commit of a 3-budget scope, one reserved hold each"),
     Spec(REFERENCE, REF_BUDGETS, "lean reference: 3 HMGET, admission loop, 3 HINCRBY, 1 XADD"),
     Spec(NOOP, 0, "EVALSHA of `return 1`"),
 )
@@ -477,7 +479,8 @@ def _row(one: Measured, metrics: dict[str, float | None], used_memory: int) -> R
         usec_per_call=round(statistics.median(per_window), USEC_DIGITS),
         calls=calls,
         metrics=metrics,
-        notes=f"{one.spec.about}; {drive.driver}; INFO commandstats usec / calls, median of "
+        notes=f"{one.spec.about}; {drive.driver}; INFO commandstats {one.stat} usec / calls, "
+        f"median of "
         f"{len(windows)} windows ({spread} µs)",
     )
 

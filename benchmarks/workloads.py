@@ -5,10 +5,10 @@ the order org, user, session, agent, app, app_channel (so 1 = org, 3 = org + use
 6 = every level), and nothing ever runs out. Hot mode puts every task on one scope; spread mode
 gives each task its own organization.
 
-``debit`` runs ``BudgetKit(batching=False)``: one EVALSHA round trip per call, comparable with
-``raw_evalsha_noop``. ``debit_batched`` runs the default ``BudgetKit(batching=True)``: concurrent
-calls of the process share pipelines. ``check`` and ``reserve_commit`` use the run's setting
-(batching on unless ``--no-batching``).
+``debit`` runs ``BudgetKit(batching=False)``: one script call (one round trip) per call,
+comparable with ``raw_evalsha_noop``. ``debit_batched`` runs the default
+``BudgetKit(batching=True)``: concurrent calls of the process share pipelines. ``check`` and
+``reserve_commit`` use the run's setting (batching on unless ``--no-batching``).
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def batching_note(kit: BudgetKit) -> str:
     """How calls coalesced: 'batching off', or the mean calls per pipeline."""
     batcher = kit._batcher
     if batcher is None:
-        return "batching off: one EVALSHA per call"
+        return "batching off: one round trip per call"
     if batcher.batches == 0:
         return "batching on (no call was concurrent)"
     mean = batcher.batched_calls / batcher.batches

@@ -2,11 +2,13 @@
 
 The optional baselines run when their dependencies are here (limits, asyncpg and PostgreSQL's
 server binaries) and must otherwise be reported as skipped with a reason; the test prints which.
+So do the ``+uvloop`` rows (uvloop, the dev extra).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 from pathlib import Path
@@ -15,9 +17,10 @@ from typing import Any
 import pytest
 from conftest import redis_server
 
-from benchmarks import main, server_cost
+from benchmarks import loops, main, server_cost
 from benchmarks.measure import Row, merge_rounds
 from benchmarks.postgres import LocalPostgres, driver_skip_reason, server_skip_reason
+from benchmarks.report import compute_ratios, target_table
 
 ROW_FIELDS = {
     "name",
@@ -48,6 +51,30 @@ SERVER_COST_COMMANDS = {
 }
 SERVER_COST_TARGETS = ("check", "debit", "reserve", "commit")
 SERVER_COST_REQUESTS = 300
+#: The target table of issue 14 at the smoke run's shapes (concurrency 1,8: 64 and 256 fall back
+#: to 8), each key with its target.
+TARGETS = {
+    "debit@8 / raw_evalsha_noop@8": ">= 0.7",
+    "check p50@1 / raw_evalsha_noop p50@1": "<= 1.3",
+    "debit_batched@8 / raw_evalsha_noop@8": ">= 1",
+    "debit_batched@8 / watch_multi_exec@8": ">= 100",
+    "debit_batched@8 / postgres_for_update@8": ">= 20",
+    "debit_batched@8 b=1 / limits_moving_window@8": ">= 1",
+    "server_cost debit b=3 / reference_debit": "<= 3",
+    "server_cost check b=3 / reference_debit": "<= 2",
+    "server_cost reserve b=3 / reference_debit": "<= 3.5",
+    "server_cost commit b=3 / reference_debit": "<= 3.5",
+    "server_cost bytes per ledger entry": "<= 150",
+}
+#: The hot-path rows with a +uvloop twin in a quick run at concurrency 1,8 (name, concurrency).
+UVLOOP_SHAPES = {
+    ("raw_evalsha_noop", 1),
+    ("raw_evalsha_noop", 8),
+    ("check", 1),
+    ("check", 8),
+    ("debit", 8),
+    ("debit_batched", 8),
+}
 
 pytestmark = [
     pytest.mark.slow,
@@ -123,6 +150,57 @@ def test_quick_bench_writes_rows_ratios_and_markdown(tmp_path: Path) -> None:
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "out.png").stat().st_size > 0
     _assert_server_cost(doc, md)
+    _assert_targets(doc, md, limits=importlib.util.find_spec("limits") is not None)
+    _assert_uvloop(doc, uvloop_reason=loops.skip_reason())
+
+
+def _assert_targets(doc: dict[str, Any], md: str, limits: bool) -> None:
+    """Every ratio of the target table is in the JSON's ``targets`` and in the markdown, with
+    its target and a verdict (met/missed where both rows ran)."""
+    table = {t["ratio"]: t for t in doc["targets"]["table"]}
+    assert set(TARGETS) <= set(table), sorted(table)
+    measured = set(TARGETS) - {"debit_batched@8 / postgres_for_update@8"}
+    measured -= set() if limits else {"debit_batched@8 b=1 / limits_moving_window@8"}
+    for key, target in TARGETS.items():
+        line = table[key]
+        assert line["target"] == target, line
+        assert doc["ratios"][key]["target"] == target
+        if key in measured:
+            assert _positive(line["value"]) and isinstance(line["met"], bool), line
+            assert line["rounds"] == 1, line
+        assert f"| {key} | {target} |" in md
+    counts = doc["targets"]
+    assert counts["met"] + counts["missed"] + counts["not_measured"] == len(counts["table"])
+    assert "## Targets" in md
+
+
+def _assert_uvloop(doc: dict[str, Any], uvloop_reason: str | None) -> None:
+    """The +uvloop rows next to their stock rows (or skipped with a reason), and their ratios."""
+    rows = doc["rows"]
+    fast = {
+        (r["name"].removesuffix("+uvloop"), r["concurrency"])
+        for r in rows
+        if r["name"].endswith("+uvloop")
+    }
+    skipped = {item["name"]: item["reason"] for item in doc["skipped"]}
+    if uvloop_reason is not None:
+        assert not fast
+        assert {name + "+uvloop" for name in loops.WORKLOADS} <= set(skipped), skipped
+        print(f"+uvloop rows: skipped ({uvloop_reason})")
+        return
+    print("+uvloop rows: ran")
+    assert fast == UVLOOP_SHAPES
+    for before, row in itertools.pairwise(rows):
+        if row["name"].endswith("+uvloop"):  # right after its stock row, under the same load
+            shape = ("name", "concurrency", "budgets_per_op", "mode")
+            stock = {k: before[k] for k in shape}
+            assert stock == {k: row[k] for k in shape} | {"name": row["name"][: -len("+uvloop")]}
+            assert row["notes"].startswith("uvloop ") and row["ops_per_s"] > 0, row
+    table = {t["ratio"]: t for t in doc["targets"]["table"]}
+    variant = table["debit@8 / raw_evalsha_noop@8"]["uvloop"]
+    assert variant["ratio"] == "debit+uvloop@8 / raw_evalsha_noop+uvloop@8"
+    assert _positive(variant["value"]) and isinstance(variant["met"], bool), variant
+    assert _positive(doc["ratios"]["debit+uvloop@8 / debit@8"]["value"])
 
 
 def _positive(value: Any) -> bool:
@@ -184,6 +262,95 @@ def test_server_cost_without_redis_benchmark(
     for row in doc["rows"]:
         assert "python pipelines" in row["notes"] and "median of 2 rounds" in row["notes"], row
         assert row["calls"] >= 2 * SERVER_COST_REQUESTS, row
+
+
+def test_quick_rounds_repeat_only_the_target_rows(tmp_path: Path) -> None:
+    """``--quick --rounds 2``: the rows the target table reads (and their +uvloop twins) are
+    medians of 2 rounds; the others ran once."""
+    out = tmp_path / "rounds.json"
+    argv = ["--quick", *TINY, "--rounds", "2", "--only", "raw_evalsha_noop,check"]
+    argv += ["--concurrency", "1,8", "--scope-sizes", "1,3", "--json", str(out), "--no-png"]
+    assert main(argv) == 0
+
+    doc = json.loads(out.read_text())
+    assert doc["failed"] == []
+    rounds = {(r["name"], r["budgets_per_op"], r["concurrency"]): r["rounds"] for r in doc["rows"]}
+    once = {("check", 1, 1), ("check", 1, 8)}
+    twice = {("raw_evalsha_noop", 0, 1), ("raw_evalsha_noop", 0, 8), ("check", 3, 1)}
+    twice |= {("check", 3, 8)}
+    if loops.skip_reason() is None:
+        twice |= {(f"{name}+uvloop", size, c) for name, size, c in twice}
+    assert rounds == dict.fromkeys(once, 1) | dict.fromkeys(twice, 2)
+    check = doc["targets"]["table"][1]
+    assert check["ratio"] == "check p50@1 / raw_evalsha_noop p50@1" and check["rounds"] == 2
+
+
+def test_uvloop_rows_are_skipped_without_uvloop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without uvloop the +uvloop rows are skipped with the reason in the JSON: not an error."""
+    reason = "uvloop is not installed (pip install 'budgetkit[uvloop]')"
+    monkeypatch.setattr(loops, "skip_reason", lambda: reason)
+    out = tmp_path / "plain.json"
+    argv = ["--quick", *TINY, "--only", "raw_evalsha_noop,debit", "--concurrency", "1"]
+    argv += ["--scope-sizes", "3", "--json", str(out), "--no-png"]
+    assert main(argv) == 0
+
+    doc = json.loads(out.read_text())
+    assert doc["failed"] == []
+    assert {r["name"] for r in doc["rows"]} == {"raw_evalsha_noop", "debit"}
+    skipped = {item["name"]: item["reason"] for item in doc["skipped"]}
+    assert skipped == {"raw_evalsha_noop+uvloop": reason, "debit+uvloop": reason}
+    assert "uvloop" not in doc["targets"]["table"][0]
+    assert not any(key.endswith("/ debit@1") for key in doc["ratios"])
+
+
+def _row(name: str, concurrency: int, size: int, ops: float, p50: float = 100.0) -> Row:
+    return Row(name, concurrency, size, ops, p50, None, None, mode="-" if size == 0 else "hot")
+
+
+def test_target_table_verdicts_and_uvloop_variants() -> None:
+    """The target ratios from rows alone: verdicts at the wanted shapes, the uvloop variant
+    beside its stock ratio, and "not measured" for what did not run."""
+    rows = [
+        _row("raw_evalsha_noop", 1, 0, 10_000.0, p50=100.0),
+        _row("raw_evalsha_noop", 64, 0, 20_000.0),
+        _row("raw_evalsha_noop", 256, 0, 20_000.0),
+        _row("check", 1, 3, 5_000.0, p50=120.0),
+        _row("debit", 64, 3, 15_000.0),
+        _row("debit_batched", 64, 3, 30_000.0),
+        _row("debit_batched", 64, 1, 40_000.0),
+        _row("debit_batched", 256, 3, 18_000.0),
+        _row("watch_multi_exec", 64, 3, 100.0),
+        _row("limits_moving_window", 64, 1, 50_000.0),
+        _row("debit+uvloop", 64, 3, 30_000.0),
+        _row("raw_evalsha_noop+uvloop", 64, 0, 40_000.0),
+    ]
+    ratios = compute_ratios(rows)
+    targets = target_table(ratios)
+    table = {t["ratio"]: t for t in targets["table"]}
+    expected = {
+        "debit@64 / raw_evalsha_noop@64": (0.75, True),
+        "check p50@1 / raw_evalsha_noop p50@1": (1.2, True),
+        "debit_batched@256 / raw_evalsha_noop@256": (0.9, False),
+        "debit_batched@64 / watch_multi_exec@64": (300.0, True),
+        "debit_batched@64 / postgres_for_update@64": (None, None),
+        "debit_batched@64 b=1 / limits_moving_window@64": (0.8, False),
+        "server_cost debit b=3 / reference_debit": (None, None),
+    }
+    for key, (value, met) in expected.items():
+        assert (table[key]["value"], table[key]["met"]) == (value, met), table[key]
+    variant = table["debit@64 / raw_evalsha_noop@64"]["uvloop"]
+    assert variant == {
+        "ratio": "debit+uvloop@64 / raw_evalsha_noop+uvloop@64",
+        "value": 0.75,
+        "met": True,
+        "rounds": 1,
+    }
+    assert "debit+uvloop@64 / raw_evalsha_noop+uvloop@64" not in table  # beside, not a line
+    assert ratios["debit+uvloop@64 / debit@64"]["value"] == 2.0
+    assert (targets["met"], targets["missed"]) == (3, 2)
+    assert targets["not_measured"] == len(targets["table"]) - 5 == 6
 
 
 def test_growth_mode_reports_bytes_and_throughput(tmp_path: Path) -> None:
