@@ -26,6 +26,7 @@ from budgetkit._core.errors import (
     PermissionDenied,
     ReplicationTimeout,
     ScriptError,
+    StoreFormatMismatch,
     UnpricedModel,
 )
 from budgetkit._core.models import (
@@ -53,6 +54,7 @@ from budgetkit._core.pricing import ModelPrice, PriceTable, PriceTier
 from budgetkit._core.results import DebitResult, Reservation
 from budgetkit._core.scope import Scope
 from budgetkit._core.spend import SpendGuard
+from budgetkit._core.storeformat import STORE_FORMAT, MigrationResult
 from budgetkit._core.urls import ConnectionOptions
 from budgetkit.metering import (
     DataMeter,
@@ -76,6 +78,7 @@ from budgetkit.webhooks import DeadLetter, WebhookOptions, WebhookSender, Webhoo
 __version__ = "0.1.0"
 
 __all__ = [
+    "STORE_FORMAT",
     "UNSET",
     "Budget",
     "BudgetAction",
@@ -119,6 +122,7 @@ __all__ = [
     "LlmUsage",
     "Meter",
     "MeterRegistry",
+    "MigrationResult",
     "ModelPrice",
     "OpenTelemetryTracing",
     "OutcomeUnknown",
@@ -132,6 +136,7 @@ __all__ = [
     "Scope",
     "ScriptError",
     "SpendGuard",
+    "StoreFormatMismatch",
     "ToolCall",
     "ToolCallMeter",
     "UnpricedModel",

@@ -56,6 +56,7 @@ from budgetkit._core.models import (
 from budgetkit._core.results import DebitResult, Reservation
 from budgetkit._core.scope import Scope
 from budgetkit._core.spend import SpendGuard as AsyncSpendGuard
+from budgetkit._core.storeformat import MigrationResult
 from budgetkit._core.urls import ConnectionOptions, RedisClient, client_from_url
 
 T = TypeVar("T")
@@ -622,6 +623,15 @@ class BudgetKit:
                 organization_id=organization_id, budget_id=budget_id, limit=limit, offset=offset
             )
         )
+
+    def migrate(self, *, prune_libraries: bool = False) -> MigrationResult:
+        """Brings the store up to this release's stored format (``budgetkit.STORE_FORMAT``),
+        loads this release's function library on every primary and records the version, so
+        clients of other formats refuse the store (``StoreFormatMismatch``) instead of misreading
+        it. ``prune_libraries``: also deletes other budgetkit versions' libraries (a worker of
+        such a version still running loads its own again on its next call). Run it once per
+        deploy, from one process; running it again changes nothing."""
+        return self._run(self._core().migrate(prune_libraries=prune_libraries))
 
     def trim_history(
         self,

@@ -124,6 +124,29 @@ async def test_from_url_runs_on_the_cluster(local_cluster: Any, cluster_client: 
             await assert_invariant(kit, org, budget.id, 10)
 
 
+async def test_migrate_loads_the_library_on_every_primary(
+    local_cluster: Any, cluster_client: Any
+) -> None:
+    from redis.asyncio import Redis
+
+    async with bk.BudgetKit.from_url(local_cluster.url) as kit:
+        result = await kit.migrate()
+        assert result.format_after == bk.STORE_FORMAT
+        assert await cluster_client.get(kit.keys.store_format()) == str(bk.STORE_FORMAT).encode()
+        for node in cluster_client.get_primaries():
+            client = Redis(host=node.host, port=node.port)
+            try:
+                listed = await client.execute_command(
+                    "FUNCTION", "LIST", "LIBRARYNAME", "budgetkit_*"
+                )
+                names = {library[b"library_name"].decode() for library in listed}
+            finally:
+                await client.aclose()
+            assert result.library in names, node.port
+        await kit.create_budget("org_m", "session", "s", "usd", 10)
+        assert (await kit.debit(bk.Scope("org_m", session_id="s"), {"usd": 1})).entries
+
+
 # -- the migration guard ------------------------------------------------------------------------
 
 

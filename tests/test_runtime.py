@@ -150,6 +150,7 @@ async def test_two_library_versions_serve_side_by_side(redis: Redis, tmp_path: P
         _fields(row)[b"library_name"] for row in await redis.execute_command("FUNCTION", "LIST")
     }
     assert {old.name.encode(), new.name.encode()} <= names
+    await redis.execute_command("FUNCTION", "DELETE", new.name)
 
 
 @pytest.mark.real

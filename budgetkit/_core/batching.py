@@ -102,6 +102,7 @@ class ScriptBatcher:
             runtime.refresh_primary()
         )  # Sentinel: leave a demoted primary (budgetkit._core.runtime)
         try:
+            await runtime.verify_format()  # once per runtime (budgetkit._core.storeformat)
             # No load up front: a server without the library answers "Function not found" to
             # each call, and the call is sent again alone (the runtime loads the library).
             commands = [runtime.command(c.name, c.keys, c.args) for c in calls]

@@ -77,6 +77,8 @@ from budgetkit._core.rules import (
 from budgetkit._core.runtime import ScriptArg, ScriptRuntime, translate_error
 from budgetkit._core.scope import Scope
 from budgetkit._core.spend import SpendGuard
+from budgetkit._core.storeformat import MigrationResult
+from budgetkit._core.storeformat import migrate as migrate_store
 from budgetkit._core.urls import ConnectionOptions, RedisClient, client_from_url
 
 log = logging.getLogger("budgetkit")
@@ -261,7 +263,12 @@ class BudgetKit:
         if durability is not None and not isinstance(durability, Durability):
             raise InvalidInput("durability must be a budgetkit.Durability or None")
         writer = None if durability is None else DurableWriter(durability)
-        self._runtime = ScriptRuntime(client, on_reload=on_reload, durability=writer)
+        self._runtime = ScriptRuntime(
+            client,
+            on_reload=on_reload,
+            durability=writer,
+            format_key=self._keys.store_format(),
+        )
         self._batcher = (
             ScriptBatcher(client, self._runtime, on_batch=on_batch) if batching else None
         )
@@ -913,6 +920,21 @@ class BudgetKit:
             raw = await self._raw("ledger", keys, [str(page_size), str(skip)])
         currency, records = parse_entries(raw)
         return [record.to_entry(currency) for record in records]
+
+    async def migrate(self, *, prune_libraries: bool = False) -> MigrationResult:
+        """Brings the store up to this release's stored format (``budgetkit.STORE_FORMAT``),
+        loads this release's function library on every primary and records the version, so
+        clients of other formats refuse the store (``StoreFormatMismatch``) instead of misreading
+        it. ``prune_libraries``: also deletes other budgetkit versions' libraries (a worker of
+        such a version still running loads its own again on its next call). Run it once per
+        deploy, from one process; running it again changes nothing."""
+        async with _redis_errors("migrate"):
+            return await migrate_store(
+                self._runtime,
+                self._keys.prefix,
+                self._keys.store_format(),
+                prune=prune_libraries,
+            )
 
     async def trim_history(
         self,

@@ -117,6 +117,18 @@ class ReplicationTimeout(OutcomeUnknown):
     same idempotency key."""
 
 
+class StoreFormatMismatch(BudgetUnavailable):
+    """The store's data is in a layout this budgetkit version does not read (its stored-format
+    version, ``P:format``, differs from ``budgetkit.STORE_FORMAT``): an older version after
+    ``budgetkit migrate``, or a newer one before it. Nothing was run; ``check`` answers by the
+    failure policy. ``found`` is the store's version, ``expected`` this client's."""
+
+    def __init__(self, message: str, *, found: int, expected: int) -> None:
+        super().__init__(message)
+        self.found = found
+        self.expected = expected
+
+
 class ScriptError(BudgetkitError):
     """A script replied with something budgetkit does not understand (a bug)."""
 

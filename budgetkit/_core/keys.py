@@ -25,6 +25,7 @@ Layout (``P`` = prefix, default ``bk``):
     P:{org}:hz:<budget_id>         zset    a budget's outstanding holds, score = expiry ms
     P:{org}:ha:<budget_id>         hash    a budget's outstanding holds: hold id -> amount
     P:{org}:webhooks:dead          stream  events a webhook endpoint never accepted
+    P:format                       string  the stored-format version (budgetkit._core.storeformat)
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ KEY_SUFFIXES: Final[Mapping[str, str]] = {
     "webhook_dead_letters": "webhooks:dead",
 }
 _S = KEY_SUFFIXES
+#: The one key outside every organization: ``P:format``.
+FORMAT_SUFFIX: Final = "format"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,11 @@ class Keyspace:
 
     def events(self, organization_id: str) -> str:
         return f"{self.org(organization_id)}{_S['events']}"
+
+    def store_format(self) -> str:
+        """The stored-format version of everything under the prefix (``P:format``, in no
+        organization's slot; budgetkit._core.storeformat)."""
+        return f"{self.prefix}:{FORMAT_SUFFIX}"
 
     def hold(self, organization_id: str, hold_id: str) -> str:
         return f"{self.org(organization_id)}{_S['hold']}{hold_id}"

@@ -78,6 +78,7 @@ from budgetkit._core.store_errors import (
     reply_code,
     translate_reply,
 )
+from budgetkit._core.storeformat import parse_format, verify
 
 if TYPE_CHECKING:
     from budgetkit._core.durability import DurableWriter
@@ -304,8 +305,12 @@ class ScriptRuntime:
         *,
         durability: DurableWriter | None = None,
         failover_retry_s: float | None = None,
+        format_key: str | None = None,
     ) -> None:
         self._client: Any = client
+        # The stored-format version key, read once before the first call (None: done, or not
+        # checked here: a read replica's runtime). budgetkit._core.storeformat.
+        self._format_key = format_key
         self.topology: Topology = topology_of(client)
         self._cluster = self.topology == "cluster"
         self.library = library if library is not None else load_library()
@@ -336,6 +341,79 @@ class ScriptRuntime:
     def operations(self) -> frozenset[str]:
         return self.library.operations
 
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    async def verify_format(self) -> None:
+        """Before the first call: StoreFormatMismatch unless this release reads the store's
+        stored-format version (budgetkit._core.storeformat); then never again."""
+        key = self._format_key
+        if key is None:
+            return
+        verify(key, await self.stored_format(key))
+        self._format_key = None
+
+    async def stored_format(self, key: str) -> int | None:
+        """The store's stored-format version under ``key`` (None: not recorded)."""
+        return parse_format(key, await self.send(["GET", key]))
+
+    async def send(self, command: Sequence[ScriptArg]) -> Any:
+        """One plain command (the format key, library admin), errors translated: a connection
+        failure is BudgetUnavailable (these commands are safe to send again)."""
+        try:
+            return await self._client.execute_command(*command)
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
+            refused = refusal(str(command[0]), error)  # credentials, DB index, LOADING...
+            raise refused or BudgetUnavailable(f"cannot reach Redis: {error}") from error
+        except (redis_errors.RedisError, redis_errors.RedisClusterException) as error:
+            raise translate_error(str(command[0]), error) from error
+
+    async def load_everywhere(self) -> None:
+        """Loads the library on the server (on a Cluster: on every primary, each required)."""
+        if not self._cluster:
+            await self._load(None)
+            return
+        for node in self._client.get_primaries():
+            await self._load(node)
+
+    def _nodes(self) -> list[Any]:
+        return list(self._client.get_primaries()) if self._cluster else [None]
+
+    async def library_names(self) -> set[str]:
+        """The budgetkit function libraries on the server (every primary of a Cluster)."""
+        names: set[str] = set()
+        for node in self._nodes():
+            command = ["FUNCTION", "LIST", "LIBRARYNAME", f"{LIBRARY_PREFIX}_*"]
+            options = {} if node is None else {"target_nodes": node}
+            try:
+                listed = await self._client.execute_command(*command, **options)
+            except (redis_errors.RedisError, redis_errors.RedisClusterException) as error:
+                raise translate_error("FUNCTION LIST", error) from error
+            for library in listed:
+                fields = (
+                    library
+                    if isinstance(library, dict)
+                    else dict(zip(library[::2], library[1::2], strict=True))
+                )
+                name = fields.get(b"library_name", fields.get("library_name"))
+                if isinstance(name, bytes):
+                    name = name.decode()
+                if isinstance(name, str) and name.startswith(f"{LIBRARY_PREFIX}_"):
+                    names.add(name)
+        return names
+
+    async def delete_libraries(self, names: Sequence[str]) -> None:
+        """``FUNCTION DELETE`` of each of ``names`` wherever it is loaded."""
+        for node in self._nodes():
+            options = {} if node is None else {"target_nodes": node}
+            for name in names:
+                try:
+                    await self._client.execute_command("FUNCTION", "DELETE", name, **options)
+                except redis_errors.ResponseError as error:
+                    if "not found" not in str(error).lower():
+                        raise translate_error("FUNCTION DELETE", error) from error
+
     def command(
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], readonly: bool = False
     ) -> list[ScriptArg]:
@@ -359,6 +437,8 @@ class ScriptRuntime:
         only read or roll periods over. A timeout is not resent (the server may be stuck: the
         caller should not wait twice). When a resend cannot reach Redis the first outcome stays
         unknown: OutcomeUnknown."""
+        if self._format_key is not None:
+            await self.verify_format()
         try:
             return await self._call_following_failover(name, keys, args, readonly)
         except ReplyLost as error:

@@ -356,6 +356,20 @@ def _report(a: argparse.Namespace, report: ReconcileReport | RestoreReport) -> i
 # -- tools ------------------------------------------------------------------------------------
 
 
+async def migrate(a: argparse.Namespace) -> int:
+    async with open_kit(a) as kit:
+        result = await kit.migrate(prune_libraries=a.prune_libraries)
+    if a.json:
+        print_json(result)
+        return EXIT_OK
+    before = "not recorded (format 1)" if result.format_before is None else result.format_before
+    print(f"stored format: {before} -> {result.format_after}")
+    print(f"function library loaded: {result.library}")
+    if a.prune_libraries:
+        print(f"libraries deleted: {', '.join(result.pruned) or 'none'}")
+    return EXIT_OK
+
+
 async def schema(a: argparse.Namespace) -> int:
     schemas = json_schemas()
     document: Any = schemas[a.model] if a.model else schemas
@@ -452,6 +466,7 @@ HANDLERS: dict[str, Handler] = {
     "restore": restore_books,
     "webhooks run": webhooks_run,
     "webhooks dead-letters": webhooks_dead_letters,
+    "migrate": migrate,
     "schema": schema,
     "demo": demo,
     "completion": completion,

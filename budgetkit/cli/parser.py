@@ -388,7 +388,17 @@ def _add_books(tree: _Tree, sub: Any) -> None:
 
 
 def _add_tools(tree: _Tree, sub: Any) -> None:
-    """schema, demo, bench and completion."""
+    """migrate, schema, demo, bench and completion."""
+    p = tree.add(
+        sub,
+        "migrate",
+        help="upgrade the store to this version's stored format and load its function library",
+    )
+    p.add_argument(
+        "--prune-libraries",
+        action="store_true",
+        help="also delete other budgetkit versions' function libraries",
+    )
     p = tree.add(sub, "schema", help="JSON Schema of the models")
     p.add_argument("--model", choices=sorted(json_schemas()), help="only this model's schema")
     tree.add(
