@@ -4,6 +4,7 @@ Every budget's balance lives in Redis; one Lua call debits a whole session hiera
 in exact integer micro-units, and emits edge-triggered events. The documentation: docs/ (mkdocs).
 """
 
+from budgetkit._core.checkcache import CheckCacheStats
 from budgetkit._core.client import UNSET, BudgetKit, KitOptions, Unset
 from budgetkit._core.durability import Durability
 from budgetkit._core.errors import (
@@ -96,6 +97,7 @@ __all__ = [
     "BudgetUnavailable",
     "BudgetkitError",
     "CalendarPeriod",
+    "CheckCacheStats",
     "ClientClosed",
     "ConnectionOptions",
     "CorruptState",

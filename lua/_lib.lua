@@ -16,7 +16,8 @@
 --   created updated       ms
 -- Reply shape shared by every script that returns budgets (see budgetkit/_core/replies.py):
 --   { now_ms, n_budgets, n_budgets * (19 record | 10 snapshot) fields,
---     n_entries, n_entries * 9 ledger fields, n_events, n_events * 10 event fields }
+--     n_entries, n_entries * 9 ledger fields, n_events, n_events * 10 event fields
+--     [, valid_until_ms: snapshot replies only] }
 --   Scope scripts (check, debit, reserve, commit) send snapshots; the others full records.
 -- Errors are raised as 'BK_<CODE> <message>' and always before the first write.
 
@@ -500,9 +501,44 @@ local function push_snapshot(out, b)
   out[n + 10] = b.level or 0
 end
 
+-- Start (ms) of the UTC calendar bucket after the one starting at start_ms.
+local function next_bucket_start(start_ms, unit)
+  if unit == 'hour' then return start_ms + 3600000 end
+  if unit == 'day' then return start_ms + MS_PER_DAY end
+  if unit == 'week' then return start_ms + 7 * MS_PER_DAY end
+  local y, m = civil_from_days(math.floor(start_ms / MS_PER_DAY))
+  if unit == 'month' then
+    if m == 12 then y, m = y + 1, 1 else m = m + 1 end
+    return days_from_civil(y, m, 1) * MS_PER_DAY
+  end
+  return days_from_civil(y + 1, 1, 1) * MS_PER_DAY
+end
+
+-- Until when (ms, exclusive; MAX_MICROS = no end) the budgets stay as they are by the clock
+-- alone: the earliest end of a current period (rollover) or expiry of an outstanding hold
+-- (release). The check cache (budgetkit._core.checkcache) serves a scope's snapshots until
+-- then unless a write invalidates them first. Call after flush: the holds are in their zsets.
+local function valid_until(batch, budgets)
+  local until_ms = MAX_MICROS
+  for _, b in ipairs(budgets) do
+    if b.pk == 'd' then
+      until_ms = math.min(until_ms, b.pstart + b.ps * 1000)
+    elseif b.pk == 'c' then
+      until_ms = math.min(until_ms, next_bucket_start(b.pstart, b.pu))
+    end
+    if b.held > 0 then
+      local first = redis.call('ZRANGEBYSCORE', batch.prefix .. HOLD_INDEX_KEY .. b.id, '-inf',
+        '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+      if first[2] then until_ms = math.min(until_ms, tonumber(first[2])) end
+    end
+  end
+  return until_ms
+end
+
 -- The shared reply: budgets (in the given order, each pushed by push_budget: push_record by
 -- default, push_snapshot for the scope scripts), then entries, then events. Counts, amounts and
--- times are integer replies (exact below 2^53), text fields are strings.
+-- times are integer replies (exact below 2^53), text fields are strings. A snapshot reply ends
+-- with one more integer: valid_until(budgets).
 local function reply(batch, budgets, push_budget)
   push_budget = push_budget or push_record
   local out = { batch.now, #budgets }
@@ -522,6 +558,7 @@ local function reply(batch, budgets, push_budget)
     out[n + 9], out[n + 10] = batch.now, opt(ev.thr)
     n = n + 10
   end
+  if push_budget == push_snapshot then out[n + 1] = valid_until(batch, budgets) end
   return out
 end
 

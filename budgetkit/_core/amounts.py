@@ -25,6 +25,7 @@ __all__ = [
     "MAX_MICROS",
     "MICROS_PER_UNIT",
     "from_micros",
+    "plain_micros",
     "round_micros",
     "to_micros",
 ]
@@ -122,6 +123,37 @@ def _check_bounds(micros: int, value: object, *, field: str) -> None:
         )
 
 
+#: Largest power of ten the fast path scales digits by (a float's text with a larger exponent
+#: is beyond MAX_MICROS anyway).
+_FAST_SHIFT_MAX = 15
+
+
+def plain_micros(value: object) -> int | None:
+    """The micros of a common amount, or None when ``to_micros`` must decide.
+
+    Why: nearly every amount is an int, or a float whose shortest decimal (``repr``) has at most
+    6 decimals, e.g. ``0.0123`` or ``1.5e-05``; its micros are exact from its digits, with no
+    Decimal arithmetic. Returns only what ``to_micros`` would return for a non-negative value in
+    any mode (nothing to round, so ``strict`` agrees); anything else — negative, NaN, bool, a
+    string, a Decimal, more than 6 decimals, beyond MAX_MICROS — is None.
+    """
+    kind = type(value)
+    if kind is int:
+        micros: int = value * MICROS_PER_UNIT  # type: ignore[operator]
+        return micros if 0 <= micros <= MAX_MICROS else None
+    if kind is not float:
+        return None
+    mantissa, e, exponent = repr(value).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    if not whole.isdigit() or not (fraction.isdigit() or not fraction):
+        return None  # a sign, inf, nan: the exact path decides
+    shift = _DECIMALS_MAX - len(fraction) + (int(exponent) if e else 0)
+    if not 0 <= shift <= _FAST_SHIFT_MAX:
+        return None  # more than 6 decimals (to round), or far too large
+    micros = int(whole + fraction) * 10**shift
+    return micros if micros <= MAX_MICROS else None
+
+
 def to_micros(
     value: object,
     *,
@@ -143,6 +175,9 @@ def to_micros(
     (``[0, ...]`` unless ``allow_negative``; never 0 unless ``allow_zero``: a value that rounds
     to 0 is then rejected). Raises InvalidAmount.
     """
+    micros = plain_micros(value)
+    if micros is not None and (allow_zero or micros != 0):
+        return micros
     exact = _as_decimal(value, field=field)
     if exact.is_signed() and not exact.is_zero() and not allow_negative:
         raise InvalidAmount(f"{field} must not be negative, got {_show(value)}")

@@ -24,7 +24,8 @@ from redis.cluster import RedisCluster as BlockingCluster
 from budgetkit._core import convert
 from budgetkit._core.amounts import from_micros, to_micros
 from budgetkit._core.batching import ScriptBatcher
-from budgetkit._core.durability import Durability, DurableWriter
+from budgetkit._core.checkcache import CheckCache, CheckCacheStats, Ticket
+from budgetkit._core.durability import MUTATIONS, Durability, DurableWriter
 from budgetkit._core.errors import (
     BudgetNotFound,
     BudgetUnavailable,
@@ -33,16 +34,15 @@ from budgetkit._core.errors import (
     UnpricedModel,
 )
 from budgetkit._core.ids import (
-    LEDGER_ID_BASE_LEN,
     new_budget_id,
     new_hold_id,
-    new_ledger_id,
+    new_ledger_id_base,
     normalize_currency,
     parse_budget_id,
     parse_hold_id,
     validate_identifier,
 )
-from budgetkit._core.keys import Keyspace
+from budgetkit._core.keys import Keyspace, ScopeKeys
 from budgetkit._core.metering import meter_for_charge
 from budgetkit._core.models import (
     Budget,
@@ -54,6 +54,7 @@ from budgetkit._core.models import (
     BudgetToolResponse,
     LedgerEntry,
     ToolStatus,
+    trusted,
 )
 from budgetkit._core.observability import Instrument, Instruments
 from budgetkit._core.redelivery import AUTO_FINGERPRINT, KEEP_FOREVER_MS, request_window_ms
@@ -82,6 +83,8 @@ from budgetkit._core.storeformat import migrate as migrate_store
 from budgetkit._core.urls import ConnectionOptions, RedisClient, client_from_url
 
 log = logging.getLogger("budgetkit")
+#: The writes whose replies show their scope's budgets: the caller caches the scope from them.
+SCOPE_WRITES = frozenset({"debit", "commit", "reserve"})
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Amount = int | float | Decimal
@@ -275,6 +278,7 @@ class BudgetKit:
         self._rules: list[CheckRule] = []
         self._dispatch = self._batcher.call if self._batcher is not None else self._runtime.call
         self._replica = None if read_replica is None else ScriptRuntime(read_replica)
+        self._check_cache: CheckCache | None = None
         self.counters = Counters()
 
     @classmethod
@@ -313,7 +317,61 @@ class BudgetKit:
         await self.aclose()
 
     async def aclose(self) -> None:
+        await self.disable_check_cache()
         await self._client.aclose()
+
+    # -- the check cache ----------------------------------------------------------------------
+
+    async def enable_check_cache(self, heartbeat_ms: int = 50) -> None:
+        """From now on ``check`` and ``check_tool`` answer from memory when the scope's budgets
+        are cached and current, else make the round trip and cache its reply (issue 17;
+        docs/check-cache.md). Exact: the same answers as without it, after this kit's own
+        writes at once, after other clients' writes within Redis's invalidation latency; a
+        period rollover or hold expiry is never answered from memory. Costs one tracking
+        connection and a heartbeat write every ``heartbeat_ms`` (5 .. 10,000): when a heartbeat
+        comes back later than two of them, nothing is served until tracking is proven again.
+        One server or a Sentinel primary (not a Cluster); BudgetUnavailable when the server
+        cannot track (fakeredis)."""
+        if self._check_cache is not None:
+            raise InvalidInput("the check cache is already enabled")
+        if self._runtime.topology == "cluster":
+            raise InvalidInput("the check cache serves one server or a Sentinel primary")
+        if isinstance(heartbeat_ms, bool) or not isinstance(heartbeat_ms, int):
+            raise InvalidInput("heartbeat_ms must be an int")
+        cache = CheckCache(self._client, self._keys, heartbeat_ms)
+        await cache.start()
+        self._check_cache = cache
+
+    async def disable_check_cache(self) -> None:
+        """Stops the check cache (its connection and heartbeat); checks make round trips."""
+        cache, self._check_cache = self._check_cache, None
+        if cache is not None:
+            await cache.stop()
+
+    def check_cache_stats(self) -> CheckCacheStats | None:
+        """The check cache's counters (hits, misses, fills, invalidations, lease expiries...);
+        None when it is not enabled."""
+        return None if self._check_cache is None else self._check_cache.stats()
+
+    def _after_write(
+        self,
+        reply: Reply,
+        org_key: str,
+        fill: tuple[str, ScopeKeys, Ticket | None] | None = None,
+    ) -> None:
+        """The kit's own write came back: cached scopes showing a budget it wrote are dropped
+        (they were dropped before sending too: ``_raw``); ``fill``: the write's scope, cached
+        from its reply (CheckCache.written)."""
+        cache = self._check_cache
+        if cache is None:
+            return
+        ids = [s.budget_id for s in reply.snapshots] + [b.id for b in reply.budgets]
+        keys = [Keyspace.budget_under(org_key, bid) for bid in ids]
+        if fill is None:
+            cache.written(keys)
+        else:
+            org, scoped, ticket = fill
+            cache.written(keys, (org, scoped, reply, ticket))
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -325,16 +383,17 @@ class BudgetKit:
             raise InvalidInput("the clock must return a timezone-aware datetime")
         return str((now - EPOCH) // timedelta(milliseconds=1))  # exact: no float on the way
 
-    def _common_args(self, organization_id: str) -> list[ScriptArg]:
-        return [
-            self._keys.org(organization_id),
-            self._now_arg(),
-            new_ledger_id()[:LEDGER_ID_BASE_LEN],
-        ]
+    def _common_args(self, organization_id: str, org_key: str | None = None) -> list[ScriptArg]:
+        """The organization's key prefix (``org_key`` when known), the clock, a new ledger id
+        base (also the call's request id)."""
+        org = org_key if org_key is not None else self._keys.org(organization_id)
+        return [org, self._now_arg(), new_ledger_id_base()]
 
     async def _raw(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         """One script call's raw reply, through the batcher (or the runtime), measured by the
         instruments; the calls Redis could not answer are counted and logged."""
+        if self._check_cache is not None and name in MUTATIONS:
+            self._check_cache.drop(keys)  # the scope's subject keys, a budget's key
         with self._instruments.call(name):
             try:
                 return await self._dispatch(name, keys, args)
@@ -360,7 +419,10 @@ class BudgetKit:
     ) -> Reply:
         """One script call's decoded reply (the shared shape of lua/_lib.lua)."""
         raw = await self._raw(name, keys, args)
-        return parse_reply(raw, snapshots=snapshots, levels=levels)
+        reply = parse_reply(raw, snapshots=snapshots, levels=levels)
+        if self._check_cache is not None and name in MUTATIONS and name not in SCOPE_WRITES:
+            self._after_write(reply, str(args[0]))
+        return reply
 
     def _mutation(
         self,
@@ -370,6 +432,7 @@ class BudgetKit:
         request: object = None,
         *,
         keep: bool = False,
+        org_key: str | None = None,
     ) -> tuple[list[ScriptArg], str, list[ScriptArg]]:
         """The common args, the request record key and its (fingerprint, ttl_ms) args of one
         mutating call (budgetkit._core.redelivery: a call sent twice applies once).
@@ -377,9 +440,10 @@ class BudgetKit:
         With an idempotency ``key`` the record is scoped per organization and operation kind,
         its fingerprint a SHA-256 of the canonical ``request`` (the same key with another request
         is detected), kept for the idempotency TTL (``keep``: for good). Without one, the record
-        is the call's own (its random ledger id base), kept for the redelivery window.
+        is the call's own (its random ledger id base), kept for the redelivery window, and
+        ``request`` is not read (callers pass None then). ``org_key``: as ``_common_args``.
         """
-        common = self._common_args(organization_id)
+        common = self._common_args(organization_id, org_key)
         if key is None:
             request_id = str(common[2]).removeprefix("ledger_")
             record = self._keys.request(organization_id, request_id)
@@ -391,7 +455,17 @@ class BudgetKit:
         record = self._keys.idempotency(organization_id, operation, name)
         return common, record, [fingerprint, ttl_ms]
 
+    def _scope(self, scope: Scope) -> ScopeKeys:
+        """The scope's keys and levels (computed once per scope: Keyspace.scope)."""
+        if not isinstance(scope, Scope):
+            raise InvalidInput("scope must be a budgetkit.Scope")
+        return self._keys.scope(scope)
+
     def _scope_keys(self, scope: Scope, only: tuple[str, ...] | None = None) -> list[str]:
+        """The subject keys of the scope's (``only``) levels, then the event stream's key."""
+        if only is None:
+            scoped = self._scope(scope)
+            return [*scoped.subjects, scoped.events]
         if not isinstance(scope, Scope):
             raise InvalidInput("scope must be a budgetkit.Scope")
         org = scope.organization_id
@@ -582,15 +656,24 @@ class BudgetKit:
     async def _check_reply(self, scope: Scope) -> Reply | None:
         """The scope's snapshots (check.lua, or check_ro.lua on the read replica); None when the
         store stays unavailable after CHECK_ATTEMPTS_MAX tries."""
-        keys = self._scope_keys(scope)
-        levels = scope.levels()
+        scoped = self._scope(scope)
+        keys, levels = [*scoped.subjects, scoped.events], scoped.levels
+        cache = self._check_cache
+        if cache is not None:
+            cached = cache.lookup(scoped, None if self._clock is None else int(self._now_arg()))
+            if cached is not None:
+                return cached
         for attempt in range(1, CHECK_ATTEMPTS_MAX + 1):
             try:
-                args = self._common_args(scope.organization_id)
-                if self._replica is not None:
+                args = self._common_args(scope.organization_id, scoped.org)
+                if self._replica is not None:  # never cached: as fresh as the replica
                     raw = await self._replica.call("check_ro", keys, args, readonly=True)
                     return parse_reply(raw, snapshots=True, levels=levels)
-                return await self._run("check", keys, args, snapshots=True, levels=levels)
+                ticket = None if cache is None else cache.ticket(scope.organization_id)
+                reply = await self._run("check", keys, args, snapshots=True, levels=levels)
+                if cache is not None:
+                    cache.fill(scope.organization_id, scoped, reply, ticket)
+                return reply
             except BudgetUnavailable as error:
                 if attempt < CHECK_ATTEMPTS_MAX:
                     self.counters.check_retries += 1
@@ -689,14 +772,19 @@ class BudgetKit:
         makes the script refuse the call, writing nothing)."""
         operation = "debit" if hold_id is None else "commit"
         unpriced_text = convert.unpriced_text(unpriced)
-        keys = self._scope_keys(scope)
+        scoped = self._scope(scope)
         org = scope.organization_id
         fields = convert.usage_fields(
             scope, usage.meter_source, usage.ref_type, usage.ref_id, usage.description
         )
-        target: object = keys[:-1] if hold_id is None else hold_id
-        request = [target, fields, sorted(micros.items()), unpriced_text]
-        common, record, record_args = self._mutation(org, operation, usage.idempotency_key, request)
+        key = usage.idempotency_key
+        request = None
+        if key is not None:  # the canonical request, fingerprinted with the key
+            target: object = list(scoped.subjects) if hold_id is None else hold_id
+            request = [target, fields, sorted(micros.items()), unpriced_text]
+        common, record, record_args = self._mutation(
+            org, operation, key, request, org_key=scoped.org
+        )
         held = [] if hold_id is None else [hold_id]
         hold_key = [] if hold_id is None else [self._keys.hold(org, hold_id)]
         args = [
@@ -707,13 +795,18 @@ class BudgetKit:
             unpriced_text,
             *convert.amount_args(micros),
         ]
-        script_keys = [*keys[:-1], *hold_key, record, keys[-1]]
-        levels = scope.levels()
+        script_keys = [*scoped.subjects, *hold_key, record, scoped.events]
+        levels = scoped.levels
+        cache = self._check_cache
+        ticket = None if cache is None else cache.ticket(org)
         reply = await self._run(operation, script_keys, args, snapshots=True, levels=levels)
-        return DebitResult(
+        if cache is not None:  # the reply shows the scope as the write left it
+            self._after_write(reply, scoped.org, (org, scoped, ticket))
+        return trusted(  # = DebitResult(...) without validating what was just built
+            DebitResult,
             check=self._verdict(reply.snapshots),
             entries=reply.ledger_entries(),
-            events=[e.to_event(org) for e in reply.events],
+            events=reply.budget_events(org),
             unbudgeted=_unbudgeted(micros, reply.snapshots),
             replayed=reply.replayed,
         )
@@ -734,11 +827,15 @@ class BudgetKit:
         """
         micros = convert.amounts_micros(amounts, strict=self._strict)
         ttl_ms = convert.ttl_ms(ttl_seconds)
-        keys = self._scope_keys(scope)
+        scoped = self._scope(scope)
         org = scope.organization_id
         hold_id = new_hold_id()
-        request = [keys[:-1], sorted(micros.items()), ttl_ms, scope.session_id]
-        common, record, record_args = self._mutation(org, "reserve", idempotency_key, request)
+        request = None
+        if idempotency_key is not None:  # the canonical request, fingerprinted with the key
+            request = [list(scoped.subjects), sorted(micros.items()), ttl_ms, scope.session_id]
+        common, record, record_args = self._mutation(
+            org, "reserve", idempotency_key, request, org_key=scoped.org
+        )
         args: list[ScriptArg] = [
             *common,
             *record_args,
@@ -749,8 +846,12 @@ class BudgetKit:
             *convert.amount_args(micros),
         ]
         hold_key = self._keys.hold(org, hold_id)
-        raw = await self._raw("reserve", [*keys[:-1], hold_key, record, keys[-1]], args)
-        reply = parse_reply(raw, tags=3, snapshots=True, levels=scope.levels())
+        cache = self._check_cache
+        ticket = None if cache is None else cache.ticket(org)
+        raw = await self._raw("reserve", [*scoped.subjects, hold_key, record, scoped.events], args)
+        reply = parse_reply(raw, tags=3, snapshots=True, levels=scoped.levels)
+        if cache is not None:  # the reply shows the scope as the reservation left it
+            self._after_write(reply, scoped.org, (org, scoped, ticket))
         verdict, ident, expires = reply.tags
         snapshots = reply.snapshots
         amounts_out = {currency: from_micros(m) for currency, m in micros.items()}
@@ -760,9 +861,12 @@ class BudgetKit:
                 denied = next(s for s in snapshots if s.budget_id == ident)
                 check = insufficient_result(denied, micros[denied.currency])
             self._instruments.reservation_decided(False, check.error_code)
-            return Reservation(granted=False, scope=scope, amounts=amounts_out, check=check)
+            return trusted(
+                Reservation, granted=False, scope=scope, amounts=amounts_out, check=check
+            )
         self._instruments.reservation_decided(True, None)
-        return Reservation(
+        return trusted(  # = Reservation(...) without validating what was just built
+            Reservation,
             granted=True,
             id=ident,
             scope=scope,

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 
-from budgetkit._core.amounts import MAX_MICROS, to_micros
+from budgetkit._core.amounts import MAX_MICROS, plain_micros, to_micros
 from budgetkit._core.errors import InvalidInput, InvalidLimit, InvalidPeriod, short_repr
 from budgetkit._core.ids import normalize_currency
 from budgetkit._core.models import (
@@ -159,11 +159,16 @@ def amounts_micros(amounts: Mapping[str, Amount], *, strict: bool = False) -> di
         code = normalize_currency(currency)
         if code in out:
             raise InvalidInput(f"currency {code!r} given twice")
-        out[code] = to_micros(amount, field=f"amount[{code}]", strict=strict)
+        micros = plain_micros(amount)  # the common case, without building the field's name
+        if micros is None:
+            micros = to_micros(amount, field=f"amount[{code}]", strict=strict)
+        out[code] = micros
     return out
 
 
 def unpriced_text(currencies: object) -> str:
+    if type(currencies) in (tuple, list) and not currencies:  # the common case: none
+        return ""
     if isinstance(currencies, str) or not isinstance(currencies, Sequence):
         raise InvalidInput("unpriced_currencies must be a sequence of currency codes")
     return ",".join(sorted({normalize_currency(c) for c in currencies}))
@@ -204,6 +209,13 @@ def page_bounds(limit: object, offset: object, limit_max: int) -> tuple[int, int
 
 def ttl_ms(ttl_seconds: object) -> int:
     """A hold TTL in ms: a finite number of seconds in (0, 7 days], rounded half-up to the ms."""
+    if (
+        isinstance(ttl_seconds, int | float)
+        and not isinstance(ttl_seconds, bool)
+        and 0 < ttl_seconds <= HOLD_TTL_S_MAX
+        and float(ttl_seconds).is_integer()
+    ):
+        return int(ttl_seconds) * 1000  # whole seconds (the common case): exact, no Decimal
     problem = f"ttl_seconds must be a number of seconds in (0, {HOLD_TTL_S_MAX}]"
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int | float | Decimal):
         raise InvalidInput(f"{problem}, got {short_repr(ttl_seconds)}")

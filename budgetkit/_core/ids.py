@@ -10,8 +10,8 @@ characters, no ``{`` or ``}`` (they delimit Redis Cluster hash tags).
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import threading
 import time
 import unicodedata
@@ -28,6 +28,7 @@ __all__ = [
     "new_budget_id",
     "new_hold_id",
     "new_ledger_id",
+    "new_ledger_id_base",
     "normalize_currency",
     "parse_budget_id",
     "parse_hold_id",
@@ -58,6 +59,14 @@ _COUNTER_MAX = 0xFFF
 #: A fresh counter starts below this, leaving at least 2048 increments before it overflows.
 _COUNTER_SEED_BOUND = 0x800
 
+#: Random 64-bit words read from the OS's CSPRNG per refill of the pool (one read of 512 bytes).
+_RANDOM_WORDS_PER_READ = 64
+_RAND_B_MASK = (1 << 62) - 1
+
+#: A caller-supplied identifier that is certainly valid: 1-256 printable ASCII characters other
+#: than space, ``{`` and ``}`` (validate_identifier's rules, checked by one regex in C).
+_PLAIN_IDENTIFIER_RE = re.compile(f"[!-z|~]{{1,{IDENTIFIER_BYTES_MAX}}}")
+
 _HEX32 = "[0-9a-f]{32}"
 _CURRENCY_RE = re.compile(f"[a-z0-9_]{{1,{CURRENCY_CHARS_MAX}}}")
 _TYPED_ID_RES = {
@@ -76,6 +85,25 @@ class _Uuid7State:
 
 _LOCK = threading.Lock()
 
+#: Random words not handed out yet (os.urandom, read in batches: one syscall per 64 ids).
+_RANDOM_WORDS: list[int] = []
+
+
+def _random_word() -> int:
+    """A 64-bit random integer from the OS's CSPRNG (as ``secrets``), read in batches.
+
+    Why: one ``os.urandom`` call per id costs more than the rest of the id. Call with ``_LOCK``
+    held. A forked child never reuses its parent's words (the pool is emptied in the child).
+    """
+    if not _RANDOM_WORDS:
+        data = os.urandom(8 * _RANDOM_WORDS_PER_READ)
+        _RANDOM_WORDS.extend(memoryview(data).cast("Q").tolist())
+    return _RANDOM_WORDS.pop()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_RANDOM_WORDS.clear)
+
 #: State of ids stamped by the system clock, and (apart, so that an explicit far-future or past
 #: ``now_ms`` never drags the clock's ids along) of ids stamped with an explicit ``now_ms``.
 _CLOCK_STATE = _Uuid7State()
@@ -87,8 +115,8 @@ def _show(value: object) -> str:
     return short_repr(value)
 
 
-def _next_ms_and_counter(now_ms: int, *, from_clock: bool) -> tuple[int, int]:
-    """Pick the timestamp (ms) and 12-bit counter of the next UUIDv7.
+def _next_ms_and_counter(now_ms: int, *, from_clock: bool) -> tuple[int, int, int]:
+    """Pick the timestamp (ms), 12-bit counter and 62 random bits of the next UUIDv7.
 
     Why: within one millisecond the counter increments, so ids of one process are strictly
     increasing. With the system clock (``from_clock``) a clock that steps back reuses the last
@@ -103,10 +131,11 @@ def _next_ms_and_counter(now_ms: int, *, from_clock: bool) -> tuple[int, int]:
         else:
             if ms == state.last_ms and from_clock and ms < _UUID7_MS_MAX:
                 ms += 1
-            counter = secrets.randbelow(_COUNTER_SEED_BOUND)
+            counter = _random_word() % _COUNTER_SEED_BOUND  # a power of 2: uniform
         state.last_ms = ms
         state.last_counter = counter
-    return ms, counter
+        rand_b = _random_word() & _RAND_B_MASK
+    return ms, counter, rand_b
 
 
 def uuid7_hex(now_ms: int | None = None) -> str:
@@ -114,9 +143,15 @@ def uuid7_hex(now_ms: int | None = None) -> str:
 
     Why: UUIDv7 ids sort by creation time, which keeps listings and Redis keys in time order.
     Layout: 48-bit unix time in ms, version 7, 12-bit counter (``rand_a``), variant ``10``, 62
-    random bits from ``secrets``. ``now_ms``: unix time in ms, ``0 <= now_ms < 2**48``; None uses
-    the system clock. Raises InvalidInput for an out-of-range ``now_ms``.
+    random bits from the OS's CSPRNG (``os.urandom``, as ``secrets`` reads it). ``now_ms``: unix
+    time in ms, ``0 <= now_ms < 2**48``; None uses the system clock. Raises InvalidInput for an
+    out-of-range ``now_ms``.
     """
+    return f"{_uuid7_int(now_ms):032x}"
+
+
+def _uuid7_int(now_ms: int | None = None) -> int:
+    """A new UUIDv7 as a 128-bit integer (see uuid7_hex)."""
     from_clock = now_ms is None
     if now_ms is None:
         now_ms = time.time_ns() // 1_000_000
@@ -124,10 +159,8 @@ def uuid7_hex(now_ms: int | None = None) -> str:
         raise InvalidInput(f"now_ms must be an int, got {type(now_ms).__name__}")
     if not 0 <= now_ms <= _UUID7_MS_MAX:
         raise InvalidInput(f"now_ms must be in [0, 2**48), got {now_ms}")
-    ms, counter = _next_ms_and_counter(now_ms, from_clock=from_clock)
-    rand_b = secrets.randbits(62)
-    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
-    return f"{value:032x}"
+    ms, counter, rand_b = _next_ms_and_counter(now_ms, from_clock=from_clock)
+    return (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
 
 
 def new_budget_id() -> str:
@@ -138,6 +171,13 @@ def new_budget_id() -> str:
 def new_ledger_id() -> str:
     """Return a new ledger entry id, ``ledger_<32 hex>`` (time-ordered UUIDv7)."""
     return f"{LEDGER_ID_PREFIX}_{uuid7_hex()}"
+
+
+def new_ledger_id_base() -> str:
+    """Return a call's ledger id base: ``ledger_`` + the first 30 hex digits of a new ledger id
+    (LEDGER_ID_BASE_LEN characters; the scripts append 2 hex digits per entry). Its 30 hex
+    digits are also the call's request id (budgetkit._core.redelivery)."""
+    return f"{LEDGER_ID_PREFIX}_{_uuid7_int() >> 8:030x}"
 
 
 def new_hold_id() -> str:
@@ -212,6 +252,8 @@ def validate_identifier(value: object, *, field: str) -> str:
     Rules: a str of 1-256 UTF-8 bytes; every character printable; no whitespace; no ``{`` ``}``.
     ``field`` names the argument in the error message.
     """
+    if type(value) is str and _PLAIN_IDENTIFIER_RE.fullmatch(value) is not None:
+        return value  # the common case, decided in C; anything else takes the checks below
     if not isinstance(value, str):
         raise InvalidIdentifier(f"{field} must be a str, got {type(value).__name__}")
     if not value:

@@ -30,11 +30,13 @@ Layout (``P`` = prefix, default ``bk``):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from budgetkit._core.errors import InvalidIdentifier
+from budgetkit._core.scope import Scope
 
 #: Every key suffix after the organization's prefix ``P:{org}:``. The scripts build the keys they
 #: find by a budget id themselves (lua/_lib.lua: BUDGET_KEY, LEDGER_KEY, HOLD_INDEX_KEY,
@@ -56,6 +58,33 @@ _S = KEY_SUFFIXES
 #: The one key outside every organization: ``P:format``.
 FORMAT_SUFFIX: Final = "format"
 
+#: How many scopes' keys are kept (per process, least recently used dropped first).
+SCOPES_CACHED_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeKeys:
+    """The keys of one scope under one prefix, computed once (Keyspace.scope).
+
+    ``subjects``: the subject keys of the scope's levels, most specific first; ``levels``: those
+    levels as (subject type wire name, subject id), in the same order; ``org``: the
+    organization's key prefix; ``events``: its event stream.
+    """
+
+    org: str
+    subjects: tuple[str, ...]
+    levels: tuple[tuple[str, str], ...]
+    events: str
+
+
+@functools.lru_cache(maxsize=SCOPES_CACHED_MAX)
+def _scope_keys(prefix: str, scope: Scope) -> ScopeKeys:
+    keyspace = Keyspace(prefix)
+    org = scope.organization_id
+    levels = tuple(scope.levels())
+    subjects = tuple(keyspace.subject(org, kind, sid) for kind, sid in levels)
+    return ScopeKeys(keyspace.org(org), subjects, levels, keyspace.events(org))
+
 
 @dataclass(frozen=True, slots=True)
 class Keyspace:
@@ -68,12 +97,22 @@ class Keyspace:
         if not self.prefix or bad or len(self.prefix) > 64:
             raise InvalidIdentifier("prefix must be 1-64 characters without braces or whitespace")
 
+    def scope(self, scope: Scope) -> ScopeKeys:
+        """The keys of a scope's levels and organization (cached: a scope is immutable, and the
+        hot path asks for the same scopes again and again)."""
+        return _scope_keys(self.prefix, scope)
+
     def org(self, organization_id: str) -> str:
         """The key prefix of one organization (``P:{org}:``); scripts append to it."""
         return f"{self.prefix}:{{{organization_id}}}:"
 
     def budget(self, organization_id: str, budget_id: str) -> str:
         return f"{self.org(organization_id)}{_S['budget']}{budget_id}"
+
+    @staticmethod
+    def budget_under(org_key: str, budget_id: str) -> str:
+        """A budget's key from its organization's prefix (``org``'s result)."""
+        return f"{org_key}{_S['budget']}{budget_id}"
 
     def subject(self, organization_id: str, subject_type_wire: str, subject_id: str) -> str:
         return f"{self.org(organization_id)}{_S['subject']}{subject_type_wire}:{subject_id}"

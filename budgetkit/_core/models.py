@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias, get_args
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -35,6 +35,7 @@ from pydantic import (
     field_validator,
     model_serializer,
 )
+from pydantic_core import PydanticUndefined
 
 from budgetkit._core.errors import InvalidInput, InvalidPeriod, InvalidStatus, short_repr
 from budgetkit._core.ids import (
@@ -72,6 +73,7 @@ __all__ = [
     "json_schemas",
     "parse_period",
     "parse_timestamp",
+    "trusted",
 ]
 
 #: Longest period of a duration or rolling budget, in seconds (2**53, exact in a Lua double).
@@ -299,6 +301,87 @@ class _WireModel(BaseModel):
     _serialize = model_serializer(mode="wrap")(
         lambda self, handler: self._without_absent(handler(self))
     )
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+#: Per model class: (field name, default, default factory) in declaration order.
+_FieldPlan: TypeAlias = tuple[tuple[str, Any, Any], ...]
+_FIELD_PLANS: dict[type[BaseModel], _FieldPlan] = {}
+#: Per model class: its field names in declaration order, and as a set.
+_FIELD_NAMES: dict[type[BaseModel], tuple[tuple[str, ...], frozenset[str]]] = {}
+_object_setattr = object.__setattr__
+
+
+#: Defaults ``trusted`` shares between instances as they are (pydantic copies others).
+_IMMUTABLE_DEFAULTS = (type(None), bool, int, float, str)
+
+
+def _field_plan(cls: type[BaseModel]) -> _FieldPlan:
+    """The fields of a model ``trusted`` can build: plain fields, immutable defaults, no
+    post-init hook, no private attributes, no extra fields (TypeError otherwise)."""
+    plan = _FIELD_PLANS.get(cls)
+    if plan is None:
+        hooks = cls.__pydantic_post_init__ or cls.__private_attributes__
+        if hooks or cls.model_config.get("extra") == "allow" or cls.__pydantic_root_model__:
+            raise TypeError(f"trusted() cannot build a {cls.__name__}")
+        for name, field in cls.model_fields.items():
+            default = field.default
+            plain = default is PydanticUndefined or isinstance(default, _IMMUTABLE_DEFAULTS)
+            if field.alias not in (None, name) or not plain:
+                raise TypeError(f"trusted() cannot build {cls.__name__}.{name}")
+        fields = cls.model_fields.items()
+        plan = tuple((name, f.default, f.default_factory) for name, f in fields)
+        names = tuple(name for name, _, _ in plan)
+        _FIELD_NAMES[cls] = names, frozenset(names)
+        _FIELD_PLANS[cls] = plan
+    return plan
+
+
+def _with_defaults(
+    cls: type[BaseModel], plan: _FieldPlan, values: dict[str, Any]
+) -> dict[str, Any]:
+    """The fields' values in declaration order, defaults filled in (see ``trusted``)."""
+    data: dict[str, Any] = {}
+    given = 0
+    for name, default, factory in plan:
+        if name in values:
+            data[name] = values[name]
+            given += 1
+        elif factory is not None:
+            data[name] = factory()
+        elif default is PydanticUndefined:
+            raise TypeError(f"{cls.__name__}: missing required field {name!r}")
+        else:
+            data[name] = default
+    if given != len(values):
+        unknown = sorted(set(values) - set(data))
+        raise TypeError(f"{cls.__name__}: unknown fields {unknown}")
+    return data
+
+
+def trusted(cls: type[_Model], /, **values: Any) -> _Model:
+    """A model of values that are already exactly what validating them would produce.
+
+    Why: the hot path builds its results from replies the scripts just produced and values
+    budgetkit just computed (floats of integer micros, UTC datetimes, ids the scripts checked);
+    validating them again costs more than the rest of the reply's decoding. The object is the
+    one ``cls(**values)`` builds: the same ``__dict__`` (declaration order, defaults filled in),
+    fields set, equality, ``model_dump`` and JSON (tests/test_lean_client.py compares them).
+    Never for a caller's input. Raises TypeError for an unknown or a missing required field.
+    """
+    plan = _FIELD_PLANS.get(cls) or _field_plan(cls)
+    names, every = _FIELD_NAMES[cls]
+    if values.keys() == every:  # every field given: the values in the fields' order
+        data = {name: values[name] for name in names}
+    else:
+        data = _with_defaults(cls, plan, values)
+    model = cls.__new__(cls)
+    _object_setattr(model, "__dict__", data)
+    _object_setattr(model, "__pydantic_fields_set__", set(values))
+    _object_setattr(model, "__pydantic_extra__", None)
+    _object_setattr(model, "__pydantic_private__", None)
+    return model
 
 
 # ============================================================================

@@ -8,12 +8,12 @@ exactly with ``int``. Text fields arrive as bytes. Nothing here talks to Redis.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from budgetkit._core.amounts import from_micros
 from budgetkit._core.errors import BudgetkitError, CorruptState, ScriptError, short_repr
@@ -25,6 +25,7 @@ from budgetkit._core.models import (
     BudgetSubjectType,
     LedgerEntry,
     parse_period,
+    trusted,
 )
 from budgetkit._core.rules import BudgetSnapshot, event_message
 
@@ -35,12 +36,29 @@ EVENT_WIDTH = 10
 
 #: One decoded reply field: text, or an exact integer.
 Field = str | int
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Up to the last millisecond of year 9999 (datetime's range), times take the fast path.
+_FAST_MS_MAX = 253_402_300_799_999
+#: The last conversion, (ms, datetime): the entries and events of one call share their time.
+_last_time: tuple[int, datetime] = (0, _EPOCH)
 
 
 def ms_to_datetime(ms: int) -> datetime:
     """UTC datetime of integer milliseconds since the epoch (exact)."""
-    seconds, millis = divmod(ms, 1000)
-    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=millis * 1000)
+    global _last_time
+    last = _last_time
+    if last[0] == ms:
+        return last[1]  # datetimes are immutable: sharing one is safe
+    if 0 <= ms <= _FAST_MS_MAX:
+        value = _EPOCH + timedelta(milliseconds=ms)
+    else:  # out of datetime's range or before the epoch: the errors as they always were
+        seconds, millis = divmod(ms, 1000)
+        value = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=millis * 1000)
+    _last_time = (ms, value)
+    return value
 
 
 def text_of(value: Any) -> str:
@@ -50,7 +68,7 @@ def text_of(value: Any) -> str:
 
 def _decode_all(raw: Any) -> list[Field]:
     """Bytes become str; integer replies stay int."""
-    return [v.decode("utf-8") if type(v) is bytes else v for v in raw]
+    return [v.decode() if type(v) is bytes else v for v in raw]  # UTF-8
 
 
 def _opt_int(value: Field) -> int | None:
@@ -195,9 +213,12 @@ class EntryRecord:
             created_ms=int(f[8]),
         )
 
-    def to_entry(self, currency: str | None = None) -> LedgerEntry:
-        """The seed model; ``currency`` is the budget's (Python-only field)."""
-        return LedgerEntry(
+    def to_entry(self, currency: str | None = None, *, checked: bool = True) -> LedgerEntry:
+        """The seed model; ``currency`` is the budget's (Python-only field). ``checked=False``
+        skips validation, for an entry the call's own script just wrote (models.trusted)."""
+        return _model(
+            LedgerEntry,
+            checked,
             currency=currency,
             id=self.id,
             budget_id=self.budget_id,
@@ -246,7 +267,9 @@ class EventRecord:
         names = ("type", "bid", "bal", "lim", "cur", "soft", "ack", "ts", "thr")
         return cls.from_fields([stream_id, *(fields.get(n, "") for n in names)])
 
-    def to_event(self, organization_id: str) -> BudgetEvent:
+    def to_event(self, organization_id: str, *, checked: bool = True) -> BudgetEvent:
+        """The event model; ``checked=False`` skips validation, for an event the call's own
+        script just emitted (models.trusted)."""
         soft = self.soft_limit_micros
         message = event_message(
             self.type,
@@ -258,7 +281,9 @@ class EventRecord:
             self.threshold_ppm,
         )
         ppm = self.threshold_ppm
-        data = BudgetEventData(
+        data = _model(
+            BudgetEventData,
+            checked,
             budget_id=self.budget_id,
             balance=from_micros(self.balance_micros),
             limit=from_micros(self.limit_micros),
@@ -267,9 +292,11 @@ class EventRecord:
             soft_limit=None if soft is None else from_micros(soft),
             threshold=None if ppm is None else ppm / 1_000_000,
         )
-        return BudgetEvent(
+        return _model(
+            BudgetEvent,
+            checked,
             id=self.stream_id,
-            type=self.type,  # type: ignore[arg-type]
+            type=self.type,
             organization_id=organization_id,
             created_at=ms_to_datetime(self.created_ms),
             data=data,
@@ -288,6 +315,9 @@ class Reply:
     events: list[EventRecord]
     replayed: bool = False
     tags: tuple[str, ...] = ()
+    #: Snapshot replies: until when (ms, exclusive) the budgets stay as shown by the clock
+    #: alone (the earliest period end or hold expiry; lua/_lib.lua valid_until); None otherwise.
+    valid_until_ms: int | None = None
 
     def currencies(self) -> dict[str, str]:
         """Budget id -> currency of every budget in the reply (to label its entries)."""
@@ -296,13 +326,29 @@ class Reply:
         return found
 
     def ledger_entries(self) -> list[LedgerEntry]:
-        """The entries written, each labelled with its budget's currency."""
+        """The entries written, each labelled with its budget's currency (built unvalidated:
+        the call's own script just wrote them)."""
+        if not self.entries:
+            return []
         currencies = self.currencies()
-        return [e.to_entry(currencies.get(e.budget_id)) for e in self.entries]
+        return [e.to_entry(currencies.get(e.budget_id), checked=False) for e in self.entries]
+
+    def budget_events(self, organization_id: str) -> list[BudgetEvent]:
+        """The events emitted (built unvalidated: the call's own script just emitted them)."""
+        return [e.to_event(organization_id, checked=False) for e in self.events]
 
 
-def _chunks(fields: Iterator[Field], count: int, width: int) -> list[list[Field]]:
-    return [[next(fields) for _ in range(width)] for _ in range(count)]
+def _model(cls: type[_Model], checked: bool, /, **values: Any) -> _Model:
+    """``cls(**values)``, or the same object unvalidated (models.trusted) unless ``checked``."""
+    return cls(**values) if checked else trusted(cls, **values)
+
+
+def _chunks(values: list[Field], at: int, count: int, width: int) -> list[list[Field]]:
+    """``count`` runs of ``width`` fields from ``values[at]``; ValueError past the end."""
+    end = at + count * width
+    if count < 0 or end > len(values):
+        raise ValueError(f"{count} records of {width} fields at {at} of {len(values)}")
+    return [values[i : i + width] for i in range(at, end, width)]
 
 
 def parse_reply(raw: Any, tags: int = 0, snapshots: bool = False, levels: Levels = ()) -> Reply:
@@ -313,35 +359,44 @@ def parse_reply(raw: Any, tags: int = 0, snapshots: bool = False, levels: Levels
     try:
         values = _decode_all(raw)
         replayed = bool(values) and values[0] == "replayed"
-        fields = iter(values[1:] if replayed else values)
-        leading = tuple(str(next(fields)) for _ in range(tags))
-        now_ms = int(next(fields))
-        count = int(next(fields))
+        at = 1 if replayed else 0
+        leading = tuple(str(v) for v in values[at : at + tags])
+        if len(leading) != tags:
+            raise ValueError(f"{len(leading)} of {tags} leading tags")
+        at += tags
+        now_ms = int(values[at])
+        count = int(values[at + 1])
+        at += 2
         records: list[BudgetRecord] = []
         snaps: list[BudgetSnapshot] = []
         if snapshots:
-            chunks = _chunks(fields, count, SNAPSHOT_WIDTH)
+            chunks = _chunks(values, at, count, SNAPSHOT_WIDTH)
             snaps = [snapshot_from_fields(c, levels) for c in chunks]
+            at += count * SNAPSHOT_WIDTH
         else:
-            records = [BudgetRecord.from_fields(c) for c in _chunks(fields, count, RECORD_WIDTH)]
-        entries = [
-            EntryRecord.from_fields(c) for c in _chunks(fields, int(next(fields)), ENTRY_WIDTH)
-        ]
-        events = [
-            EventRecord.from_fields(c) for c in _chunks(fields, int(next(fields)), EVENT_WIDTH)
-        ]
-    except (StopIteration, ValueError, TypeError) as error:
+            chunks = _chunks(values, at, count, RECORD_WIDTH)
+            records = [BudgetRecord.from_fields(c) for c in chunks]
+            at += count * RECORD_WIDTH
+        count = int(values[at])
+        entries = [EntryRecord.from_fields(c) for c in _chunks(values, at + 1, count, ENTRY_WIDTH)]
+        at += 1 + count * ENTRY_WIDTH
+        count = int(values[at])
+        events = [EventRecord.from_fields(c) for c in _chunks(values, at + 1, count, EVENT_WIDTH)]
+        at += 1 + count * EVENT_WIDTH
+        valid_until = int(values[at]) if snapshots and at < len(values) else None
+    except (IndexError, ValueError, TypeError) as error:
         raise ScriptError(f"malformed script reply: {error}") from error
-    return Reply(now_ms, records, snaps, entries, events, replayed, leading)
+    return Reply(now_ms, records, snaps, entries, events, replayed, leading, valid_until)
 
 
 def parse_entries(raw: Any) -> tuple[str, list[EntryRecord]]:
     """Decodes ledger.lua's reply: the budget's currency, a count, then ENTRY_WIDTH fields per
     entry."""
     try:
-        fields = iter(_decode_all(raw))
-        currency = str(next(fields))
-        count = int(next(fields))
-        return currency, [EntryRecord.from_fields(c) for c in _chunks(fields, count, ENTRY_WIDTH)]
-    except (StopIteration, ValueError, TypeError) as error:
+        values = _decode_all(raw)
+        currency = str(values[0])
+        count = int(values[1])
+        chunks = _chunks(values, 2, count, ENTRY_WIDTH)
+        return currency, [EntryRecord.from_fields(c) for c in chunks]
+    except (IndexError, ValueError, TypeError) as error:
         raise ScriptError(f"malformed ledger reply: {error}") from error

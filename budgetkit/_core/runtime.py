@@ -68,6 +68,7 @@ from budgetkit._core.errors import (
     BudgetkitError,
     BudgetUnavailable,
     OutcomeUnknown,
+    PermissionDenied,
     ScriptError,
 )
 from budgetkit._core.redelivery import RESENDS_MAX
@@ -347,11 +348,19 @@ class ScriptRuntime:
 
     async def verify_format(self) -> None:
         """Before the first call: StoreFormatMismatch unless this release reads the store's
-        stored-format version (budgetkit._core.storeformat); then never again."""
+        stored-format version (budgetkit._core.storeformat); then never again. A client whose
+        ACL may not read the key (a worker confined to one organization) does not check it."""
         key = self._format_key
         if key is None:
             return
-        verify(key, await self.stored_format(key))
+        try:
+            found = await self.stored_format(key)
+        except PermissionDenied as error:  # an ACL confined to some organizations' keys
+            log.info(
+                "budgetkit: stored-format version not checked, %s may not be read: %s", key, error
+            )
+        else:
+            verify(key, found)
         self._format_key = None
 
     async def stored_format(self, key: str) -> int | None:

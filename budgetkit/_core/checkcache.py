@@ -1,0 +1,517 @@
+"""The check cache: ``check`` and ``check_tool`` answered from memory, kept exact by Redis's own
+invalidations (``kit.enable_check_cache()``; issue 17).
+
+What it stores: per scope, the reply of the last round trip that showed the scope's budgets (a
+``check``, or the kit's own ``debit`` / ``reserve`` / ``commit``, whose replies carry the same
+snapshots), with the keys it depends on (the scope's subject index sets and its budgets'
+hashes) and ``valid_until_ms``, computed by the script: the earliest end of a current period or
+expiry of a hold among those budgets. A cached answer is the uncached one: the same reply goes
+through the same rules (``BudgetKit._check_reply``).
+
+Why it is exact:
+
+- **Invalidations.** A dedicated RESP3 connection (``Tracker``) runs ``CLIENT TRACKING ON BCAST
+  PREFIX P:{org}:`` for every organization the cache serves: Redis pushes the name of every key
+  written under those prefixes. Every pushed budget or subject key gets the next value of a
+  sequence (``_touched``); an entry is served only while none of its keys was pushed after the
+  call that filled it was *sent* (its ``Ticket``), so a write that raced the round trip is never
+  served as current.
+- **Own writes.** The kit's own mutations drop the entries of the keys they touch before they
+  are sent and again when their reply comes back (``drop``), so a check after an acknowledged
+  write never sees the state before it (read-your-writes), even when the ack beats the push.
+- **Time.** An entry is served only while the clock is before its ``valid_until_ms``: a period
+  rollover or a hold expiry is never answered from memory. The clock is the kit's (tests) or the
+  server's, estimated from the filling reply's ``now`` plus the local time elapsed since that
+  call was sent (never behind the server's).
+- **A heartbeat lease.** Every ``heartbeat_ms`` the cache writes a key under a prefix of its own
+  and expects its push back; while the last one is older than ``LEASE_BEATS`` heartbeats (a
+  stalled event loop, a silently dead connection), nothing is served. Pushes arrive in order on
+  one connection, so when a new heartbeat's push is read every invalidation before it was too.
+- **Resets.** A broken tracking connection, a flush push (``invalidate`` with no keys) or an
+  error clears everything and starts a new epoch; tickets of an old epoch fill nothing; serving
+  resumes once tracking is re-established and a heartbeat came back.
+
+Other clients' writes are visible within the invalidation latency (the push's trip), or the
+lease, whichever is smaller. One server or a Sentinel-managed primary; not a Cluster, and never a
+read replica's reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from pydantic import BaseModel, ConfigDict
+from redis import exceptions as redis_errors
+from redis._parsers.resp3 import _AsyncRESP3Parser
+
+from budgetkit._core.errors import BudgetUnavailable, InvalidInput
+from budgetkit._core.keys import KEY_SUFFIXES
+
+if TYPE_CHECKING:
+    from budgetkit._core.keys import Keyspace, ScopeKeys
+    from budgetkit._core.replies import Reply
+
+log = logging.getLogger("budgetkit")
+
+HEARTBEAT_MS_MIN: Final = 5
+HEARTBEAT_MS_MAX: Final = 10_000
+#: The cache serves while the last heartbeat came back less than this many heartbeats ago.
+LEASE_BEATS: Final = 2
+#: Entries and remembered keys kept before everything starts over (memory bound).
+ENTRIES_MAX: Final = 100_000
+TOUCHED_MAX: Final = 200_000
+RECONNECT_DELAY_FIRST_S: Final = 0.05
+RECONNECT_DELAY_MAX_S: Final = 1.0
+COMMAND_TIMEOUT_S: Final = 5.0
+#: The key segments a cached reply depends on: budget hashes and subject index sets.
+DEPENDENCY_SEGMENTS: Final = (KEY_SUFFIXES["budget"], KEY_SUFFIXES["subject"])
+_PUSH: Final = object()
+
+
+class CheckCacheStats(BaseModel):
+    """Counters of the check cache since it was enabled (``kit.check_cache_stats()``).
+
+    ``hits``/``misses``: checks answered from memory / by a round trip; ``fills``: replies
+    stored; ``fills_refused``: replies not stored because a key they show was written during
+    the round trip (or tracking was not proven); ``invalidations``: keys Redis pushed;
+    ``resets``: times everything was dropped (connection lost, flush); ``lease_expiries``: times
+    the heartbeat came back late and the cache stopped serving; ``serving``: whether it serves
+    now."""
+
+    model_config = ConfigDict(frozen=True)
+
+    hits: int
+    misses: int
+    fills: int
+    fills_refused: int
+    invalidations: int
+    resets: int
+    lease_expiries: int
+    serving: bool
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """Taken before a round trip is sent: the state a fill from its reply is checked against
+    (the epoch, the sequences of pushed keys and of the kit's own writes, the send time)."""
+
+    epoch: int
+    seq: int
+    own: int
+    sent: float  # time.monotonic()
+
+
+@dataclass(slots=True)
+class _Entry:
+    reply: Reply
+    deps: tuple[str, ...]
+    seq: int
+    valid_until_ms: int
+    server_now_ms: int
+    sent: float
+
+
+@dataclass(slots=True)
+class _Counters:
+    hits: int = 0
+    misses: int = 0
+    fills: int = 0
+    fills_refused: int = 0
+    invalidations: int = 0
+    resets: int = 0
+    lease_expiries: int = 0
+
+
+class Tracker:
+    """The RESP3 connection Redis pushes invalidations to; reconnects by itself.
+
+    Replies to its own commands (``CLIENT TRACKING``) are read by the same reader task as the
+    pushes and matched to the commands in order."""
+
+    def __init__(
+        self,
+        pool: Any,
+        on_keys: Callable[[list[str]], None],
+        on_reset: Callable[[str], None],
+    ) -> None:
+        self._pool = pool
+        self._on_keys = on_keys
+        self._on_reset = on_reset
+        self._prefixes: list[str] = []
+        self._tracked: set[str] = set()
+        self._connection: Any = None
+        self._pending: deque[asyncio.Future[Any]] = deque()
+        self._send_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
+    def tracks(self, prefix: str) -> bool:
+        return prefix in self._tracked
+
+    async def start(self) -> None:
+        await self._connect()
+
+    async def _connect(self) -> None:
+        kwargs = {
+            **self._pool.connection_kwargs,
+            "protocol": 3,
+            "parser_class": _AsyncRESP3Parser,
+        }
+        connection = self._pool.connection_class(**kwargs)
+        await connection.connect()
+        connection._parser.invalidation_push_handler_func = self._handle_push
+        self._connection = connection
+        self._reader = asyncio.ensure_future(self._read(connection))
+        self._tracked = set()
+        for prefix in list(self._prefixes):
+            await self._track(prefix)
+
+    async def track(self, prefix: str) -> None:
+        """Adds ``prefix`` to the tracked prefixes (once)."""
+        if prefix in self._prefixes:
+            return
+        self._prefixes.append(prefix)
+        if self._connection is not None:
+            await self._track(prefix)
+
+    async def _track(self, prefix: str) -> None:
+        await self._command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", prefix)
+        self._tracked.add(prefix)
+
+    async def _command(self, *args: Any) -> Any:
+        connection = self._connection
+        if connection is None:
+            raise BudgetUnavailable("the check cache's tracking connection is down")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        async with self._send_lock:
+            self._pending.append(future)
+            await connection.send_command(*args)
+        reply = await asyncio.wait_for(future, COMMAND_TIMEOUT_S)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def _handle_push(self, response: list[Any]) -> object:
+        keys = response[1] if len(response) > 1 else None
+        if keys is None:
+            self._on_reset("flush")
+        else:
+            self._on_keys([k.decode() if isinstance(k, bytes) else str(k) for k in keys])
+        return _PUSH
+
+    async def _read(self, connection: Any) -> None:
+        try:
+            while True:
+                response = await connection.read_response(push_request=True)
+                if response is _PUSH:
+                    continue
+                if self._pending:
+                    future = self._pending.popleft()
+                    if not future.done():
+                        future.set_result(response)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a closed, killed or broken connection
+            self._broken(connection, error)
+
+    def _broken(self, connection: Any, error: BaseException) -> None:
+        if self._connection is not connection:
+            return
+        self._connection = None
+        self._tracked = set()
+        while self._pending:
+            future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(BudgetUnavailable(f"tracking connection lost: {error}"))
+        _spawn(self._tasks, _disconnect(connection))
+        self._on_reset(f"connection lost: {error}")
+        if not self._closed:
+            _spawn(self._tasks, self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = RECONNECT_DELAY_FIRST_S
+        while not self._closed and self._connection is None:
+            await asyncio.sleep(delay)
+            try:
+                await self._connect()
+            except (redis_errors.RedisError, OSError, BudgetUnavailable) as error:
+                log.debug("budgetkit: check cache reconnect failed: %s", error)
+                self._connection = None
+                delay = min(delay * 2, RECONNECT_DELAY_MAX_S)
+
+    async def close(self) -> None:
+        self._closed = True
+        reader, self._reader = self._reader, None
+        connection, self._connection = self._connection, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.disconnect()
+
+
+@dataclass(slots=True)
+class CheckCache:
+    """The entries, the invalidation sequence and the heartbeat of one kit's cache."""
+
+    client: Any
+    keys: Keyspace
+    heartbeat_ms: int
+    _tracker: Tracker | None = None
+    _entries: dict[ScopeKeys, _Entry] = field(default_factory=dict)
+    _dependents: dict[str, set[ScopeKeys]] = field(default_factory=dict)
+    _touched: dict[str, int] = field(default_factory=dict)
+    _seq: int = 0
+    _written: dict[str, int] = field(default_factory=dict)
+    _own: int = 0
+    _epoch: int = 0
+    _beat_key: str = ""
+    _beat_prefix: str = ""
+    _beat_seen: float = 0.0
+    _lease_s: float = 0.0
+    _beater: asyncio.Task[None] | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _counters: _Counters = field(default_factory=_Counters)
+
+    async def start(self) -> None:
+        if not HEARTBEAT_MS_MIN <= self.heartbeat_ms <= HEARTBEAT_MS_MAX:
+            raise InvalidInput(f"heartbeat_ms must be in [{HEARTBEAT_MS_MIN}, {HEARTBEAT_MS_MAX}]")
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None or not hasattr(pool, "connection_kwargs"):
+            raise InvalidInput("the check cache needs a single Redis server or a Sentinel primary")
+        self._lease_s = LEASE_BEATS * self.heartbeat_ms / 1000
+        token = secrets.token_hex(8)
+        self._beat_prefix = f"{self.keys.prefix}:!cache:{token}:"
+        self._beat_key = f"{self._beat_prefix}beat"
+        self._tracker = Tracker(pool, self._invalidate, self._reset)
+        try:
+            await self._tracker.start()
+            await self._tracker.track(self._beat_prefix)
+        except (redis_errors.RedisError, OSError, BudgetUnavailable, TimeoutError) as error:
+            await self._tracker.close()
+            raise BudgetUnavailable(
+                f"the check cache could not start tracking (Redis >= 6 CLIENT TRACKING over "
+                f"RESP3): {error}"
+            ) from error
+        self._beater = asyncio.ensure_future(self._beat())
+
+    async def stop(self) -> None:
+        beater, self._beater = self._beater, None
+        if beater is not None:
+            beater.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await beater
+        if self._tracker is not None:
+            await self._tracker.close()
+        self._entries.clear()
+        self._dependents.clear()
+        self._touched.clear()
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def serving(self) -> bool:
+        """Tracking proven recently: connected and the last heartbeat came back in time."""
+        tracker = self._tracker
+        return (
+            tracker is not None
+            and tracker.connected
+            and time.monotonic() - self._beat_seen < self._lease_s
+        )
+
+    def lookup(self, scoped: ScopeKeys, now_ms: int | None) -> Reply | None:
+        """The cached reply of ``scoped`` if it is still current (``now_ms``: the kit's clock;
+        None: the server's, estimated)."""
+        entry = self._entries.get(scoped)
+        if entry is None or not self.serving():
+            self._counters.misses += 1
+            return None
+        touched = self._touched
+        if any(touched.get(key, 0) > entry.seq for key in entry.deps):
+            self._forget(scoped)
+            self._counters.misses += 1
+            return None
+        if now_ms is None:
+            now_ms = entry.server_now_ms + int((time.monotonic() - entry.sent) * 1000) + 1
+        if now_ms >= entry.valid_until_ms:
+            self._counters.misses += 1
+            return None
+        self._counters.hits += 1
+        return entry.reply
+
+    def ticket(self, organization_id: str) -> Ticket | None:
+        """Before a round trip whose reply may fill the cache; None when it may not (the
+        organization is not tracked yet: tracking starts now)."""
+        tracker = self._tracker
+        if tracker is None:
+            return None
+        prefix = self.keys.org(organization_id)
+        if not tracker.tracks(prefix):
+            if tracker.connected:
+                _spawn(self._tasks, self._track(tracker, prefix))
+            return None
+        return Ticket(self._epoch, self._seq, self._own, time.monotonic())
+
+    async def _track(self, tracker: Tracker, prefix: str) -> None:
+        try:
+            await tracker.track(prefix)
+        except (TimeoutError, BudgetUnavailable, redis_errors.RedisError) as error:
+            log.debug("budgetkit: check cache could not track %s: %s", prefix, error)
+
+    def fill(
+        self, organization_id: str, scoped: ScopeKeys, reply: Reply, ticket: Ticket | None
+    ) -> None:
+        """Stores ``reply`` for ``scoped`` unless something it shows was written after
+        ``ticket`` was taken, or the cache does not serve."""
+        if ticket is None or reply.replayed or reply.valid_until_ms is None:
+            return
+        budgets = (self.keys.budget(organization_id, s.budget_id) for s in reply.snapshots)
+        deps = (*scoped.subjects, *budgets)
+        touched, written = self._touched, self._written
+        if (
+            ticket.epoch != self._epoch
+            or not self.serving()
+            or any(touched.get(key, 0) > ticket.seq for key in deps)
+            or any(written.get(key, 0) > ticket.own for key in deps)
+        ):
+            self._counters.fills_refused += 1
+            return
+        if len(self._entries) >= ENTRIES_MAX:
+            self._clear()
+        self._forget(scoped)
+        self._entries[scoped] = _Entry(
+            reply, deps, ticket.seq, reply.valid_until_ms, reply.now_ms, ticket.sent
+        )
+        for key in deps:
+            self._dependents.setdefault(key, set()).add(scoped)
+        self._counters.fills += 1
+
+    def drop(self, keys: Iterable[str]) -> None:
+        """The kit's own write is about to be sent: forgets every entry showing one of ``keys``."""
+        for key in keys:
+            for scoped in self._dependents.pop(key, ()):
+                self._forget(scoped)
+
+    def written(
+        self,
+        keys: Iterable[str],
+        fill: tuple[str, ScopeKeys, Reply, Ticket | None] | None = None,
+    ) -> None:
+        """The kit's own write came back having written ``keys``: every entry showing one is
+        forgotten, ``fill`` (the write's own scope and reply, which show the state it left) is
+        stored, and a round trip sent before now fills nothing that shows one of ``keys`` (its
+        reply may predate the write)."""
+        keys = list(keys)
+        self.drop(keys)
+        if fill is not None:
+            self.fill(*fill)
+        self._own += 1
+        for key in keys:
+            self._written[key] = self._own
+        if len(self._written) > TOUCHED_MAX:
+            self._reset("too many keys remembered")
+
+    def stats(self) -> CheckCacheStats:
+        c = self._counters
+        return CheckCacheStats(
+            hits=c.hits,
+            misses=c.misses,
+            fills=c.fills,
+            fills_refused=c.fills_refused,
+            invalidations=c.invalidations,
+            resets=c.resets,
+            lease_expiries=c.lease_expiries,
+            serving=self.serving(),
+        )
+
+    # -- invalidations and heartbeat ----------------------------------------------------------
+
+    def _invalidate(self, keys: list[str]) -> None:
+        for key in keys:
+            if key == self._beat_key:
+                now = time.monotonic()
+                if self._beat_seen and now - self._beat_seen >= self._lease_s:
+                    self._counters.lease_expiries += 1  # came back late: nothing was served
+                self._beat_seen = now
+                continue
+            self._counters.invalidations += 1
+            if not _is_dependency(key):
+                continue
+            self._seq += 1
+            self._touched[key] = self._seq
+            for scoped in self._dependents.pop(key, ()):
+                self._entries.pop(scoped, None)
+        if len(self._touched) > TOUCHED_MAX:
+            self._reset("too many keys remembered")
+
+    def _reset(self, why: str) -> None:
+        log.debug("budgetkit: check cache reset: %s", why)
+        self._counters.resets += 1
+        self._epoch += 1
+        self._beat_seen = 0.0
+        self._clear()
+
+    def _clear(self) -> None:
+        self._entries.clear()
+        self._dependents.clear()
+        self._touched.clear()
+        self._written.clear()
+
+    def _forget(self, scoped: ScopeKeys) -> None:
+        entry = self._entries.pop(scoped, None)
+        if entry is None:
+            return
+        for key in entry.deps:
+            dependents = self._dependents.get(key)
+            if dependents is not None:
+                dependents.discard(scoped)
+                if not dependents:
+                    del self._dependents[key]
+
+    async def _beat(self) -> None:
+        count = 0
+        ttl_ms = max(10 * self.heartbeat_ms, 1000)
+        while True:
+            count += 1
+            try:
+                await self.client.set(self._beat_key, count, px=ttl_ms)
+            except (redis_errors.RedisError, OSError) as error:
+                log.debug("budgetkit: check cache heartbeat failed: %s", error)
+            await asyncio.sleep(self.heartbeat_ms / 1000)
+
+
+def _is_dependency(key: str) -> bool:
+    """A budget hash or subject index set key (``P:{org}:b:…``, ``P:{org}:s:…``)."""
+    end = key.find("}:")
+    return end >= 0 and key.startswith(DEPENDENCY_SEGMENTS, end + 2)
+
+
+def _spawn(tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> None:
+    """Runs ``work`` in the background, keeping a reference until it is done."""
+    task = asyncio.ensure_future(work)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def _disconnect(connection: Any) -> None:
+    with contextlib.suppress(Exception):
+        await connection.disconnect()
