@@ -71,6 +71,7 @@ TOUCHED_MAX: Final = 200_000
 RECONNECT_DELAY_FIRST_S: Final = 0.05
 RECONNECT_DELAY_MAX_S: Final = 1.0
 COMMAND_TIMEOUT_S: Final = 5.0
+STOP_WAIT_S: Final = 2.0
 #: The key segments a cached reply depends on: budget hashes and subject index sets.
 DEPENDENCY_SEGMENTS: Final = (KEY_SUFFIXES["budget"], KEY_SUFFIXES["subject"])
 _PUSH: Final = object()
@@ -219,7 +220,7 @@ class Tracker:
 
     async def _read(self, connection: Any) -> None:
         try:
-            while True:
+            while not self._closed:
                 response = await connection.read_response(push_request=True)
                 if response is _PUSH:
                     continue
@@ -262,9 +263,7 @@ class Tracker:
         reader, self._reader = self._reader, None
         connection, self._connection = self._connection, None
         if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await _cancelled(reader)
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.disconnect()
@@ -290,6 +289,7 @@ class CheckCache:
     _beat_seen: float = 0.0
     _lease_s: float = 0.0
     _beater: asyncio.Task[None] | None = None
+    _stopping: bool = False
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _counters: _Counters = field(default_factory=_Counters)
 
@@ -316,11 +316,10 @@ class CheckCache:
         self._beater = asyncio.ensure_future(self._beat())
 
     async def stop(self) -> None:
+        self._stopping = True
         beater, self._beater = self._beater, None
         if beater is not None:
-            beater.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await beater
+            await _cancelled(beater)
         if self._tracker is not None:
             await self._tracker.close()
         self._entries.clear()
@@ -490,7 +489,7 @@ class CheckCache:
     async def _beat(self) -> None:
         count = 0
         ttl_ms = max(10 * self.heartbeat_ms, 1000)
-        while True:
+        while not self._stopping:
             count += 1
             try:
                 await self.client.set(self._beat_key, count, px=ttl_ms)
@@ -510,6 +509,16 @@ def _spawn(tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> N
     task = asyncio.ensure_future(work)
     tasks.add(task)
     task.add_done_callback(tasks.discard)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancels ``task`` and waits for it, at most STOP_WAIT_S: redis-py can swallow a
+    cancellation that lands inside a command, so the loops also check a stop flag."""
+    task.cancel()
+    await asyncio.wait({task}, timeout=STOP_WAIT_S)
+    if task.done() and not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.result()
 
 
 async def _disconnect(connection: Any) -> None:
