@@ -24,15 +24,18 @@ Why it is exact:
   server's, estimated from the filling reply's ``now`` plus the local time elapsed since that
   call was sent (never behind the server's).
 - **A heartbeat lease.** Every ``heartbeat_ms`` the cache writes a key under a prefix of its own
-  and expects its push back; while the last one is older than ``LEASE_BEATS`` heartbeats (a
-  stalled event loop, a silently dead connection), nothing is served. Pushes arrive in order on
+  and expects its push back; while the last one that came back was sent more than
+  ``LEASE_BEATS`` heartbeats ago (a stalled event loop, a silently dead connection, late
+  pushes), nothing is served. Pushes arrive in order on
   one connection, so when a new heartbeat's push is read every invalidation before it was too.
 - **Resets.** A broken tracking connection, a flush push (``invalidate`` with no keys) or an
   error clears everything and starts a new epoch; tickets of an old epoch fill nothing; serving
   resumes once tracking is re-established and a heartbeat came back.
 
-Other clients' writes are visible within the invalidation latency (the push's trip), or the
-lease, whichever is smaller. One server or a Sentinel-managed primary; not a Cluster, and never a
+Other clients' writes are visible within the invalidation latency (the push's trip), and never
+later than the lease: it runs from when the last heartbeat that came back was *sent*, so pushes
+that all arrive late (a slow network, a loaded reader) stop the serving instead of extending
+it. One server or a Sentinel-managed primary; not a Cluster, and never a
 read replica's reply.
 """
 
@@ -72,6 +75,8 @@ RECONNECT_DELAY_FIRST_S: Final = 0.05
 RECONNECT_DELAY_MAX_S: Final = 1.0
 COMMAND_TIMEOUT_S: Final = 5.0
 STOP_WAIT_S: Final = 2.0
+#: Heartbeats sent and not back yet, at most (then everything starts over).
+BEATS_PENDING_MAX: Final = 1000
 #: The key segments a cached reply depends on: budget hashes and subject index sets.
 DEPENDENCY_SEGMENTS: Final = (KEY_SUFFIXES["budget"], KEY_SUFFIXES["subject"])
 _PUSH: Final = object()
@@ -205,7 +210,8 @@ class Tracker:
         async with self._send_lock:
             self._pending.append(future)
             await connection.send_command(*args)
-        reply = await asyncio.wait_for(future, COMMAND_TIMEOUT_S)
+        async with asyncio.timeout(COMMAND_TIMEOUT_S):  # (wait_for can drop a cancellation)
+            reply = await future
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -284,9 +290,9 @@ class CheckCache:
     _written: dict[str, int] = field(default_factory=dict)
     _own: int = 0
     _epoch: int = 0
-    _beat_key: str = ""
     _beat_prefix: str = ""
-    _beat_seen: float = 0.0
+    _beat_seen: float = 0.0  # when the last heartbeat that came back was sent (monotonic)
+    _beats_sent: dict[int, float] = field(default_factory=dict)  # heartbeat number -> sent
     _lease_s: float = 0.0
     _beater: asyncio.Task[None] | None = None
     _stopping: bool = False
@@ -302,7 +308,6 @@ class CheckCache:
         self._lease_s = LEASE_BEATS * self.heartbeat_ms / 1000
         token = secrets.token_hex(8)
         self._beat_prefix = f"{self.keys.prefix}:!cache:{token}:"
-        self._beat_key = f"{self._beat_prefix}beat"
         self._tracker = Tracker(pool, self._invalidate, self._reset)
         try:
             await self._tracker.start()
@@ -446,11 +451,8 @@ class CheckCache:
 
     def _invalidate(self, keys: list[str]) -> None:
         for key in keys:
-            if key == self._beat_key:
-                now = time.monotonic()
-                if self._beat_seen and now - self._beat_seen >= self._lease_s:
-                    self._counters.lease_expiries += 1  # came back late: nothing was served
-                self._beat_seen = now
+            if key.startswith(self._beat_prefix):
+                self._beat_back(key[len(self._beat_prefix) :])
                 continue
             self._counters.invalidations += 1
             if not _is_dependency(key):
@@ -467,6 +469,7 @@ class CheckCache:
         self._counters.resets += 1
         self._epoch += 1
         self._beat_seen = 0.0
+        self._beats_sent.clear()  # their pushes may be lost with the connection
         self._clear()
 
     def _clear(self) -> None:
@@ -486,13 +489,33 @@ class CheckCache:
                 if not dependents:
                     del self._dependents[key]
 
+    def _beat_back(self, number: str) -> None:
+        """Heartbeat ``number``'s push was read (each heartbeat writes a key of its own, so the
+        push names it): the lease runs from when it was *sent*, so pushes that arrive late can
+        never extend it: an answer served from memory is at most the lease older than the
+        store. Pushes come in the order the SETs ran: earlier heartbeats not back by now never
+        will be."""
+        sent = self._beats_sent.pop(int(number), None) if number.isdigit() else None
+        if sent is None:
+            return  # sent before a reset, or the key's expiry: proves nothing
+        for older in [n for n in self._beats_sent if n < int(number)]:
+            del self._beats_sent[older]
+        if self._beat_seen and sent - self._beat_seen >= self._lease_s:
+            self._counters.lease_expiries += 1  # a gap: nothing was served meanwhile
+        elif self._beat_seen and time.monotonic() - sent >= self._lease_s:
+            self._counters.lease_expiries += 1  # came back late
+        self._beat_seen = sent
+
     async def _beat(self) -> None:
         count = 0
         ttl_ms = max(10 * self.heartbeat_ms, 1000)
         while not self._stopping:
             count += 1
+            if len(self._beats_sent) >= BEATS_PENDING_MAX:
+                self._reset("heartbeats are not coming back")
+            self._beats_sent[count] = time.monotonic()
             try:
-                await self.client.set(self._beat_key, count, px=ttl_ms)
+                await self.client.set(f"{self._beat_prefix}{count}", 1, px=ttl_ms)
             except (redis_errors.RedisError, OSError) as error:
                 log.debug("budgetkit: check cache heartbeat failed: %s", error)
             await asyncio.sleep(self.heartbeat_ms / 1000)
