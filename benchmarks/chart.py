@@ -19,6 +19,7 @@ from benchmarks.report import RATIO_CONCURRENCY, RATIO_SCOPE_SIZE
 
 OURS = {
     "check": "tab:green",
+    "check_cached": "gold",
     "debit": "tab:blue",
     "debit_batched": "tab:purple",
     "reserve_commit": "tab:cyan",

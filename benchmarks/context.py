@@ -70,11 +70,19 @@ class BenchContext:
         """A key of a baseline, under the benchmark prefix."""
         return ":".join([self.prefix, *parts])
 
-    async def measure(self, ops: Sequence[Op], server_cpu: CpuReader | None = None) -> Measurement:
-        """A timed run of ``ops``; server CPU is Redis's unless ``server_cpu`` reads another's."""
+    async def measure(
+        self, ops: Sequence[Op], server_cpu: CpuReader | None = None, yield_between: bool = False
+    ) -> Measurement:
+        """A timed run of ``ops``; server CPU is Redis's unless ``server_cpu`` reads another's
+        (``yield_between``: benchmarks.measure.run_timed)."""
         settings = self.settings
         return await run_timed(
-            ops, settings.warmup_s, settings.duration_s, self.admin, server_cpu=server_cpu
+            ops,
+            settings.warmup_s,
+            settings.duration_s,
+            self.admin,
+            server_cpu=server_cpu,
+            yield_between=yield_between,
         )
 
     async def cleanup(self) -> int:

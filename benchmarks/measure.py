@@ -1,6 +1,10 @@
 """Timed runs: N asyncio tasks repeat one operation through a warm-up, then a measured window.
 
 The warm-up lasts its time and at least until every task has finished one operation.
+With ``yield_between`` each task gives the event loop a turn after every operation, outside the
+timed call: an operation that completes without waiting for anything (a check answered from
+memory, benchmarks.checkcache) would otherwise never let the loop run the other tasks, the
+measured window's timer or a connection's reader.
 
 Each task records the latency of every operation that completes while the window is open, so
 ``ops_per_s`` is completions per second of wall time and the percentiles are per operation as
@@ -208,7 +212,7 @@ class _Window:
     warm: int = 0  # tasks that finished their first operation
 
 
-async def _worker(op: Op, window: _Window) -> None:
+async def _worker(op: Op, window: _Window, yield_between: bool = False) -> None:
     first = True
     while not window.stopping:
         start = time.perf_counter_ns()
@@ -225,6 +229,8 @@ async def _worker(op: Op, window: _Window) -> None:
             window.warm += 1
         if counted and window.recording:
             window.latencies_ns.append(time.perf_counter_ns() - start)
+        if yield_between:
+            await asyncio.sleep(0)
 
 
 async def _until_warm(tasks: Sequence[asyncio.Task[None]], window: _Window) -> None:
@@ -267,8 +273,10 @@ async def run_timed(
     duration_s: float,
     admin: Redis | None,
     server_cpu: CpuReader | None = None,
+    yield_between: bool = False,
 ) -> Measurement:
-    """Runs one task per op: ``warmup_s`` unrecorded, then ``duration_s`` recorded.
+    """Runs one task per op: ``warmup_s`` unrecorded, then ``duration_s`` recorded (with
+    ``yield_between``, each task yields to the event loop after every operation, untimed).
 
     Server CPU is Redis's (``INFO cpu`` through ``admin``) unless ``server_cpu`` reads another
     server's. Without ``admin`` (a worker process of the multi-process mode) Redis's CPU and
@@ -281,7 +289,7 @@ async def run_timed(
             return await server_cpu_s(redis_admin)
 
     window = _Window()
-    tasks = [asyncio.create_task(_worker(op, window)) for op in ops]
+    tasks = [asyncio.create_task(_worker(op, window, yield_between)) for op in ops]
     try:
         await _sleep_watching(tasks, warmup_s)
         await _until_warm(tasks, window)

@@ -1,7 +1,8 @@
 """The exact command a BudgetKit call sends, recorded instead of sent.
 
 BudgetKit runs on a stand-in for the redis-py client that answers ``SCRIPT LOAD`` with the
-script's SHA1 (and ``FUNCTION LOAD`` with the library's name) and records the first script
+script's SHA1 (and ``FUNCTION LOAD`` with the library's name, and the ``GET`` of the
+stored-format key sent before the first call with "not recorded") and records the first script
 command (``EVALSHA``, or ``FCALL`` / ``FCALL_RO`` of a Redis Functions library) instead of
 sending it. Harness code that drives
 a script directly (redis-benchmark, bulk fills) starts from such a command, so it follows the
@@ -46,6 +47,8 @@ class _RecordingClient:
         words = [a.decode() if isinstance(a, bytes) else str(a) for a in command]
         if len(words) > 1 and words[0].upper() == "FUNCTION":  # FUNCTION LOAD: the library is there
             return await self.function_load(words[-1]) if words[1].upper() == "LOAD" else []
+        if words[0].upper() == "GET":  # the stored-format version (runtime.verify_format): none
+            return None
         self.sent.append(words)
         raise _Captured
 

@@ -1,9 +1,10 @@
 """The report: ratios between rows, the target table, the JSON document, a markdown table.
 
-The ratios compare rows of the same run. Those with a target of issue 14 make up the target
-table (``doc["targets"]``, the markdown's "Targets", the console's closing lines), each with its
-verdict and the rounds its rows are the medians of; where ``+uvloop`` rows ran, each hot-path
-ratio also has a uvloop variant (uvloop on both sides) shown beside it.
+The ratios compare rows of the same run. Those with a target of issue 14 (and the check
+cache's of issue 17) make up the target table (``doc["targets"]``, the markdown's "Targets",
+the console's closing lines), each with its verdict and the rounds its rows are the medians of;
+where ``+uvloop`` rows ran, each hot-path ratio also has a uvloop variant (uvloop on both
+sides) shown beside it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import server_cost
+from benchmarks import checkcache, server_cost
 from benchmarks.loops import SUFFIX as UVLOOP_SUFFIX
 from benchmarks.measure import Row
 
@@ -35,6 +36,12 @@ BATCHED_NOOP_TARGET = 1.0  # debit_batched@256 / raw_evalsha_noop@256, ops/s: at
 WATCH_TARGET = 100.0  # debit_batched@64 / watch_multi_exec@64: at least
 POSTGRES_TARGET = 20.0  # debit_batched@64 / postgres_for_update@64: at least
 LIMITS_TARGET = 1.0  # debit_batched@64 of 1 budget / limits_moving_window@64: at least
+#: Targets of the check cache (issue 17).
+CHECK_CACHED_P50_US_TARGET = 10.0  # check_cached p50@1, µs: at most
+CHECK_CACHED_SPEEDUP_TARGET = 10.0  # check p50@1 / check_cached p50@1: at least
+CHECK_CACHED_WRITER_TARGET = 5.0  # check_cached+writer@64 / check+writer@64, ops/s: at least
+CACHED_WRITER = checkcache.CACHED + checkcache.WRITER_SUFFIX
+CHECK_WRITER = "check" + checkcache.WRITER_SUFFIX
 #: The hot-path workloads and the concurrency points (RatioPoints fields) their ratios read:
 #: these rows also run on uvloop (benchmarks.loops) and get a speedup ratio.
 HOT_PATH: dict[str, tuple[str, ...]] = {
@@ -155,6 +162,9 @@ def target_shapes(points: RatioPoints) -> set[Shape]:
     """Every row the target table reads (the hot path and the same-run baselines); server_cost
     is one job of its own."""
     return set(hot_path_shapes(points)) | {
+        (checkcache.CACHED, points.size, points.low),
+        (CACHED_WRITER, points.size, points.high),
+        (CHECK_WRITER, points.size, points.high),
         ("debit_batched", points.limits_size, points.high),
         ("watch_multi_exec", None, points.high),
         ("postgres_for_update", points.size, points.high),
@@ -200,13 +210,15 @@ def compute_ratios(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
     rows are missing has the value None (a target: "not measured"). budgetkit's rows are the
     hot mode of one process; spread and multi-process rows get ratios of their own.
     """
-    ours = [r for r in rows if r.name in ("debit", "debit_batched", "check")]
+    named = ("debit", "debit_batched", "check", checkcache.CACHED, CACHED_WRITER, CHECK_WRITER)
+    ours = [r for r in rows if r.name in named]
     points = ratio_points({r.budgets_per_op for r in ours}, {r.concurrency for r in ours})
     ratios = Ratios()
     _hot_path_ratios(ratios, rows, points)
     if any(r.name.endswith(UVLOOP_SUFFIX) for r in rows):
         _hot_path_ratios(ratios, rows, points, UVLOOP_SUFFIX)
         _uvloop_speedups(ratios, rows, points)
+    _check_cache_ratios(ratios, rows, points)
     _baseline_ratios(ratios, rows, points)
     _mode_ratios(ratios, rows, points.size, points.high)
     _overspend_ratios(ratios, rows, points.high)
@@ -268,6 +280,49 @@ def _hot_path_ratios(ratios: Ratios, rows: Sequence[Row], p: RatioPoints, suffix
         "command (the server's limit)",
         rows=[batched, ceiling],
     )
+
+
+def _check_cache_ratios(ratios: Ratios, rows: Sequence[Row], p: RatioPoints) -> None:
+    """The check cache (issue 17): a cached check's latency, against an uncached one's, and the
+    throughput of both while another process writes the scope; the staleness row's figures."""
+    cached, check = find(rows, checkcache.CACHED, p.low, p.size), find(rows, "check", p.low, p.size)
+    ratios.put(
+        f"check_cached p50@{p.low} µs",
+        _p50(cached),
+        f"p50 latency in µs of check of {p.size} budgets answered by the check cache "
+        f"(heartbeat {checkcache.HEARTBEAT_MS} ms)",
+        at_most=CHECK_CACHED_P50_US_TARGET,
+        rows=[cached],
+    )
+    ratios.put(
+        f"check p50@{p.low} / check_cached p50@{p.low}",
+        _ratio(_p50(check), _p50(cached)),
+        f"p50 latency; check of {p.size} budgets, one round trip vs answered by the check cache",
+        at_least=CHECK_CACHED_SPEEDUP_TARGET,
+        rows=[check, cached],
+    )
+    with_writer = find(rows, CACHED_WRITER, p.high, p.size)
+    uncached = find(rows, CHECK_WRITER, p.high, p.size)
+    ratios.put(
+        f"{CACHED_WRITER}@{p.high} / {CHECK_WRITER}@{p.high}",
+        _ratio(_ops(with_writer), _ops(uncached)),
+        f"ops/s; check of {p.size} budgets with the check cache vs without, while another "
+        f"process debits the scope {checkcache.WRITER_RATE_HZ:g} times a second",
+        at_least=CHECK_CACHED_WRITER_TARGET,
+        rows=[with_writer, uncached],
+    )
+    stale = next((r for r in rows if r.name == checkcache.STALENESS), None)
+    if stale is not None:
+        figures = stale.metrics or {}
+        ratios.put(
+            "check_cache_staleness p50 µs",
+            stale.p50_us,
+            f"from another process's acknowledged debit to the first cached check_tool showing "
+            f"it (p99 {stale.p99_us} µs; from the debit's send: p50 "
+            f"{figures.get('from_send_p50_us')}, p99 {figures.get('from_send_p99_us')} µs; "
+            f"lease {figures.get('lease_ms')} ms)",
+            rows=[stale],
+        )
 
 
 def _uvloop_speedups(ratios: Ratios, rows: Sequence[Row], p: RatioPoints) -> None:

@@ -10,7 +10,9 @@ Redis time per call, next to a lean reference script). Then the extra rows: the 
 (one organization per task) and the multi-process mode (N worker processes sharing the budgets)
 of a few workloads, at the ratio scope size; and the ``+uvloop`` rows (benchmarks.loops): the
 hot-path workloads again on a uvloop event loop, at every concurrency (a quick run: the points
-the ratios read). Each run starts from an empty benchmark keyspace (``cleanup`` after each), so
+the ratios read). The check cache rows (benchmarks.checkcache) run right after ``check``, at the
+ratio scope size and the low and high concurrency, their writer being one second process for
+the whole run. Each run starts from an empty benchmark keyspace (``cleanup`` after each), so
 ledger streams of one run do not inflate the memory or the timings of the next.
 """
 
@@ -28,6 +30,7 @@ from redis.exceptions import RedisError
 from benchmarks import (
     baselines,
     ceiling,
+    checkcache,
     extras,
     gate,
     loops,
@@ -59,6 +62,7 @@ Job = Callable[[], Awaitable[Row | list[Row]]]
 WORKLOADS = (
     "raw_evalsha_noop",
     "check",
+    *checkcache.WORKLOADS,
     "debit",
     "debit_batched",
     "reserve_commit",
@@ -162,6 +166,8 @@ def skip_reason(name: str, pg: Postgres) -> str | None:
     """Why a workload cannot run here, or None."""
     if name in SCOPED:
         return workloads.unavailable_reason(name)
+    if name in checkcache.WORKLOADS:
+        return checkcache.unavailable_reason()
     if name == "reserve_commit_gate":
         return workloads.unavailable_reason("reserve_commit")
     if name == "limits_moving_window":
@@ -188,13 +194,17 @@ def jobs(
     pg: Postgres,
     skipped: list[dict[str, str]],
     uvloop: loops.UvloopThread | None = None,
+    writer: checkcache.WriterProcess | None = None,
 ) -> list[Planned]:
     """Every job of the plan; skipped workloads are reported and left out. A ``+uvloop`` row
-    comes right after the row it is a variant of (the same load for both)."""
+    comes right after the row it is a variant of (the same load for both). ``writer``: the
+    second process of the check cache rows (without one they are skipped)."""
     out: list[Planned] = []
     runnable = []
     for name in plan.workloads:
         reason = skip_reason(name, pg)
+        if reason is None and name in checkcache.WORKLOADS and writer is None:
+            reason = "no writer process in this run"
         if reason is not None:
             _skip(ctx, skipped, name, reason)
         else:
@@ -217,6 +227,10 @@ def jobs(
             out.append(Planned(name, _ceiling_job(ctx, plan.ceiling_requests), not plan.quick))
         elif name == "server_cost":
             out.append(Planned(name, _server_cost_job(ctx, plan.server_cost_requests)))
+        elif name in checkcache.WORKLOADS and writer is not None:
+            p = plan.points
+            for label, job, shape in checkcache.jobs(ctx, name, p.size, [p.low, p.high], writer):
+                add(label, job, shape)
         else:
             for c in plan.concurrency:
                 add(f"{name} c={c}", _concurrency_job(ctx, name, c), (name, None, c))
@@ -317,8 +331,9 @@ async def run_jobs(ctx: BenchContext, plan: Plan, pg: Postgres) -> Outcome:
     each row of a job merged over its rounds."""
     outcome = Outcome()
     uvloop = loops.UvloopThread(ctx)
+    writer = checkcache.WriterProcess()  # started by the first row that needs it
     try:
-        planned = jobs(ctx, plan, pg, outcome.skipped, uvloop)
+        planned = jobs(ctx, plan, pg, outcome.skipped, uvloop, writer)
         per_job: dict[str, list[list[Row]]] = {p.label: [] for p in planned}
         repeated = sum(p.every_round for p in planned)
         ctx.progress.start(len(planned) + repeated * (plan.rounds - 1))
@@ -329,6 +344,7 @@ async def run_jobs(ctx: BenchContext, plan: Plan, pg: Postgres) -> Outcome:
         finally:
             ctx.progress.stop()
     finally:
+        await writer.aclose()
         await uvloop.aclose()
     outcome.rows = [merge_rounds(rows) for rounds in per_job.values() for rows in _by_row(rounds)]
     return outcome

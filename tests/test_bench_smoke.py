@@ -65,7 +65,14 @@ TARGETS = {
     "server_cost reserve b=3 / reference_debit": "<= 3.5",
     "server_cost commit b=3 / reference_debit": "<= 3.5",
     "server_cost bytes per ledger entry": "<= 150",
+    "check_cached p50@1 µs": "<= 10",
+    "check p50@1 / check_cached p50@1": ">= 10",
+    "check_cached+writer@8 / check+writer@8": ">= 5",
 }
+#: The check cache rows (issue 17) of the smoke run: (name, budgets, concurrency).
+CHECK_CACHE_SHAPES = {
+    (name, 3, c) for name in ("check_cached", "check_cached+writer", "check+writer") for c in (1, 8)
+} | {("check_cache_staleness", 3, 1)}
 #: The hot-path rows with a +uvloop twin in a quick run at concurrency 1,8 (name, concurrency).
 UVLOOP_SHAPES = {
     ("raw_evalsha_noop", 1),
@@ -152,6 +159,31 @@ def test_quick_bench_writes_rows_ratios_and_markdown(tmp_path: Path) -> None:
     _assert_server_cost(doc, md)
     _assert_targets(doc, md, limits=importlib.util.find_spec("limits") is not None)
     _assert_uvloop(doc, uvloop_reason=loops.skip_reason())
+    _assert_check_cache(doc)
+
+
+def _assert_check_cache(doc: dict[str, Any]) -> None:
+    """The check cache rows: cached checks with their hit rate, the writer process's debits,
+    and the staleness row's percentiles (samples per second as ops/s) with the lease."""
+    rows = {
+        (r["name"], r["budgets_per_op"], r["concurrency"]): r
+        for r in doc["rows"]
+        if r["name"].startswith(("check_cache", "check+writer"))
+    }
+    assert set(rows) == CHECK_CACHE_SHAPES
+    for (name, _, _), row in rows.items():
+        metrics = row["metrics"] or {}
+        if name.startswith("check_cached"):
+            assert 0 < metrics["hit_rate"] <= 1 and "hit rate" in row["notes"], row
+        if name.endswith("+writer"):
+            assert _positive(metrics["writer_debits_per_s"]) and "writer:" in row["notes"], row
+    assert rows[("check_cached", 3, 1)]["metrics"]["invalidations"] == 0
+    assert rows[("check_cached+writer", 3, 8)]["metrics"]["invalidations"] > 0
+    stale = rows[("check_cache_staleness", 3, 1)]
+    assert stale["p50_us"] is not None and stale["p99_us"] >= stale["p50_us"], stale
+    assert stale["ops"] >= 50 and stale["metrics"]["lease_ms"] == 100, stale
+    assert _positive(stale["metrics"]["from_send_p50_us"]), stale
+    assert doc["ratios"]["check_cache_staleness p50 µs"]["value"] == stale["p50_us"]
 
 
 def _assert_targets(doc: dict[str, Any], md: str, limits: bool) -> None:
@@ -268,7 +300,7 @@ def test_quick_rounds_repeat_only_the_target_rows(tmp_path: Path) -> None:
     """``--quick --rounds 2``: the rows the target table reads (and their +uvloop twins) are
     medians of 2 rounds; the others ran once."""
     out = tmp_path / "rounds.json"
-    argv = ["--quick", *TINY, "--rounds", "2", "--only", "raw_evalsha_noop,check"]
+    argv = ["--quick", *TINY, "--rounds", "2", "--only", "raw_evalsha_noop,check,check_cached"]
     argv += ["--concurrency", "1,8", "--scope-sizes", "1,3", "--json", str(out), "--no-png"]
     assert main(argv) == 0
 
@@ -280,6 +312,9 @@ def test_quick_rounds_repeat_only_the_target_rows(tmp_path: Path) -> None:
     twice |= {("check", 3, 8)}
     if loops.skip_reason() is None:
         twice |= {(f"{name}+uvloop", size, c) for name, size, c in twice}
+    # the check cache rows its targets read run in every round, the others once
+    once |= {("check_cached", 3, 8), ("check_cached+writer", 3, 1), ("check+writer", 3, 1)}
+    twice |= {("check_cached", 3, 1), ("check_cached+writer", 3, 8), ("check+writer", 3, 8)}
     assert rounds == dict.fromkeys(once, 1) | dict.fromkeys(twice, 2)
     check = doc["targets"]["table"][1]
     assert check["ratio"] == "check p50@1 / raw_evalsha_noop p50@1" and check["rounds"] == 2
@@ -325,6 +360,9 @@ def test_target_table_verdicts_and_uvloop_variants() -> None:
         _row("limits_moving_window", 64, 1, 50_000.0),
         _row("debit+uvloop", 64, 3, 30_000.0),
         _row("raw_evalsha_noop+uvloop", 64, 0, 40_000.0),
+        _row("check_cached", 1, 3, 150_000.0, p50=6.0),
+        _row("check_cached+writer", 64, 3, 40_000.0),
+        _row("check+writer", 64, 3, 10_000.0),
     ]
     ratios = compute_ratios(rows)
     targets = target_table(ratios)
@@ -337,6 +375,9 @@ def test_target_table_verdicts_and_uvloop_variants() -> None:
         "debit_batched@64 / postgres_for_update@64": (None, None),
         "debit_batched@64 b=1 / limits_moving_window@64": (0.8, False),
         "server_cost debit b=3 / reference_debit": (None, None),
+        "check_cached p50@1 µs": (6.0, True),
+        "check p50@1 / check_cached p50@1": (20.0, True),
+        "check_cached+writer@64 / check+writer@64": (4.0, False),
     }
     for key, (value, met) in expected.items():
         assert (table[key]["value"], table[key]["met"]) == (value, met), table[key]
@@ -349,8 +390,8 @@ def test_target_table_verdicts_and_uvloop_variants() -> None:
     }
     assert "debit+uvloop@64 / raw_evalsha_noop+uvloop@64" not in table  # beside, not a line
     assert ratios["debit+uvloop@64 / debit@64"]["value"] == 2.0
-    assert (targets["met"], targets["missed"]) == (3, 2)
-    assert targets["not_measured"] == len(targets["table"]) - 5 == 6
+    assert (targets["met"], targets["missed"]) == (5, 3)
+    assert targets["not_measured"] == len(targets["table"]) - 8 == 6
 
 
 def test_growth_mode_reports_bytes_and_throughput(tmp_path: Path) -> None:
