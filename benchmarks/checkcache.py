@@ -315,43 +315,32 @@ def _stats(kit: BudgetKit) -> CheckCacheStats:
     return stats
 
 
-@dataclass(slots=True)
-class CacheCounts:
+#: The counters of CheckCacheStats (every field but ``serving``).
+COUNTERS = tuple(name for name in CheckCacheStats.model_fields if name != "serving")
+
+
+def counts_between(before: CheckCacheStats, after: CheckCacheStats) -> CheckCacheStats:
     """The cache's counters over a run (``after - before``)."""
+    counts = {name: getattr(after, name) - getattr(before, name) for name in COUNTERS}
+    return CheckCacheStats(**counts, serving=after.serving)
 
-    hits: int = 0
-    misses: int = 0
-    fills: int = 0
-    fills_refused: int = 0
-    invalidations: int = 0
-    resets: int = 0
-    lease_expiries: int = 0
 
-    @classmethod
-    def between(cls, before: CheckCacheStats, after: CheckCacheStats) -> CacheCounts:
-        names = list(cls.__dataclass_fields__)
-        return cls(**{n: getattr(after, n) - getattr(before, n) for n in names})
+def counts_note(counts: CheckCacheStats) -> str:
+    return (
+        f"hit rate {100 * counts.hit_rate:.2f}% ({counts.hits} hits, {counts.misses} misses, "
+        f"warm-up included), {counts.invalidations} invalidations, {counts.fills} fills "
+        f"({counts.fills_refused} refused), {counts.lease_expiries} lease expiries, "
+        f"{counts.resets} resets"
+    )
 
-    @property
-    def hit_rate(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
 
-    def note(self) -> str:
-        return (
-            f"hit rate {100 * self.hit_rate:.2f}% ({self.hits} hits, {self.misses} misses, "
-            f"warm-up included), {self.invalidations} invalidations, {self.fills} fills "
-            f"({self.fills_refused} refused), {self.lease_expiries} lease expiries, "
-            f"{self.resets} resets"
-        )
-
-    def metrics(self) -> dict[str, float | None]:
-        return {
-            "hit_rate": round(self.hit_rate, 5),
-            "invalidations": float(self.invalidations),
-            "fills_refused": float(self.fills_refused),
-            "lease_expiries": float(self.lease_expiries),
-        }
+def counts_metrics(counts: CheckCacheStats) -> dict[str, float | None]:
+    return {
+        "hit_rate": round(counts.hit_rate, 5),
+        "invalidations": float(counts.invalidations),
+        "fills_refused": float(counts.fills_refused),
+        "lease_expiries": float(counts.lease_expiries),
+    }
 
 
 # -- the rows ------------------------------------------------------------------------------------
@@ -420,9 +409,9 @@ async def check_row(
     notes: list[str] = []
     metrics: dict[str, float | None] = {}
     if before is not None and after is not None:
-        counts = CacheCounts.between(before, after)
-        notes.append(f"check cache, heartbeat {HEARTBEAT_MS} ms: {counts.note()}")
-        metrics |= counts.metrics()
+        counts = counts_between(before, after)
+        notes.append(f"check cache, heartbeat {HEARTBEAT_MS} ms: {counts_note(counts)}")
+        metrics |= counts_metrics(counts)
         notes.append("each task yields to the event loop between checks (untimed)")
     else:
         notes.append("no check cache: one round trip per check")
@@ -553,9 +542,9 @@ async def staleness_row(ctx: BenchContext, size: int, writer: WriterProcess) -> 
         "lease_ms": float(lease_ms),
     }
     if before is not None and after is not None:
-        counts = CacheCounts.between(before, after)
-        notes.append(f"check cache: {counts.note()}")
-        metrics |= counts.metrics()
+        counts = counts_between(before, after)
+        notes.append(f"check cache: {counts_note(counts)}")
+        metrics |= counts_metrics(counts)
     measurement = Measurement(
         latencies_ns=sorted(ack),
         errors=0,

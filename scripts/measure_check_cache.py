@@ -461,7 +461,7 @@ async def other_clients_run(url: str, args: argparse.Namespace) -> dict[str, Any
         await writer.aclose()
         await kit.aclose()
     assert before is not None and after is not None
-    counts = checkcache.CacheCounts.between(before, after)
+    counts = checkcache.counts_between(before, after)
     return {
         "samples": samples.count,
         "samples_per_s": round(samples.count / samples.wall_s, 1),
