@@ -157,6 +157,27 @@ async def test_other_clients_writes_arrive_by_invalidation(
     assert max(waits) < INVALIDATION_WAIT_S
 
 
+async def test_concurrent_misses_share_one_round_trip(
+    kits: tuple[bk.BudgetKit, bk.BudgetKit, Clock],
+) -> None:
+    """After an invalidation every task of a process misses at once; they share the round trip
+    already in flight instead of sending one each, and all get the store's answer."""
+    cached, plain, _ = kits
+    await warmed(cached, plain)
+    for _ in range(5):
+        await plain.debit(SCOPE, {"usd": 0.01})  # another client: the scope is invalidated
+        expected = await plain.check_tool(SCOPE)
+        deadline = time.monotonic() + INVALIDATION_WAIT_S
+        while True:  # until the push arrived (then every task below misses)
+            answers = await asyncio.gather(*(cached.check_tool(SCOPE) for _ in range(32)))
+            if answers[-1] == expected:
+                break
+            assert time.monotonic() < deadline, "never invalidated"
+        assert answers[-1] == expected
+    stats = cached.check_cache_stats()
+    assert stats is not None and stats.joined >= 5 * 16, stats
+
+
 async def test_period_rollover_and_hold_expiry_are_not_answered_from_memory(
     kits: tuple[bk.BudgetKit, bk.BudgetKit, Clock],
 ) -> None:

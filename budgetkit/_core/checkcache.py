@@ -89,8 +89,8 @@ class CheckCacheStats(BaseModel):
     stored; ``fills_refused``: replies not stored because a key they show was written during
     the round trip (or tracking was not proven); ``invalidations``: keys Redis pushed;
     ``resets``: times everything was dropped (connection lost, flush); ``lease_expiries``: times
-    the heartbeat came back late and the cache stopped serving; ``serving``: whether it serves
-    now."""
+    the heartbeat came back late and the cache stopped serving; ``joined``: misses answered by a
+    round trip for the same scope already in flight; ``serving``: whether it serves now."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -101,6 +101,7 @@ class CheckCacheStats(BaseModel):
     invalidations: int
     resets: int
     lease_expiries: int
+    joined: int
     serving: bool
 
     @property
@@ -139,6 +140,7 @@ class _Counters:
     invalidations: int = 0
     resets: int = 0
     lease_expiries: int = 0
+    joined: int = 0
 
 
 class Tracker:
@@ -284,6 +286,9 @@ class CheckCache:
     heartbeat_ms: int
     _tracker: Tracker | None = None
     _entries: dict[ScopeKeys, _Entry] = field(default_factory=dict)
+    _flights: dict[ScopeKeys, tuple[Ticket, asyncio.Future[Reply | None]]] = field(
+        default_factory=dict
+    )
     _dependents: dict[str, set[ScopeKeys]] = field(default_factory=dict)
     _touched: dict[str, int] = field(default_factory=dict)
     _seq: int = 0
@@ -361,6 +366,50 @@ class CheckCache:
             return None
         self._counters.hits += 1
         return entry.reply
+
+    async def joined(self, scoped: ScopeKeys, now_ms: int | None) -> Reply | None:
+        """The reply of a check of ``scoped`` already in flight, when nothing was pushed and
+        the kit wrote nothing since it was sent: a check made meanwhile shares it instead of
+        sending its own (after an invalidation, every task of a process misses at once). The
+        shared answer is as current as a fill of that reply would be. None: no such flight, or
+        it came back without a usable reply."""
+        flight = self._flights.get(scoped)
+        if flight is None or not self.serving():
+            return None
+        ticket, future = flight
+        if (ticket.epoch, ticket.seq, ticket.own) != (self._epoch, self._seq, self._own):
+            return None
+        reply = await asyncio.shield(future)
+        if reply is None or reply.valid_until_ms is None:
+            return None
+        if now_ms is None:
+            now_ms = reply.now_ms + int((time.monotonic() - ticket.sent) * 1000) + 1
+        if now_ms >= reply.valid_until_ms:
+            return None
+        self._counters.joined += 1
+        return reply
+
+    def take_off(
+        self, scoped: ScopeKeys, ticket: Ticket | None
+    ) -> asyncio.Future[Reply | None] | None:
+        """Registers the caller's check of ``scoped`` as the one others may join (``joined``);
+        None when it may not be joined (no ticket, or another is in flight)."""
+        if ticket is None or scoped in self._flights:
+            return None
+        future: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
+        self._flights[scoped] = (ticket, future)
+        return future
+
+    def land(
+        self, scoped: ScopeKeys, future: asyncio.Future[Reply | None] | None, reply: Reply | None
+    ) -> None:
+        """The check registered by ``take_off`` came back (``reply`` None: it failed)."""
+        if future is None:
+            return
+        if self._flights.get(scoped, (None, None))[1] is future:
+            del self._flights[scoped]
+        if not future.done():
+            future.set_result(reply)
 
     def ticket(self, organization_id: str) -> Ticket | None:
         """Before a round trip whose reply may fill the cache; None when it may not (the
@@ -444,6 +493,7 @@ class CheckCache:
             invalidations=c.invalidations,
             resets=c.resets,
             lease_expiries=c.lease_expiries,
+            joined=c.joined,
             serving=self.serving(),
         )
 

@@ -657,23 +657,34 @@ class BudgetKit:
         """The scope's snapshots (check.lua, or check_ro.lua on the read replica); None when the
         store stays unavailable after CHECK_ATTEMPTS_MAX tries."""
         scoped = self._scope(scope)
-        keys, levels = [*scoped.subjects, scoped.events], scoped.levels
         cache = self._check_cache
-        if cache is not None:
-            cached = cache.lookup(scoped, None if self._clock is None else int(self._now_arg()))
-            if cached is not None:
-                return cached
+        if cache is None or self._replica is not None:  # a replica's reply is never cached
+            return await self._check_round_trip(scope, scoped)
+        now_ms = None if self._clock is None else int(self._now_arg())
+        answer = cache.lookup(scoped, now_ms) or await cache.joined(scoped, now_ms)
+        if answer is not None:
+            return answer
+        ticket = cache.ticket(scope.organization_id)
+        flight = cache.take_off(scoped, ticket)
+        reply = None
+        try:
+            reply = await self._check_round_trip(scope, scoped)
+            if reply is not None:
+                cache.fill(scope.organization_id, scoped, reply, ticket)
+            return reply
+        finally:
+            cache.land(scoped, flight, reply)
+
+    async def _check_round_trip(self, scope: Scope, scoped: ScopeKeys) -> Reply | None:
+        """check.lua (check_ro.lua on the read replica), tried CHECK_ATTEMPTS_MAX times."""
+        keys, levels = [*scoped.subjects, scoped.events], scoped.levels
         for attempt in range(1, CHECK_ATTEMPTS_MAX + 1):
             try:
                 args = self._common_args(scope.organization_id, scoped.org)
-                if self._replica is not None:  # never cached: as fresh as the replica
+                if self._replica is not None:
                     raw = await self._replica.call("check_ro", keys, args, readonly=True)
                     return parse_reply(raw, snapshots=True, levels=levels)
-                ticket = None if cache is None else cache.ticket(scope.organization_id)
-                reply = await self._run("check", keys, args, snapshots=True, levels=levels)
-                if cache is not None:
-                    cache.fill(scope.organization_id, scoped, reply, ticket)
-                return reply
+                return await self._run("check", keys, args, snapshots=True, levels=levels)
             except BudgetUnavailable as error:
                 if attempt < CHECK_ATTEMPTS_MAX:
                     self.counters.check_retries += 1
