@@ -112,6 +112,52 @@ async def test_sentinel_failover_the_client_continues_on_the_new_primary(
 
 
 @pytest.mark.slow
+async def test_check_cache_follows_a_sentinel_failover(
+    sentinel_factory: Callable[..., Any],
+) -> None:
+    """The check cache across SENTINEL FAILOVER: its tracking connection is left on the
+    demoted server, whose pushes no longer follow the writes; the heartbeats stop coming back,
+    nothing is served from memory meanwhile, the tracker reconnects to the new primary and the
+    cache serves again — every answer equal to an uncached client's."""
+    group = sentinel_factory()
+    org = "org_sentinel_cache"
+    async with (
+        bk.BudgetKit.from_url(group.url) as cached,
+        bk.BudgetKit.from_url(group.url) as plain,
+    ):
+        scope, _ = await scope_budgets(plain, org)
+        await cached.enable_check_cache(heartbeat_ms=20)
+        deadline = time.monotonic() + 10
+        while True:
+            await cached.check(scope)
+            stats = cached.check_cache_stats()
+            if stats is not None and stats.serving:
+                break
+            assert time.monotonic() < deadline, stats
+            await asyncio.sleep(0.02)
+        await cached.check(scope)
+        await asyncio.to_thread(group.failover)
+        deadline = time.monotonic() + 20
+        while True:  # another client writes on the new primary; the cache must follow
+            await plain.debit(scope, {"usd": 0.001})
+            expected = await plain.check_tool(scope)
+            await asyncio.sleep(0.05)
+            stats = cached.check_cache_stats()
+            answer = await cached.check_tool(scope)
+            assert stats is not None
+            if stats.resets >= 1 and stats.serving and answer == expected:
+                break
+            assert time.monotonic() < deadline, stats
+        before = cached.check_cache_stats()
+        for _ in range(20):
+            await cached.debit(scope, {"usd": 0.001})  # own writes, read back at once
+            assert await cached.check_tool(scope) == await plain.check_tool(scope)
+            assert await cached.check(scope) == await plain.check(scope)
+        after = cached.check_cache_stats()
+        assert before is not None and after is not None and after.hits > before.hits, after
+
+
+@pytest.mark.slow
 async def test_sentinel_failover_durable_keeps_every_acknowledged_debit(
     sentinel_factory: Callable[..., Any],
 ) -> None:

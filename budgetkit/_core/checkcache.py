@@ -35,8 +35,10 @@ Why it is exact:
 Other clients' writes are visible within the invalidation latency (the push's trip), and never
 later than the lease: it runs from when the last heartbeat that came back was *sent*, so pushes
 that all arrive late (a slow network, a loaded reader) stop the serving instead of extending
-it. One server or a Sentinel-managed primary; not a Cluster, and never a
-read replica's reply.
+it. One server or a Sentinel-managed primary (after a failover, heartbeats stop coming back
+to a tracking connection left on the demoted server: after RECONNECT_LEASES leases it connects
+again through the Sentinel pool, which reaches the new primary, and everything cached was
+dropped); not a Cluster, and never a read replica's reply.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ RECONNECT_DELAY_FIRST_S: Final = 0.05
 RECONNECT_DELAY_MAX_S: Final = 1.0
 COMMAND_TIMEOUT_S: Final = 5.0
 STOP_WAIT_S: Final = 2.0
+#: Leases without a heartbeat back (tracking connected) before the tracker connects again.
+RECONNECT_LEASES: Final = 5
 #: Heartbeats sent and not back yet, at most (then everything starts over).
 BEATS_PENDING_MAX: Final = 1000
 #: The key segments a cached reply depends on: budget hashes and subject index sets.
@@ -164,12 +168,25 @@ class Tracker:
         self._pending: deque[asyncio.Future[Any]] = deque()
         self._send_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._connected_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @property
     def connected(self) -> bool:
         return self._connection is not None
+
+    @property
+    def connected_at(self) -> float:
+        """When tracking was (re)established (time.monotonic(); 0: never)."""
+        return self._connected_at
+
+    def abandon(self, why: str) -> None:
+        """Drops the connection and reconnects (through the pool: a Sentinel pool reaches the
+        current primary), as if it had broken."""
+        connection = self._connection
+        if connection is not None:
+            self._broken(connection, BudgetUnavailable(why))
 
     def tracks(self, prefix: str) -> bool:
         return prefix in self._tracked
@@ -191,6 +208,7 @@ class Tracker:
         self._tracked = set()
         for prefix in list(self._prefixes):
             await self._track(prefix)
+        self._connected_at = time.monotonic()
 
     async def track(self, prefix: str) -> None:
         """Adds ``prefix`` to the tracked prefixes (once)."""
@@ -569,6 +587,18 @@ class CheckCache:
             except (redis_errors.RedisError, OSError) as error:
                 log.debug("budgetkit: check cache heartbeat failed: %s", error)
             await asyncio.sleep(self.heartbeat_ms / 1000)
+            self._check_tracking()
+
+    def _check_tracking(self) -> None:
+        """Heartbeats written but none back for RECONNECT_LEASES leases while the tracking
+        connection looks fine: it is not the server the writes go to (a Sentinel failover
+        demoted it) or it died silently: connect again."""
+        tracker = self._tracker
+        if tracker is None or not tracker.connected:
+            return
+        proof = max(self._beat_seen, tracker.connected_at)
+        if time.monotonic() - proof > RECONNECT_LEASES * self._lease_s:
+            tracker.abandon("no heartbeat came back: tracking a server the writes miss")
 
 
 def _is_dependency(key: str) -> bool:
