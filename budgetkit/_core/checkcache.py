@@ -590,14 +590,16 @@ class CheckCache:
             self._check_tracking()
 
     def _check_tracking(self) -> None:
-        """Heartbeats written but none back for RECONNECT_LEASES leases while the tracking
-        connection looks fine: it is not the server the writes go to (a Sentinel failover
+        """Heartbeats written (2 per lease) but none back for RECONNECT_LEASES leases while the
+        tracking connection looks fine: it is not the server the writes go to (a Sentinel failover
         demoted it) or it died silently: connect again."""
         tracker = self._tracker
         if tracker is None or not tracker.connected:
             return
         proof = max(self._beat_seen, tracker.connected_at)
-        if time.monotonic() - proof > RECONNECT_LEASES * self._lease_s:
+        overdue = time.monotonic() - proof > RECONNECT_LEASES * self._lease_s
+        # (and that many heartbeats out: a stalled event loop sent none and reads them late)
+        if overdue and len(self._beats_sent) >= RECONNECT_LEASES * LEASE_BEATS:
             tracker.abandon("no heartbeat came back: tracking a server the writes miss")
 
 
