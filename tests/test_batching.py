@@ -65,3 +65,18 @@ async def test_batching_can_be_switched_off(redis: Redis) -> None:
     scope = bk.Scope(organization_id=ORG, session_id="s1")
     await asyncio.gather(*(kit.debit(scope, {"usd": 1}) for _ in range(5)))
     assert (await kit.check_tool(scope)).budgets[0].balance == 5
+
+
+@pytest.mark.real
+async def test_a_burst_takes_a_few_pipelines_not_a_connection_each(redis_server_url: str) -> None:
+    """Thousands of concurrent calls share a handful of pipelines (each holds a connection while
+    in flight): a small pool is enough. Reproduces test_crash's 'Too many connections' when
+    every 16 calls took a pipeline of their own."""
+    options = bk.ConnectionOptions(max_connections=16)
+    async with bk.BudgetKit.from_url(redis_server_url, connection=options) as kit:
+        await kit.create_budget(ORG, "session", "burst", "usd", 10_000)
+        scope = bk.Scope(organization_id=ORG, session_id="burst")
+        results = await asyncio.gather(*(kit.debit(scope, {"usd": 0.01}) for _ in range(2000)))
+        assert all(r.entries for r in results)
+        assert kit._batcher is not None and kit._batcher.batches <= 16
+        assert (await kit.check_tool(scope)).budgets[0].balance == pytest.approx(9_980)
