@@ -3,9 +3,11 @@
 CLI. Nothing here is a stable API; the modules, one responsibility each:
 
 - ``client``: the async BudgetKit — validates, converts, builds keys, runs one script per call.
-- ``runtime``: loads ``lua/*.lua`` and calls them (EVALSHA, NOSCRIPT recovery, Cluster guard,
-  failover retries, resends of lost replies); ``batching``: concurrent calls share pipelines;
-  ``durability``: the WAIT mode; ``redelivery``: request records (exactly once).
+- ``runtime``: loads ``lua/*.lua`` as one Redis Functions library and calls it (FCALL, loading
+  the library when the server lacks it, Cluster guard, failover retries, resends of lost
+  replies); ``batching``: concurrent calls share pipelines; ``durability``: the WAIT mode;
+  ``redelivery``: request records (exactly once); ``storeformat``: the stored-format version and
+  ``migrate``; ``checkcache``: the check cache (server-invalidated).
 - ``store_errors``: the one seam that sorts Redis errors into budgetkit's (``errors``).
 - ``convert`` and ``amounts``: arguments into exact script arguments; ``ids``: ids and
   identifiers; ``keys``: every key name; ``periods``: windows and calendar buckets.
