@@ -6,6 +6,7 @@ Expected JSON is written by hand in the form serde produces from ``seed/budget.r
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+import budgetkit as bk
 from budgetkit._core.errors import InvalidInput, InvalidPeriod, InvalidStatus
 from budgetkit._core.models import (
     ACTION_SEVERITY,
@@ -830,3 +832,26 @@ def test_json_schemas() -> None:
 def test_serialization_schema_keeps_fields() -> None:
     schema = Budget.model_json_schema(mode="serialization")
     assert list(schema["properties"]) == list(Budget.model_fields)
+
+
+async def test_metadata_nesting_is_limited_whatever_the_recursion_limit(
+    fake_redis: Any,
+) -> None:
+    """Deep metadata was refused only because json.dumps hit Python's recursion limit: a process
+    that raised the limit (mkdocstrings raises it to 16384) stored 10,000 levels, deeper than
+    Redis's cjson decodes (1,000), so every full read of the budget would be CorruptState."""
+    deep: list[Any] = []
+    for _ in range(10_000):
+        deep = [deep]
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(50_000)
+    try:
+        kit = bk.BudgetKit(fake_redis)
+        with pytest.raises(bk.InvalidInput, match="nested"):
+            await kit.create_budget("org_m", "session", "s1", "usd", 1, metadata=deep)
+        assert await fake_redis.dbsize() == 0
+        nested: Any = {"a": [{"b": [1, 2, {"c": None}]}]}
+        made = await kit.create_budget("org_m", "session", "s1", "usd", 1, metadata=nested)
+        assert made.metadata == nested
+    finally:
+        sys.setrecursionlimit(before)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 
 from budgetkit._core.amounts import MAX_MICROS, plain_micros, to_micros
@@ -139,9 +139,34 @@ def thresholds_text(thresholds: object) -> str:
     return ",".join(str(p) for p in ppms)
 
 
+#: How deeply metadata may nest (objects and arrays). Redis's cjson decodes at most 1,000
+#: levels; the limit is explicit so that it does not depend on Python's recursion limit, which
+#: applications raise.
+METADATA_DEPTH_MAX = 64
+
+
+def metadata_depth_ok(value: object, limit: int = METADATA_DEPTH_MAX) -> bool:
+    """Whether ``value`` nests at most ``limit`` objects/arrays deep (iterative: any depth)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
 def metadata_json(metadata: object) -> str:
     if metadata is None:
         return ""
+    if not metadata_depth_ok(metadata):
+        raise InvalidInput(f"metadata may be nested at most {METADATA_DEPTH_MAX} levels deep")
     try:
         return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as error:
