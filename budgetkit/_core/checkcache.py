@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -58,10 +59,10 @@ from redis import exceptions as redis_errors
 from redis._parsers.resp3 import _AsyncRESP3Parser
 
 from budgetkit._core.errors import BudgetUnavailable, InvalidInput
-from budgetkit._core.keys import KEY_SUFFIXES
+from budgetkit._core.keys import KEY_SUFFIXES, Keyspace
 
 if TYPE_CHECKING:
-    from budgetkit._core.keys import Keyspace, ScopeKeys
+    from budgetkit._core.keys import ScopeKeys
     from budgetkit._core.replies import Reply
 
 log = logging.getLogger("budgetkit")
@@ -128,11 +129,8 @@ class Ticket:
 @dataclass(slots=True)
 class _Entry:
     reply: Reply
-    deps: tuple[str, ...]
-    seq: int
-    valid_until_ms: int
-    server_now_ms: int
-    sent: float
+    deps: tuple[str, ...]  # the keys it shows
+    ticket: Ticket  # of the round trip that filled it
 
 
 @dataclass(slots=True)
@@ -350,9 +348,7 @@ class CheckCache:
             await _cancelled(beater)
         if self._tracker is not None:
             await self._tracker.close()
-        self._entries.clear()
-        self._dependents.clear()
-        self._touched.clear()
+        self._clear()
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -373,13 +369,11 @@ class CheckCache:
             self._counters.misses += 1
             return None
         touched = self._touched
-        if any(touched.get(key, 0) > entry.seq for key in entry.deps):
+        if any(touched.get(key, 0) > entry.ticket.seq for key in entry.deps):
             self._forget(scoped)
             self._counters.misses += 1
             return None
-        if now_ms is None:
-            now_ms = entry.server_now_ms + int((time.monotonic() - entry.sent) * 1000) + 1
-        if now_ms >= entry.valid_until_ms:
+        if not _in_time(entry.reply, entry.ticket, now_ms):
             self._counters.misses += 1
             return None
         self._counters.hits += 1
@@ -398,11 +392,7 @@ class CheckCache:
         if (ticket.epoch, ticket.seq, ticket.own) != (self._epoch, self._seq, self._own):
             return None
         reply = await asyncio.shield(future)
-        if reply is None or reply.valid_until_ms is None:
-            return None
-        if now_ms is None:
-            now_ms = reply.now_ms + int((time.monotonic() - ticket.sent) * 1000) + 1
-        if now_ms >= reply.valid_until_ms:
+        if reply is None or not _in_time(reply, ticket, now_ms):
             return None
         self._counters.joined += 1
         return reply
@@ -448,14 +438,12 @@ class CheckCache:
         except (TimeoutError, BudgetUnavailable, redis_errors.RedisError) as error:
             log.debug("budgetkit: check cache could not track %s: %s", prefix, error)
 
-    def fill(
-        self, organization_id: str, scoped: ScopeKeys, reply: Reply, ticket: Ticket | None
-    ) -> None:
+    def fill(self, scoped: ScopeKeys, reply: Reply, ticket: Ticket | None) -> None:
         """Stores ``reply`` for ``scoped`` unless something it shows was written after
         ``ticket`` was taken, or the cache does not serve."""
         if ticket is None or reply.replayed or reply.valid_until_ms is None:
             return
-        budgets = (self.keys.budget(organization_id, s.budget_id) for s in reply.snapshots)
+        budgets = (Keyspace.budget_under(scoped.org, s.budget_id) for s in reply.snapshots)
         deps = (*scoped.subjects, *budgets)
         touched, written = self._touched, self._written
         if (
@@ -469,9 +457,7 @@ class CheckCache:
         if len(self._entries) >= ENTRIES_MAX:
             self._clear()
         self._forget(scoped)
-        self._entries[scoped] = _Entry(
-            reply, deps, ticket.seq, reply.valid_until_ms, reply.now_ms, ticket.sent
-        )
+        self._entries[scoped] = _Entry(reply, deps, ticket)
         for key in deps:
             self._dependents.setdefault(key, set()).add(scoped)
         self._counters.fills += 1
@@ -485,7 +471,7 @@ class CheckCache:
     def written(
         self,
         keys: Iterable[str],
-        fill: tuple[str, ScopeKeys, Reply, Ticket | None] | None = None,
+        fill: tuple[ScopeKeys, Reply, Ticket | None] | None = None,
     ) -> None:
         """The kit's own write came back having written ``keys``: every entry showing one is
         forgotten, ``fill`` (the write's own scope and reply, which show the state it left) is
@@ -502,18 +488,7 @@ class CheckCache:
             self._reset("too many keys remembered")
 
     def stats(self) -> CheckCacheStats:
-        c = self._counters
-        return CheckCacheStats(
-            hits=c.hits,
-            misses=c.misses,
-            fills=c.fills,
-            fills_refused=c.fills_refused,
-            invalidations=c.invalidations,
-            resets=c.resets,
-            lease_expiries=c.lease_expiries,
-            joined=c.joined,
-            serving=self.serving(),
-        )
+        return CheckCacheStats(**dataclasses.asdict(self._counters), serving=self.serving())
 
     # -- invalidations and heartbeat ----------------------------------------------------------
 
@@ -601,6 +576,18 @@ class CheckCache:
         # (and that many heartbeats out: a stalled event loop sent none and reads them late)
         if overdue and len(self._beats_sent) >= RECONNECT_LEASES * LEASE_BEATS:
             tracker.abandon("no heartbeat came back: tracking a server the writes miss")
+
+
+def _in_time(reply: Reply, ticket: Ticket, now_ms: int | None) -> bool:
+    """Whether ``reply`` (of the round trip of ``ticket``) still shows the budgets as the clock
+    leaves them: before its ``valid_until_ms`` by ``now_ms`` (the kit's clock), or by the
+    server's estimated from the reply's ``now`` plus the local time since the call was *sent*
+    (never behind the server's)."""
+    if reply.valid_until_ms is None:
+        return False
+    if now_ms is None:
+        now_ms = reply.now_ms + int((time.monotonic() - ticket.sent) * 1000) + 1
+    return now_ms < reply.valid_until_ms
 
 
 def _is_dependency(key: str) -> bool:

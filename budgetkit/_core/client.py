@@ -357,7 +357,7 @@ class BudgetKit:
         self,
         reply: Reply,
         org_key: str,
-        fill: tuple[str, ScopeKeys, Ticket | None] | None = None,
+        fill: tuple[ScopeKeys, Ticket | None] | None = None,
     ) -> None:
         """The kit's own write came back: cached scopes showing a budget it wrote are dropped
         (they were dropped before sending too: ``_raw``); ``fill``: the write's scope, cached
@@ -370,8 +370,8 @@ class BudgetKit:
         if fill is None:
             cache.written(keys)
         else:
-            org, scoped, ticket = fill
-            cache.written(keys, (org, scoped, reply, ticket))
+            scoped, ticket = fill
+            cache.written(keys, (scoped, reply, ticket))
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -670,7 +670,7 @@ class BudgetKit:
         try:
             reply = await self._check_round_trip(scope, scoped)
             if reply is not None:
-                cache.fill(scope.organization_id, scoped, reply, ticket)
+                cache.fill(scoped, reply, ticket)
             return reply
         finally:
             cache.land(scoped, flight, reply)
@@ -812,7 +812,7 @@ class BudgetKit:
         ticket = None if cache is None else cache.ticket(org)
         reply = await self._run(operation, script_keys, args, snapshots=True, levels=levels)
         if cache is not None:  # the reply shows the scope as the write left it
-            self._after_write(reply, scoped.org, (org, scoped, ticket))
+            self._after_write(reply, scoped.org, (scoped, ticket))
         return trusted(  # = DebitResult(...) without validating what was just built
             DebitResult,
             check=self._verdict(reply.snapshots),
@@ -862,7 +862,7 @@ class BudgetKit:
         raw = await self._raw("reserve", [*scoped.subjects, hold_key, record, scoped.events], args)
         reply = parse_reply(raw, tags=3, snapshots=True, levels=scoped.levels)
         if cache is not None:  # the reply shows the scope as the reservation left it
-            self._after_write(reply, scoped.org, (org, scoped, ticket))
+            self._after_write(reply, scoped.org, (scoped, ticket))
         verdict, ident, expires = reply.tags
         snapshots = reply.snapshots
         amounts_out = {currency: from_micros(m) for currency, m in micros.items()}

@@ -380,10 +380,7 @@ class ScriptRuntime:
 
     async def load_everywhere(self) -> None:
         """Loads the library on the server (on a Cluster: on every primary, each required)."""
-        if not self._cluster:
-            await self._load(None)
-            return
-        for node in self._client.get_primaries():
+        for node in self._nodes():
             await self._load(node)
 
     def _nodes(self) -> list[Any]:
