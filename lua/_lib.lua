@@ -111,16 +111,27 @@ local function corrupt(key, field)
   raise('CORRUPT', key .. ' field ' .. field)
 end
 
-local function stored_int(h, key, field, lo, hi)
-  local n = tonumber(h[field])
+-- A stored integer field's text (false/nil = missing) in [lo, hi], or BK_CORRUPT naming it.
+local function stored_int(text, key, field, lo, hi)
+  local n = tonumber(text)
   if n == nil or n ~= math.floor(n) or n < lo or n > hi then corrupt(key, field) end
   return n
 end
 
--- The fields the hot path (check, debit, holds) reads: identity, configuration needed by the
--- rules and rollover, and the balance state. Records shown to callers read the whole hash.
-local HOT_FIELDS = { 'id', 'cur', 'lim', 'soft', 'bal', 'held', 'wf', 'pk', 'ps', 'pu', 'pstart',
-  'status', 'op', 'ack', 'wz', 'updated', 'thr', 'thrf', 'roll' }
+-- True for a stored optional field that holds a value (not missing, not '').
+local function present(text)
+  return text and text ~= ''
+end
+
+-- What a read of a budget hash takes: configuration only where it is used (issue 14).
+--   READ    check, reserve, a hold's budgets: identity, limits, balance state, period
+--   CHARGE  debit, commit: READ + the thresholds a charge may fire
+--   FULL    records shown to callers and admin writes: the whole hash, identity checked in full
+-- No hot read takes 'updated' (only written) or 'roll' (read when a period rolls over, with the
+-- thresholds it re-arms: load_rollover_fields). The positions below are the HMGET replies'.
+local READ, CHARGE, FULL = 'read', 'charge', 'full'
+local BUDGET_FIELDS = { 'id', 'cur', 'lim', 'soft', 'bal', 'held', 'wf', 'pk', 'ps', 'pu',
+  'pstart', 'status', 'op', 'ack', 'wz', 'thr', 'thrf', 'roll', 'updated', 'created' }
 local THRESHOLDS_MAX = 16
 local THRESHOLD_PPM_MAX = 10 * PPM
 
@@ -139,20 +150,28 @@ local function parse_thresholds(text)
   return list
 end
 
-local function read_hash(key, full)
-  local h = {}
-  if full then
-    local flat = redis.call('HGETALL', key)
-    if #flat == 0 then return nil end
-    for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
-    return h
+-- The stored values of a budget hash in BUDGET_FIELDS order (false = missing; the first READ or
+-- CHARGE fields only) and, for FULL, the whole hash by field; nil when the key does not exist.
+-- The hot reads name their fields literally: one HMGET, no unpack.
+local function read_values(key, mode)
+  if mode == READ then
+    local v = redis.call('HMGET', key, 'id', 'cur', 'lim', 'soft', 'bal', 'held', 'wf', 'pk',
+      'ps', 'pu', 'pstart', 'status', 'op', 'ack', 'wz')
+    if not v[1] then return nil end
+    return v
   end
-  local values = redis.call('HMGET', key, unpack(HOT_FIELDS))
-  if not values[1] then return nil end
-  for i = 1, #HOT_FIELDS do
-    if values[i] then h[HOT_FIELDS[i]] = values[i] end
+  if mode == CHARGE then
+    local v = redis.call('HMGET', key, 'id', 'cur', 'lim', 'soft', 'bal', 'held', 'wf', 'pk',
+      'ps', 'pu', 'pstart', 'status', 'op', 'ack', 'wz', 'thr', 'thrf')
+    if not v[1] then return nil end
+    return v
   end
-  return h
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local h, v = {}, {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  for i, f in ipairs(BUDGET_FIELDS) do v[i] = h[f] or false end
+  return v, h
 end
 
 local SUBJECT_TYPES = { session = true, app_channel = true, app = true, agent = true, user = true,
@@ -171,9 +190,9 @@ local function is_json_or_empty(text)
   return ok
 end
 
--- The identity and text fields of a budget hash: its id must be the one in its key, the currency
--- a currency code; a full read also checks the organization, the subject, the period and the
--- metadata, so a hand-edited record can never be written through or shown half-parsed.
+-- Identity of a budget hash: its id must be the one in its key, the currency a currency code
+-- (every read); a FULL read also checks the organization, the subject, the period and the
+-- metadata (validate_full_identity).
 -- Ids and currencies seen valid before, so the hot path matches their patterns once per
 -- library load, not on every call (the library's state lives as long as the server's Lua VM;
 -- only valid strings are remembered, so a corrupted field is still caught on every read).
@@ -203,18 +222,13 @@ local function valid_currency(cur)
   return true
 end
 
-local function validate_identity(key, h, full)
-  local id = h.id
-  if id == nil or not valid_id(id) or string.sub(key, -(#id + 2)) ~= 'b:' .. id then
-    corrupt(key, 'id')
-  end
-  if h.cur == nil or not valid_currency(h.cur) then corrupt(key, 'cur') end
-  if not full then return end
+-- The fields only a FULL read checks: organization, subject, period JSON and metadata, so a
+-- hand-edited record can never be written through or shown half-parsed.
+local function validate_full_identity(key, h, pk)
   if not is_identifier(h.org) then corrupt(key, 'org') end
   if not SUBJECT_TYPES[h.st or ''] then corrupt(key, 'st') end
   if not is_identifier(h.sid) then corrupt(key, 'sid') end
-  local period, pk = h.period or '', h.pk or ''
-  if pk ~= '' and pk ~= 'd' and pk ~= 'c' then corrupt(key, 'pk') end
+  local period = h.period or ''
   if (pk == '') ~= (period == '') or not is_json_or_empty(period) then corrupt(key, 'period') end
   if period ~= '' then
     local kind = cjson.decode(period)
@@ -225,45 +239,64 @@ local function validate_identity(key, h, full)
   if not is_json_or_empty(h.meta or '') then corrupt(key, 'meta') end
 end
 
--- Reads and validates one budget hash (all of it when ``full``, else HOT_FIELDS); nil when the
--- key does not exist.
-local function load_budget(key, full)
-  local h = read_hash(key, full)
-  if h == nil then return nil end
-  local b = { key = key, id = h.id, org = h.org, st = h.st, sid = h.sid, cur = h.cur,
-    period = h.period or '', pk = h.pk or '', pu = h.pu or '', meta = h.meta or '',
-    status = h.status, full = full }
-  validate_identity(key, h, full)
-  if not STATUSES[b.status or ''] then corrupt(key, 'status') end
-  b.lim = stored_int(h, key, 'lim', 1, MAX_MICROS)
-  b.bal = stored_int(h, key, 'bal', -MAX_MICROS, MAX_MICROS)
-  b.held = stored_int(h, key, 'held', 0, MAX_MICROS)
-  b.wf = stored_int(h, key, 'wf', 0, PPM)
-  b.op = stored_int(h, key, 'op', 0, 1)
-  b.ack = stored_int(h, key, 'ack', 0, 1)
-  b.wz = stored_int(h, key, 'wz', 0, 1)
-  b.updated = stored_int(h, key, 'updated', 0, MAX_MICROS)
-  if full then b.created = stored_int(h, key, 'created', 0, MAX_MICROS) end
-  b.thr_text = h.thr or ''
+-- Thresholds and their fired bitmask from stored texts onto ``b``.
+local function parse_threshold_fields(b, thr_text, thrf_text)
+  b.thr_text = thr_text or ''
   b.thr = parse_thresholds(b.thr_text)
-  if b.thr == nil then corrupt(key, 'thr') end
+  if b.thr == nil then corrupt(b.key, 'thr') end
   b.thrf = 0
-  if h.thrf ~= nil and h.thrf ~= '' then b.thrf = stored_int(h, key, 'thrf', 0, 65535) end
-  if h.soft ~= nil and h.soft ~= '' then
-    b.soft = stored_int(h, key, 'soft', 1, b.lim)
-  end
-  if b.pk == 'd' then
-    b.ps = stored_int(h, key, 'ps', 1, MAX_MICROS)
-  elseif b.pk == 'c' then
+  if present(thrf_text) then b.thrf = stored_int(thrf_text, b.key, 'thrf', 0, 65535) end
+end
+
+local function parse_roll(b, roll_text)
+  if present(roll_text) then b.roll = stored_int(roll_text, b.key, 'roll', 0, MAX_MICROS - b.lim) end
+  b.roll_known = true
+end
+
+-- Reads and validates one budget hash, the fields ``mode`` takes (READ, CHARGE or FULL; see
+-- BUDGET_FIELDS); nil when the key does not exist. Every number read is range-checked.
+local function load_budget(key, mode)
+  local v, h = read_values(key, mode)
+  if v == nil then return nil end
+  local id, cur, pk, status = v[1], v[2], v[8] or '', v[12]
+  if not valid_id(id) or string.sub(key, -(#id + 2)) ~= 'b:' .. id then corrupt(key, 'id') end
+  if not valid_currency(cur) then corrupt(key, 'cur') end
+  if not STATUSES[status or ''] then corrupt(key, 'status') end
+  local lim = stored_int(v[3], key, 'lim', 1, MAX_MICROS)
+  local b = { key = key, id = id, cur = cur, status = status, lim = lim, pk = pk, pu = v[10] or '',
+    bal = stored_int(v[5], key, 'bal', -MAX_MICROS, MAX_MICROS),
+    held = stored_int(v[6], key, 'held', 0, MAX_MICROS),
+    wf = stored_int(v[7], key, 'wf', 0, PPM),
+    op = stored_int(v[13], key, 'op', 0, 1),
+    ack = stored_int(v[14], key, 'ack', 0, 1),
+    wz = stored_int(v[15], key, 'wz', 0, 1) }
+  if present(v[4]) then b.soft = stored_int(v[4], key, 'soft', 1, lim) end
+  if pk == 'd' then
+    b.ps = stored_int(v[9], key, 'ps', 1, MAX_MICROS)
+  elseif pk == 'c' then
     if not CAL_UNITS[b.pu] then corrupt(key, 'pu') end
-  elseif b.pk ~= '' then
+  elseif pk ~= '' then
     corrupt(key, 'pk')
   end
-  if b.pk ~= '' then b.pstart = stored_int(h, key, 'pstart', 0, MAX_MICROS) end
-  if h.roll ~= nil and h.roll ~= '' then
-    b.roll = stored_int(h, key, 'roll', 0, MAX_MICROS - b.lim)
+  if pk ~= '' then b.pstart = stored_int(v[11], key, 'pstart', 0, MAX_MICROS) end
+  if mode ~= READ then parse_threshold_fields(b, v[16], v[17]) end
+  if mode == FULL then
+    validate_full_identity(key, h, pk)
+    parse_roll(b, v[18])
+    b.updated = stored_int(v[19], key, 'updated', 0, MAX_MICROS)
+    b.created = stored_int(v[20], key, 'created', 0, MAX_MICROS)
+    b.org, b.st, b.sid, b.period, b.meta = h.org, h.st, h.sid, h.period or '', h.meta or ''
   end
   return b
+end
+
+-- The fields only a rollover uses, on a budget read without them: the carry (rollover_max) and
+-- the thresholds it re-arms. One more HMGET, once per elapsed period.
+local function load_rollover_fields(b)
+  if b.roll_known then return end
+  local v = redis.call('HMGET', b.key, 'roll', 'thr', 'thrf')
+  if b.thrf == nil then parse_threshold_fields(b, v[2], v[3]) end
+  parse_roll(b, v[1])
 end
 
 -- Warning threshold floor(wf * lim / 1e6), exact for lim <= 2^53 (split to stay below 2^53).
@@ -395,6 +428,7 @@ local function rollover(batch, b)
     if start <= b.pstart then return end
     periods = bucket_index(batch.now, b.pu) - bucket_index(b.pstart, b.pu)
   end
+  load_rollover_fields(b)
   local old_status, old_wz = b.status, b.wz
   local new_bal = balance_after_resets(b, periods)
   add_entry(batch, b, b.bal - new_bal, 'period_reset', 'period', fmt(b.pstart), nil, nil)
@@ -457,9 +491,18 @@ local function flush(batch, events_key)
   for _, b in ipairs(batch.order) do
     -- The hot path (debit, holds, rollover) changes only the balance-state fields; create and
     -- update set b.config to write the configuration too.
-    redis.call('HSET', b.key, 'bal', fmt(b.bal), 'held', fmt(b.held), 'pstart', opt(b.pstart),
-      'status', b.status, 'op', fmt(b.op), 'ack', fmt(b.ack), 'wz', fmt(b.wz),
-      'thrf', fmt(b.thrf), 'updated', fmt(b.updated))
+    -- thrf and updated only when known: a READ leaves thresholds alone, and a budget touched
+    -- by a hold alone keeps its 'updated'.
+    if b.thrf ~= nil and b.updated ~= nil then
+      redis.call('HSET', b.key, 'bal', fmt(b.bal), 'held', fmt(b.held), 'pstart', opt(b.pstart),
+        'status', b.status, 'op', fmt(b.op), 'ack', fmt(b.ack), 'wz', fmt(b.wz),
+        'thrf', fmt(b.thrf), 'updated', fmt(b.updated))
+    else
+      redis.call('HSET', b.key, 'bal', fmt(b.bal), 'held', fmt(b.held), 'pstart', opt(b.pstart),
+        'status', b.status, 'op', fmt(b.op), 'ack', fmt(b.ack), 'wz', fmt(b.wz))
+      if b.thrf ~= nil then redis.call('HSET', b.key, 'thrf', fmt(b.thrf)) end
+      if b.updated ~= nil then redis.call('HSET', b.key, 'updated', fmt(b.updated)) end
+    end
     if b.config then
       redis.call('HSET', b.key, 'lim', fmt(b.lim), 'soft', opt(b.soft), 'wf', fmt(b.wf),
         'period', b.period, 'pk', b.pk, 'ps', opt(b.ps), 'pu', b.pu, 'meta', b.meta,
@@ -563,14 +606,15 @@ local function reply(batch, budgets, push_budget)
 end
 
 -- Budgets of the scope's subject index sets, most specific level first, each level's budgets in
--- id order (ids are time-ordered), with their elapsed periods rolled over.
-local function load_scope(batch, subject_keys, include_disabled, full)
+-- id order (ids are time-ordered), with their elapsed periods rolled over; read as ``mode``
+-- (READ, CHARGE or FULL; default READ).
+local function load_scope(batch, subject_keys, include_disabled, mode)
   local budgets = {}
   for level, skey in ipairs(subject_keys) do
     local ids = redis.call('SMEMBERS', skey)
     table.sort(ids)
     for _, id in ipairs(ids) do
-      local b = load_budget(batch.prefix .. BUDGET_KEY .. id, full)
+      local b = load_budget(batch.prefix .. BUDGET_KEY .. id, mode or READ)
       if b == nil or b.id ~= id then corrupt(skey, id) end
       b.level = level
       if include_disabled or b.status ~= 'disabled' then table.insert(budgets, b) end
@@ -642,9 +686,9 @@ local function load_hold(hold_key, hold_id, now)
   return amounts
 end
 
--- Takes the hold off every budget it is on (loading those not in ``budgets``, whole hashes when
--- ``full``); returns them.
-local function release_hold(batch, held, budgets, hold_id, full)
+-- Takes the hold off every budget it is on (loading those not in ``budgets`` as ``mode``: READ
+-- or FULL); returns them.
+local function release_hold(batch, held, budgets, hold_id, mode)
   local by_id, touched = {}, {}
   for _, b in ipairs(budgets) do by_id[b.id] = b end
   local ids = {}
@@ -653,7 +697,7 @@ local function release_hold(batch, held, budgets, hold_id, full)
   for _, bid in ipairs(ids) do
     local b = by_id[bid]
     if b == nil then
-      b = load_budget(batch.prefix .. BUDGET_KEY .. bid, full)
+      b = load_budget(batch.prefix .. BUDGET_KEY .. bid, mode)
       if b ~= nil then refresh(batch, b) end
     end
     if b ~= nil and unhold(batch, b, hold_id) then table.insert(touched, b) end
@@ -800,7 +844,7 @@ end
 local function receipt_budgets(batch, receipt)
   local budgets = {}
   for _, bid in ipairs(receipt.budget_ids) do
-    local b = load_budget(batch.prefix .. BUDGET_KEY .. bid, true)
+    local b = load_budget(batch.prefix .. BUDGET_KEY .. bid, FULL)
     if b ~= nil then
       refresh(batch, b)
       table.insert(budgets, b)

@@ -30,8 +30,8 @@ end)
 if earlier ~= nil then return earlier end
 local held = load_hold(hold_key, hold_id, batch.now)
 
-local budgets = load_scope(batch, subject_keys, false)
-release_hold(batch, held, budgets, hold_id, false)
+local budgets = load_scope(batch, subject_keys, false, CHARGE)
+release_hold(batch, held, budgets, hold_id, READ)
 refuse_unpriced(budgets, unpriced)
 charge(batch, budgets, amounts, source, ref_type, ref_id, session, description)
 redis.call('DEL', hold_key)

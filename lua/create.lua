@@ -67,7 +67,7 @@ end
 local replay, receipt = idem_replay(idem_key, fingerprint, now)
 if replay ~= nil then return replay end
 if receipt ~= nil then
-  local made = load_budget(budget_key, true)
+  local made = load_budget(budget_key, FULL)
   if made == nil then return fail('NOT_FOUND', budget_key) end
   refresh(batch, made)
   return redelivered(batch, receipt, { made }, push_record, KEYS[4])

@@ -31,7 +31,7 @@ local earlier = earlier_reply(batch, idem_key, fingerprint, function(receipt)
 end)
 if earlier ~= nil then return earlier end
 
-local budgets = load_scope(batch, subject_keys, false)
+local budgets = load_scope(batch, subject_keys, false, CHARGE)
 refuse_unpriced(budgets, unpriced)
 charge(batch, budgets, amounts, source, ref_type, ref_id, session, description)
 flush(batch, events_key)

@@ -9,7 +9,7 @@
 -- Invariants a rollover is written with its ledger entry and events, or nothing is written
 local budget_key, events_key = KEYS[1], KEYS[2]
 local batch = new_batch(ARGV[1], now_ms(ARGV[2]), ARGV[3])
-local b = load_budget(budget_key, true)
+local b = load_budget(budget_key, FULL)
 if b == nil then return fail('NOT_FOUND', budget_key) end
 refresh(batch, b)
 flush(batch, events_key)

@@ -21,7 +21,7 @@ local skipped = 0
 local ids = redis.call('ZREVRANGE', index_key, 0, -1)
 for _, id in ipairs(ids) do
   if #page >= page_size then break end
-  local b = load_budget(batch.prefix .. BUDGET_KEY .. id, true)
+  local b = load_budget(batch.prefix .. BUDGET_KEY .. id, FULL)
   if b == nil or b.id ~= id then corrupt(index_key, id) end
   local match = (st_filter == '' or b.st == st_filter) and (sid_filter == '' or b.sid == sid_filter)
     and (include_disabled or b.status ~= 'disabled')

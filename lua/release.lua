@@ -18,7 +18,7 @@ local earlier = earlier_reply(batch, idem_key, fingerprint, function(receipt)
 end)
 if earlier ~= nil then return earlier end
 local held = load_hold(hold_key, hold_id, batch.now)
-local budgets = release_hold(batch, held, {}, hold_id, true)
+local budgets = release_hold(batch, held, {}, hold_id, FULL)
 redis.call('DEL', hold_key)
 flush(batch, events_key)
 local out = reply(batch, budgets)

@@ -19,7 +19,7 @@ local earlier = earlier_reply(batch, idem_key, fingerprint, function(receipt)
   return redelivered(batch, receipt, receipt_budgets(batch, receipt), push_record, events_key)
 end)
 if earlier ~= nil then return earlier end
-local budgets = load_scope(batch, subject_keys, false, true)
+local budgets = load_scope(batch, subject_keys, false, FULL)
 local resumed = {}
 for _, b in ipairs(budgets) do
   if b.status == 'paused' then

@@ -17,7 +17,7 @@ local fingerprint, idem_ttl_ms = ARGV[4], arg_int(ARGV[5], 'idempotency ttl', 1,
 local amount = arg_int(ARGV[6], 'amount_micros', 1, MAX_MICROS)
 local replay, receipt = idem_replay(idem_key, fingerprint, batch.now)
 if replay ~= nil then return replay end
-local b = load_budget(budget_key, true)
+local b = load_budget(budget_key, FULL)
 if b == nil then return fail('NOT_FOUND', budget_key) end
 refresh(batch, b)
 if receipt ~= nil then return redelivered(batch, receipt, { b }, push_record, events_key) end

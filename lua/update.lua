@@ -37,7 +37,7 @@ local period_given, wf_given = patch.period ~= nil, patch.warn_fraction_ppm ~= n
 local meta_given, thr_given = patch.metadata ~= nil, patch.thresholds ~= nil
 local period = patch.period or { '', '', '', '' }
 
-local b = load_budget(budget_key, true)
+local b = load_budget(budget_key, FULL)
 if b == nil then return fail('NOT_FOUND', budget_key) end
 refresh(batch, b)  -- in memory only until flush, like every change below
 if receipt ~= nil then return redelivered(batch, receipt, { b }, push_record, events_key) end

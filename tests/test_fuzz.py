@@ -1402,10 +1402,20 @@ CORRUPT_VALUES: dict[str, list[str | None]] = {
     "id": ["", None, "abc", "bdgt_01933b5a000070008000000000000001"],
     "cur": ["", None],
 }
-#: Operations that read only the hot fields (lua/_lib.lua HOT_FIELDS) and those that read all.
+#: Operations that read only hot fields (lua/_lib.lua: READ for checks and holds, CHARGE for
+#: debits) and those that read the whole hash (FULL).
 HOT_OPS = ("check", "check_tool", "debit", "reserve")
 FULL_OPS = ("get", "list", "top_up", "update", "resume")
-NOT_HOT = {"created"}
+#: Fields a hot operation does not read, by operation (configuration is read only where it is
+#: used): no hot read takes ``created`` or ``updated`` (only written); a check or a hold fires no
+#: threshold, so only a debit reads them (and any operation whose budget rolls over:
+#: test_corrupt_rollover_fields).
+NOT_READ_BY = {
+    "created": set(HOT_OPS),
+    "updated": set(HOT_OPS),
+    "thr": {"check", "check_tool", "reserve"},
+    "thrf": {"check", "check_tool", "reserve"},
+}
 
 
 def corrupt_ops(
@@ -1462,7 +1472,8 @@ async def test_corrupt_state(
         budget_id = ids["calendar" if field_name == "pu" else "duration"]
         key = f"bk:{{{ORG_A}}}:b:{budget_id}"
         ops = corrupt_ops(kit, scope, budget_id)
-        names = FULL_OPS if field_name in NOT_HOT else HOT_OPS + FULL_OPS
+        skipped = NOT_READ_BY.get(field_name, set())
+        names = [op for op in HOT_OPS + FULL_OPS if op not in skipped]
         for value in values:
             for op in names:
                 if value is None:
@@ -1487,6 +1498,46 @@ async def test_corrupt_state(
             f"{len(CORRUPT_VALUES)} fields, every one CorruptState with nothing written, "
             "violations 0"
         )
+
+
+#: The fields only a rollover reads on the hot path (lua/_lib.lua load_rollover_fields), with
+#: nonsense values.
+ROLLOVER_CORRUPT: dict[str, list[str]] = {
+    "roll": ["abc", "-1", "1.5", "9007199254740991"],
+    "thr": ["abc", "500000,400000", "0"],
+    "thrf": ["abc", "-1", "65536"],
+}
+
+
+async def test_corrupt_rollover_fields(
+    redis: redis_asyncio.Redis, redis_snapshot: SnapshotFn
+) -> None:
+    """A check, a hold or a debit at a period boundary reads the fields the rollover uses
+    (rollover_max, thresholds) that its hot read skipped: nonsense there raises CorruptState
+    naming the field, and nothing is written (not the rollover either)."""
+    clock = ManualClock(NOW)
+    kit = bk.BudgetKit(redis, clock=clock)
+    scope, ids = await corrupt_baseline(kit)
+    key = f"bk:{{{ORG_A}}}:b:{ids['duration']}"
+    clock.advance(seconds=3600)  # the duration budget's hour is over: the next read rolls it over
+    base = await redis_snapshot(redis)
+    ops = corrupt_ops(kit, scope, ids["duration"])
+    cases = 0
+    for field_name, values in ROLLOVER_CORRUPT.items():
+        for value in values:
+            for op in HOT_OPS:
+                await redis.hset(key, field_name, value)
+                before = await redis_snapshot(redis)
+                with pytest.raises(bk.CorruptState, match=f"field {field_name}"):
+                    await ops[op]()
+                assert await redis_snapshot(redis) == before, (field_name, value, op)
+                await restore(redis, base, before)
+                cases += 1
+    assert await redis_snapshot(redis) == base
+    assert cases == 10 * len(HOT_OPS)  # every (field, value) with every hot operation
+    assert (await kit.check(scope)).action == "continue"  # the untouched store rolls over
+    rolled = await kit.get_budget(ORG_A, ids["duration"])
+    assert rolled.balance == rolled.limit  # the debit of the past hour is gone
 
 
 #: (field, nonsense, operation) cases of bug C1, now fixed: the scripts validate the text fields of
