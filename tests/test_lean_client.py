@@ -19,6 +19,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 import pytest
+from cluster_fixtures import local_cluster  # noqa: F401  (a fixture: used by name)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -513,3 +514,84 @@ def test_trusted_models_are_frozen_too() -> None:
     with pytest.raises(Exception, match="frozen"):
         fast.amount = 2.0
     assert_same_model(fast, entry)
+
+
+# -- hiredis packing of budgetkit's own commands ---------------------------------------------
+
+
+def _debit_command(runtime_cluster: bool = False) -> list[Any]:
+    """The FCALL of a debit as the script runtime builds it: str and int arguments."""
+    keys = [f"bk:{{{ORG}}}:s:session:s1", f"bk:{{{ORG}}}:rq:{'ab' * 15}", f"bk:{{{ORG}}}:events"]
+    args: list[Any] = [f"bk:{{{ORG}}}:", "", f"ledger_{'cd' * 15}", "=", 86_400_000, "manual"]
+    args += ["", "", "", "dé", "", 2, "usd", 1_000, "tokens", 9_007_199_254_740_991]
+    return ["FCALL", "budgetkit_0123456789ab_debit", len(keys), *keys, *args]
+
+
+@pytest.mark.parametrize(
+    "connection_class",
+    [
+        pytest.param("Connection", id="tcp"),
+        pytest.param("SSLConnection", id="tls"),
+        pytest.param("UnixDomainSocketConnection", id="unix"),
+    ],
+)
+def test_fast_packing_sends_the_same_bytes(connection_class: str) -> None:
+    """budgetkit's FCALLs packed by hiredis are byte for byte what redis-py packs; every other
+    command (here with a float, a bytes value and a two-word name) takes redis-py's own path."""
+    from redis.asyncio import connection as connections
+
+    from budgetkit._core.packing import fast_packing
+
+    base = getattr(connections, connection_class)
+    fast = fast_packing(base)
+    assert fast is not base and fast_packing(fast) is fast and fast_packing(base) is fast
+    plain, quick = base(), fast()
+    for command in (
+        _debit_command(),
+        ["FCALL_RO", "budgetkit_0123456789ab_check_ro", 1, "k", "", 7],
+        ["SET", "k", 1.5],
+        ["CONFIG GET", "maxmemory"],
+        ["HSET", "k", b"\xff", "v"],
+    ):
+        assert b"".join(quick.pack_command(*command)) == b"".join(plain.pack_command(*command))
+    assert len(quick.pack_command(*_debit_command())) == 1  # hiredis: one buffer
+
+
+async def test_from_url_clients_pack_with_hiredis(redis_server_url: str) -> None:
+    """A kit made by from_url runs on connections that pack its FCALLs with hiredis and gives
+    the same results as a kit on a plain client; a client passed in is left as it is."""
+    plain = Redis.from_url(redis_server_url)
+    plain_class = plain.connection_pool.connection_class
+    passed_in = bk.BudgetKit(plain, batching=False)
+    assert plain.connection_pool.connection_class is plain_class
+    assert not getattr(plain_class, "_budgetkit_fast_packing", False)
+    async with passed_in, bk.BudgetKit.from_url(redis_server_url) as kit:
+        assert kit.redis.connection_pool.connection_class._budgetkit_fast_packing
+        await kit.redis.flushall()
+        scope = bk.Scope(organization_id=ORG, session_id="s1")
+        made = await kit.create_budget(ORG, "session", "s1", "usd", 10, thresholds=[0.5])
+        debit = await kit.debit(scope, {"usd": 6}, description="naïve ✓")
+        assert [e.type for e in debit.events] == ["budget.threshold"]
+        assert (await kit.check(scope)).action == "continue"
+        seen = await passed_in.get_budget(ORG, made.id)  # written by one, read by the other
+        assert seen.balance == 4
+        assert (await passed_in.ledger(ORG, made.id))[0].description == "naïve ✓"  # newest first
+
+
+@pytest.mark.real
+async def test_cluster_nodes_pack_with_hiredis(request: pytest.FixtureRequest) -> None:
+    """On a Cluster from from_url every node's connections (the startup nodes and those found
+    from CLUSTER SLOTS) pack budgetkit's FCALLs with hiredis, and the calls work."""
+    cluster = request.getfixturevalue("local_cluster")
+    ports = ",".join(f"127.0.0.1:{port}" for port in cluster.ports)
+    async with bk.BudgetKit.from_url(f"redis+cluster://{ports}") as kit:
+        await kit.redis.flushall()
+        for org in ("org_p1", "org_p2", "org_p3"):
+            scope = bk.Scope(organization_id=org, session_id="s1")
+            await kit.create_budget(org, "session", "s1", "usd", 10)
+            made = await kit.debit(scope, {"usd": 4})
+            assert [entry.amount for entry in made.entries] == [4]
+        nodes = kit.redis.nodes_manager.nodes_cache.values()
+        assert len(nodes) >= 3
+        for node in nodes:
+            assert node.connection_class._budgetkit_fast_packing, node.name

@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import PRIMARY
 from redis.maint_notifications import MaintNotificationsConfig
 
+from budgetkit._core import packing
 from budgetkit._core.errors import InvalidInput
 
 SOCKET_TIMEOUT_S = 5.0
@@ -93,7 +94,8 @@ def client_from_url(
     ``budgetkit._core.runtime.ScriptRuntime`` — it retries only what provably did not run.
 
     Returns a ``redis.asyncio.Redis`` (single server, Sentinel-managed primary) or a
-    ``redis.asyncio.cluster.RedisCluster`` (typed ``Any`` so both fit the callers' types).
+    ``redis.asyncio.cluster.RedisCluster`` (typed ``Any`` so both fit the callers' types), whose
+    connections pack budgetkit's own commands with hiredis (budgetkit._core.packing).
     """
     if not isinstance(url, str) or not url.startswith(SCHEMES):
         raise InvalidInput(f"unsupported Redis URL scheme (use {', '.join(SCHEMES)})")
@@ -102,15 +104,17 @@ def client_from_url(
         "socket_connect_timeout": connect_timeout_s,
     }
     if url.startswith(CLUSTER_SCHEMES):
-        return cluster_from_url(url, max_connections=max_connections, **timeouts)
+        return packing.install(cluster_from_url(url, max_connections=max_connections, **timeouts))
     if url.startswith(SENTINEL_SCHEMES):
-        return sentinel_from_url(url, max_connections=max_connections, **timeouts)
-    return Redis.from_url(
-        url,
-        retry=_no_retry(),
-        max_connections=max_connections,
-        maint_notifications_config=_no_maintenance(),
-        **timeouts,
+        return packing.install(sentinel_from_url(url, max_connections=max_connections, **timeouts))
+    return packing.install(
+        Redis.from_url(
+            url,
+            retry=_no_retry(),
+            max_connections=max_connections,
+            maint_notifications_config=_no_maintenance(),
+            **timeouts,
+        )
     )
 
 
