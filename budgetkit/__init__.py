@@ -49,7 +49,12 @@ from budgetkit._core.models import (
     json_schemas,
     parse_period,
 )
-from budgetkit._core.observability import Instrument, OpenTelemetryTracing, PrometheusMetrics
+from budgetkit._core.observability import (
+    CheckCacheInstrument,
+    Instrument,
+    OpenTelemetryTracing,
+    PrometheusMetrics,
+)
 from budgetkit._core.periods import parse_rolling_window
 from budgetkit._core.pricing import ModelPrice, PriceTable, PriceTier
 from budgetkit._core.results import DebitResult, Reservation
@@ -97,6 +102,7 @@ __all__ = [
     "BudgetUnavailable",
     "BudgetkitError",
     "CalendarPeriod",
+    "CheckCacheInstrument",
     "CheckCacheStats",
     "ClientClosed",
     "ConnectionOptions",

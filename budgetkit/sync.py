@@ -29,7 +29,7 @@ from collections.abc import (
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
-from budgetkit._core.checkcache import CheckCacheStats
+from budgetkit._core.checkcache import CANARY_EVERY_DEFAULT, CheckCacheStats
 from budgetkit._core.client import (
     DEFAULT_WARN_FRACTION,
     EVENTS_BATCH_MAX,
@@ -421,25 +421,32 @@ class BudgetKit:
             )
         )
 
-    def enable_check_cache(self, heartbeat_ms: int = 50) -> None:
+    def enable_check_cache(
+        self, heartbeat_ms: int = 50, *, canary_every: int = CANARY_EVERY_DEFAULT
+    ) -> None:
         """From now on ``check`` and ``check_tool`` answer from memory when the scope's budgets
         are cached and current, else make the round trip and cache its reply (issue 17;
         docs/check-cache.md). Exact: the same answers as without it, after this kit's own
         writes at once, after other clients' writes within Redis's invalidation latency; a
         period rollover or hold expiry is never answered from memory. Costs one tracking
-        connection and a heartbeat write every ``heartbeat_ms`` (5 .. 10,000): when a heartbeat
+        connection (on a Cluster: one per primary owning an organization checked) and a
+        heartbeat write every ``heartbeat_ms`` (5 .. 10,000) per connection: when a heartbeat
         comes back later than two of them, nothing is served until tracking is proven again.
-        One server or a Sentinel primary (not a Cluster); BudgetUnavailable when the server
-        cannot track (fakeredis)."""
-        self._run(self._core().enable_check_cache(heartbeat_ms=heartbeat_ms))
+        ``canary_every`` (0 .. 10^9; 0: off): every that many answers from memory, one check
+        is also sent to Redis in the background and compared (``CheckCacheStats.canary_*``).
+        One server, a Sentinel primary or a Cluster; BudgetUnavailable when the server cannot
+        track (fakeredis)."""
+        self._run(
+            self._core().enable_check_cache(heartbeat_ms=heartbeat_ms, canary_every=canary_every)
+        )
 
     def disable_check_cache(self) -> None:
         """Stops the check cache (its connection and heartbeat); checks make round trips."""
         self._run(self._core().disable_check_cache())
 
     def check_cache_stats(self) -> CheckCacheStats | None:
-        """The check cache's counters (hits, misses, fills, invalidations, lease expiries...);
-        None when it is not enabled."""
+        """The check cache's counters (hits, misses, fills, invalidations, lease expiries,
+        canary checks...); None when it is not enabled."""
         return self._core().check_cache_stats()
 
     def check(self, scope: Scope) -> BudgetCheckResult:

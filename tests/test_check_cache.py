@@ -4,6 +4,8 @@ A cached kit and an uncached kit share one server and one clock; every answer of
 must equal the uncached one's: after the cached kit's own writes (read-your-writes), after
 another client's writes once their invalidation arrived, across period rollovers and hold
 expiries (the injected clock), with the tracking connection killed and the event loop stalled.
+The staleness canary catches an invalidation lost on purpose and counts nothing under a
+concurrent writer. (The Cluster's check cache: tests/test_cluster.py.)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 import budgetkit as bk
@@ -326,3 +329,100 @@ def test_blocking_client_caches_too(redis_server_url: str) -> None:
         stats = kit.check_cache_stats()
         assert stats is not None and stats.hits >= 1, stats
         kit.disable_check_cache()
+
+
+# -- the staleness canary ------------------------------------------------------------------------
+
+
+async def beat_back_after(kit: bk.BudgetKit, moment: float) -> None:
+    """Waits until a heartbeat sent after ``moment`` (time.monotonic()) came back: every push of
+    a write acknowledged before ``moment`` was read by then (pushes arrive in order)."""
+    cache = kit._check_cache
+    assert cache is not None
+    (channel,) = cache._channels.values()
+    deadline = time.monotonic() + INVALIDATION_WAIT_S
+    while channel.beat_seen <= moment:
+        assert time.monotonic() < deadline, "no heartbeat came back"
+        await asyncio.sleep(0.005)
+
+
+async def test_the_canary_sees_a_lost_invalidation(real_redis: Redis) -> None:
+    """The tracking connection loses the pushes of one write on purpose: the cache serves the
+    state before it, the canary's background round trip finds the difference, counts it and
+    the cache starts over (the next answers are the store's)."""
+    clock = Clock()
+    registry = CollectorRegistry()
+    cached = bk.BudgetKit(real_redis, clock=clock, instruments=[bk.PrometheusMetrics(registry)])
+    plain = bk.BudgetKit(real_redis, clock=clock)
+    await cached.enable_check_cache(heartbeat_ms=20, canary_every=5)
+    try:
+        await warmed(cached, plain)
+        tracker = cached._check_cache._tracker if cached._check_cache else None
+        assert tracker is not None
+        forward = tracker._on_keys
+        tracker._on_keys = lambda keys: forward([k for k in keys if "!cache" in k])  # beats only
+        await plain.debit(SCOPE, {"usd": 9})  # another client; its pushes are dropped
+        await beat_back_after(cached, time.monotonic())
+        tracker._on_keys = forward
+        assert await cached.check(SCOPE) != await plain.check(SCOPE), "not stale: no test"
+        deadline = time.monotonic() + INVALIDATION_WAIT_S
+        while True:
+            stats = cached.check_cache_stats()
+            assert stats is not None
+            if stats.canary_stale >= 1:
+                break
+            assert time.monotonic() < deadline, f"the canary never fired: {stats}"
+            await cached.check(SCOPE)
+            await asyncio.sleep(0.002)
+        await serving(cached)
+        await same_answers(cached, plain, SCOPE)
+        assert stats.resets >= 1 and stats.canary_checks >= stats.canary_stale, stats
+        assert registry.get_sample_value("budgetkit_check_cache_stale_total") >= 1
+    finally:
+        await cached.disable_check_cache()
+
+
+async def test_the_canary_counts_nothing_stale_under_a_concurrent_writer(
+    real_redis: Redis,
+) -> None:
+    """A canary on every hit while another client writes the scope every few milliseconds and
+    the kit writes too: writes that race a hit are not counted, so nothing is stale."""
+    cached = bk.BudgetKit(real_redis)
+    plain = bk.BudgetKit(real_redis)
+    quiet = bk.Scope(ORG, session_id="s9")  # no shared budget with SCOPE
+    await cached.enable_check_cache(heartbeat_ms=10, canary_every=1)
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        while not stop.is_set():
+            await plain.debit(SCOPE, {"usd": 0.0001})
+            await asyncio.sleep(0.005)
+
+    try:
+        await budgets(plain)
+        await plain.create_budget(ORG, "session", "s9", "usd", 10)
+        await serving(cached)
+        task = asyncio.ensure_future(writer())
+        ends = time.monotonic() + 1.5
+        while time.monotonic() < ends:
+            for scope in (SCOPE, OTHER, quiet):
+                await cached.check(scope)
+            if random.random() < 0.05:
+                await cached.debit(OTHER, {"usd": 0.0001})  # own writes fill from their reply
+            await asyncio.sleep(0.001)
+        stop.set()
+        await task
+        stats = cached.check_cache_stats()
+    finally:
+        stop.set()
+        await cached.disable_check_cache()
+    assert stats is not None and stats.hits > 100 and stats.invalidations > 0, stats
+    assert stats.canary_checks >= 5 and stats.canary_stale == 0, stats
+
+
+async def test_canary_every_is_validated(real_redis: Redis) -> None:
+    kit = bk.BudgetKit(real_redis)
+    for bad in (-1, True, 2.5, 10**10):
+        with pytest.raises(bk.InvalidInput, match="canary_every"):
+            await kit.enable_check_cache(canary_every=bad)  # type: ignore[arg-type]
+        assert kit.check_cache_stats() is None

@@ -1,7 +1,8 @@
 # ruff: noqa: F811  (fixtures imported from cluster_fixtures are parameters by the same name)
 """Redis Cluster (3 primaries + 3 replicas, started by the fixtures): the core behaviour tests
-re-run on it, URL parsing, the migration guard, a slot migrated to a node added under load, and
-a primary failover under load (plain and durable).
+re-run on it, URL parsing, the migration guard, a slot migrated to a node added under load, a
+primary failover under load (plain and durable), and the check cache (a tracking connection per
+primary) across random operations, killed tracking connections, a slot migration and a failover.
 
 The core tests come from ``tests/test_core.py`` unchanged (``from test_core import *``): this
 module overrides the ``redis``, ``redis_snapshot`` and ``kit`` fixtures they use, so each runs
@@ -11,6 +12,7 @@ with a ``RedisCluster`` client (async and through the blocking facade).
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -337,3 +339,237 @@ def test_cluster_helper_parses_cluster_nodes() -> None:
         ("b2", 7001, "master", ((5461, 10922), (93, 93))),
         ("c3", 7002, "slave", ()),
     ]
+
+
+# -- the check cache on the cluster (issue 17) ---------------------------------------------------
+
+CACHE_WAIT_S = 3.0  # generous: an invalidation takes well under a millisecond on loopback
+
+
+def owners_of(cluster: Any, client: RedisCluster, kit: bk.BudgetKit, orgs: list[str]) -> list[int]:
+    """The port of the primary that owns each organization's slot."""
+    return [cluster.slot_owner(client.keyslot(kit.keys.org_index(org))).port for org in orgs]
+
+
+def orgs_on_every_primary(cluster: Any, client: RedisCluster, kit: bk.BudgetKit) -> list[str]:
+    """One organization per primary."""
+    found: dict[int, str] = {}
+    candidates = [f"org_cc{i}" for i in range(64)]
+    for org, port in zip(candidates, owners_of(cluster, client, kit, candidates), strict=True):
+        found.setdefault(port, org)
+    assert len(found) == len(cluster.primaries()), found
+    return list(found.values())
+
+
+async def scope_with_budgets(kit: bk.BudgetKit, org: str) -> bk.Scope:
+    """A scope of ``org`` with a session and a user budget."""
+    await kit.create_budget(org, "session", "s1", "usd", 50, soft_limit=40)
+    await kit.create_budget(org, "user", "u1", "usd", 80)
+    return bk.Scope(organization_id=org, session_id="s1", user_id="u1")
+
+
+async def answered_from_memory(kit: bk.BudgetKit, scope: bk.Scope) -> None:
+    """Checks ``scope`` until the cache answers it from memory (tracking proven on the org's
+    primary, the org tracked there, the scope filled)."""
+    deadline = time.monotonic() + CACHE_WAIT_S
+    while True:
+        before = kit.check_cache_stats()
+        await kit.check(scope)
+        after = kit.check_cache_stats()
+        assert before is not None and after is not None
+        if after.hits > before.hits:
+            return
+        assert time.monotonic() < deadline, f"never answered from memory: {after}"
+        await asyncio.sleep(0.01)
+
+
+async def agree(cached: bk.BudgetKit, plain: bk.BudgetKit, scope: bk.Scope) -> None:
+    assert await cached.check(scope) == await plain.check(scope)
+    assert await cached.check_tool(scope) == await plain.check_tool(scope)
+
+
+async def agree_soon(cached: bk.BudgetKit, plain: bk.BudgetKit, scope: bk.Scope) -> float:
+    """Another client wrote: seconds until the cached kit's answer is the store's (bounded)."""
+    expected = await plain.check_tool(scope)
+    started = time.monotonic()
+    while await cached.check_tool(scope) != expected:
+        assert time.monotonic() - started < CACHE_WAIT_S, "the write never reached the cache"
+        await asyncio.sleep(0.001)
+    return time.monotonic() - started
+
+
+def tracking_channels(kit: bk.BudgetKit) -> dict[str, Any]:
+    cache = kit._check_cache
+    assert cache is not None
+    return dict(cache._channels)
+
+
+@pytest_asyncio.fixture
+async def cache_kits(
+    local_cluster: Any, cluster_client: RedisCluster
+) -> AsyncIterator[tuple[bk.BudgetKit, bk.BudgetKit]]:
+    """A kit with the check cache on the cluster and an uncached kit (another client), one
+    clock."""
+    clock = ManualClock()
+    cached = bk.BudgetKit.from_url(local_cluster.url, clock=clock)
+    plain = bk.BudgetKit.from_url(local_cluster.url, clock=clock)
+    await cached.enable_check_cache(heartbeat_ms=20, canary_every=50)
+    try:
+        yield cached, plain
+    finally:
+        await cached.aclose()
+        await plain.aclose()
+
+
+async def test_check_cache_on_the_cluster_agrees_with_an_uncached_kit(
+    local_cluster: Any,
+    cluster_client: RedisCluster,
+    cache_kits: tuple[bk.BudgetKit, bk.BudgetKit],
+) -> None:
+    """Random operations on organizations of every primary: every answer of the cached kit
+    equals the uncached kit's, at once after its own writes, within the invalidation window
+    after another client's; one tracking connection per primary."""
+    cached, plain = cache_kits
+    orgs = orgs_on_every_primary(local_cluster, cluster_client, cached)
+    scopes = [await scope_with_budgets(plain, org) for org in orgs]
+    for scope in scopes:
+        await answered_from_memory(cached, scope)
+    assert len(tracking_channels(cached)) == len(local_cluster.primaries())
+    rng = random.Random(17)
+    for _ in range(150):
+        scope = rng.choice(scopes)
+        kind = rng.randrange(5)
+        if kind == 0:
+            await cached.debit(scope, {"usd": rng.choice([0.01, 0.4, 3])})
+        elif kind == 1:
+            held = await cached.reserve(scope, {"usd": 0.5}, ttl_seconds=60)
+            if held.granted and rng.random() < 0.5:
+                await cached.commit(held, {"usd": 0.2})
+            elif held.granted:
+                await cached.release(held)
+        elif kind == 2:
+            await cached.resume(scope, levels=("session",))
+        elif kind == 3:
+            await plain.debit(scope, {"usd": 0.3})  # another client
+            await agree_soon(cached, plain, scope)
+        for each in scopes:  # right after an acknowledged write of its own: the store's answer
+            await agree(cached, plain, each)
+    stats = cached.check_cache_stats()
+    assert stats is not None and stats.hits > 300 and stats.canary_stale == 0, stats
+
+
+async def test_check_cache_on_the_cluster_sees_other_clients_writes_on_every_primary(
+    local_cluster: Any,
+    cluster_client: RedisCluster,
+    cache_kits: tuple[bk.BudgetKit, bk.BudgetKit],
+) -> None:
+    cached, plain = cache_kits
+    orgs = orgs_on_every_primary(local_cluster, cluster_client, cached)
+    scopes = [await scope_with_budgets(plain, org) for org in orgs]
+    waits = []
+    for _ in range(10):
+        for scope in scopes:
+            await answered_from_memory(cached, scope)
+            await plain.debit(scope, {"usd": 0.01})
+            waits.append(await agree_soon(cached, plain, scope))
+    stats = cached.check_cache_stats()
+    assert stats is not None and stats.invalidations > 0, stats
+    print(f"\nother client's write to cached answer: max {1000 * max(waits):.1f} ms")
+
+
+async def test_check_cache_on_the_cluster_recovers_when_a_tracking_connection_is_killed(
+    local_cluster: Any,
+    cluster_client: RedisCluster,
+    cache_kits: tuple[bk.BudgetKit, bk.BudgetKit],
+) -> None:
+    """CLIENT KILL of each primary's tracking connection: nothing stale meanwhile, then the
+    cache serves again from that node."""
+    from redis.asyncio import Redis
+
+    cached, plain = cache_kits
+    orgs = orgs_on_every_primary(local_cluster, cluster_client, cached)
+    scopes = [await scope_with_budgets(plain, org) for org in orgs]
+    ports = owners_of(local_cluster, cluster_client, cached, orgs)
+    for scope, port in zip(scopes, ports, strict=True):
+        await answered_from_memory(cached, scope)
+        channel = tracking_channels(cached)[f"127.0.0.1:{port}"]
+        tracking_id = await channel.tracker._command("CLIENT", "ID")
+        node = Redis(host="127.0.0.1", port=port)
+        try:
+            await node.execute_command("CLIENT", "KILL", "ID", tracking_id)
+        finally:
+            await node.aclose()
+        await plain.debit(scope, {"usd": 0.01})  # written while that node's tracking is down
+        await agree(cached, plain, scope)
+        await answered_from_memory(cached, scope)
+        await agree(cached, plain, scope)
+    stats = cached.check_cache_stats()
+    assert stats is not None and stats.resets >= len(scopes), stats
+
+
+async def test_check_cache_follows_a_slot_migration(cluster_factory: Callable[..., Any]) -> None:
+    """The org's slot moves to another primary (keys MIGRATEd, then SETSLOT NODE) and another
+    client writes there: neither a cached scope with budgets nor one without any (whose keys do
+    not exist, so no push names them) is answered stale; the cache then serves the org from its
+    new primary, and its own writes there are read back at once."""
+    cluster = cluster_factory(replicas=0)
+    clock = ManualClock()
+    org = "org_moving"
+    async with (
+        bk.BudgetKit.from_url(cluster.url, clock=clock) as cached,
+        bk.BudgetKit.from_url(cluster.url, clock=clock) as plain,
+    ):
+        budgeted = await scope_with_budgets(plain, org)
+        unbudgeted = bk.Scope(organization_id=org, session_id="s_new")  # no budget yet
+        await cached.enable_check_cache(heartbeat_ms=20, canary_every=0)  # (not the canary)
+        for scope in (budgeted, unbudgeted):
+            await answered_from_memory(cached, scope)
+        slot = cached.redis.keyslot(cached.keys.org_index(org))
+        source = cluster.slot_owner(slot)
+        target = next(n for n in cluster.primaries() if n.port != source.port)
+        moved = await asyncio.to_thread(cluster.migrate_slot, slot, target.port)
+        assert moved > 0 and cluster.slot_owner(slot).port == target.port
+        await plain.debit(budgeted, {"usd": 1})  # another client, on the new owner
+        await plain.create_budget(org, "session", "s_new", "usd", 1)
+        await plain.debit(unbudgeted, {"usd": 1})  # exhausted: the check says stop
+        assert (await plain.check(unbudgeted)).action == "stop"
+        for scope in (budgeted, unbudgeted):
+            await agree_soon(cached, plain, scope)
+        for scope in (budgeted, unbudgeted):
+            await answered_from_memory(cached, scope)  # from the new owner's channel
+            await agree(cached, plain, scope)
+        assert f"127.0.0.1:{target.port}" in tracking_channels(cached)
+        for _ in range(10):
+            await cached.debit(budgeted, {"usd": 0.5})
+            await agree(cached, plain, budgeted)
+        stats = cached.check_cache_stats()
+        assert stats is not None and stats.resets >= 1, stats
+
+
+@pytest.mark.slow
+async def test_check_cache_follows_a_primary_failover(cluster_factory: Callable[..., Any]) -> None:
+    """CLUSTER FAILOVER of the org's primary: its tracking connection is left on a replica; the
+    cache resets, then serves the org from the promoted primary, every answer the store's."""
+    cluster = cluster_factory()
+    clock = ManualClock()
+    org = "org_failing_over"
+    async with (
+        bk.BudgetKit.from_url(cluster.url, clock=clock) as cached,
+        bk.BudgetKit.from_url(cluster.url, clock=clock) as plain,
+    ):
+        scope = await scope_with_budgets(plain, org)
+        await cached.enable_check_cache(heartbeat_ms=20)
+        await answered_from_memory(cached, scope)
+        primary = cluster.slot_owner(cached.redis.keyslot(cached.keys.org_index(org)))
+        replica = cluster.replica_of(primary.port)
+        await asyncio.to_thread(cluster.failover, replica.port)
+        for _ in range(5):
+            await plain.debit(scope, {"usd": 0.1})  # another client, on the new primary
+            await agree_soon(cached, plain, scope)
+        await answered_from_memory(cached, scope)
+        assert f"127.0.0.1:{replica.port}" in tracking_channels(cached)
+        for _ in range(5):
+            await cached.debit(scope, {"usd": 0.1})
+            await agree(cached, plain, scope)
+        stats = cached.check_cache_stats()
+        assert stats is not None and stats.resets >= 1 and stats.canary_stale == 0, stats

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -12,7 +15,13 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 import budgetkit as bk
-from budgetkit._core.observability import OpenTelemetryTracing, PrometheusMetrics
+from budgetkit._core.observability import (
+    CHECK_CACHE_COUNTERS,
+    CallRecord,
+    CheckCacheReader,
+    OpenTelemetryTracing,
+    PrometheusMetrics,
+)
 
 ORG = "org_obs"
 
@@ -93,3 +102,116 @@ async def test_opentelemetry_spans(redis: Redis) -> None:
 async def test_no_instruments_no_overhead_objects(redis: Redis) -> None:
     kit = bk.BudgetKit(redis)
     assert not kit._instruments  # the hot path skips every instrument call
+
+
+# -- the check cache's counters ------------------------------------------------------------------
+
+
+async def cache_serves(kit: bk.BudgetKit) -> bk.CheckCacheStats:
+    """Waits (bounded) until the kit's check cache serves; its counters then."""
+    deadline = time.monotonic() + 2
+    while True:
+        stats = kit.check_cache_stats()
+        assert stats is not None
+        if stats.serving:
+            return stats
+        assert time.monotonic() < deadline, "the check cache never served"
+        await asyncio.sleep(0.005)
+
+
+def cache_samples(registry: CollectorRegistry) -> dict[str, float]:
+    """The check cache's counters as Prometheus scrapes them, by CheckCacheStats field."""
+    return {
+        field: sample(registry, f"budgetkit_check_cache_{metric}_total")
+        for field, (metric, _) in CHECK_CACHE_COUNTERS.items()
+    }
+
+
+def stats_counts(stats: bk.CheckCacheStats) -> dict[str, float]:
+    return {field: float(getattr(stats, field)) for field in CHECK_CACHE_COUNTERS}
+
+
+async def test_check_cache_counters_reach_prometheus_and_never_go_down(real_redis: Redis) -> None:
+    registry = CollectorRegistry()
+    kit = bk.BudgetKit(real_redis, instruments=[PrometheusMetrics(registry)])
+    other = bk.BudgetKit(real_redis)
+    await kit.create_budget(ORG, "session", "s1", "usd", 10)
+    scope = bk.Scope(organization_id=ORG, session_id="s1")
+    assert cache_samples(registry) == dict.fromkeys(CHECK_CACHE_COUNTERS, 0.0)
+    assert sample(registry, "budgetkit_check_cache_serving") == 0
+    await kit.enable_check_cache(heartbeat_ms=20, canary_every=4)
+    await cache_serves(kit)
+    deadline = time.monotonic() + 2
+    while (stats := await cache_serves(kit)).canary_checks < 1 or stats.invalidations < 1:
+        assert time.monotonic() < deadline, stats
+        await kit.check(scope)
+        if stats.hits > 20 and stats.invalidations < 1:
+            await other.debit(scope, {"usd": 0.01})  # another client: an invalidation
+        await asyncio.sleep(0.002)
+    assert sample(registry, "budgetkit_check_cache_serving") == 1
+    final = kit.check_cache_stats()
+    await kit.disable_check_cache()
+    assert final is not None and final.hits > 0 and final.fills > 0, final
+    assert cache_samples(registry) == stats_counts(final)  # kept after the cache stopped
+    assert sample(registry, "budgetkit_check_cache_serving") == 0
+    await kit.enable_check_cache(heartbeat_ms=20, canary_every=0)
+    await cache_serves(kit)
+    for _ in range(5):
+        await kit.check(scope)
+    again = kit.check_cache_stats()
+    assert again is not None and again.hits > 0, again
+    assert sample(registry, "budgetkit_check_cache_hits_total") == final.hits + again.hits
+    await kit.disable_check_cache()
+
+
+class Minimal:
+    """An instrument a user wrote before the check cache had hooks: the Instrument methods."""
+
+    @contextmanager
+    def call(self, record: CallRecord) -> Iterator[None]:
+        yield
+
+    def check_decided(self, action: str, policy: str | None) -> None:
+        return None
+
+    def reservation_decided(self, granted: bool, reason: str | None) -> None:
+        return None
+
+    def batch_sent(self, size: int) -> None:
+        return None
+
+    def script_reloaded(self) -> None:
+        return None
+
+
+class Hooked(Minimal):
+    """One with the optional check cache hooks (CheckCacheInstrument)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bk.CheckCacheStats]] = []
+
+    def check_cache_enabled(self, stats: CheckCacheReader) -> None:
+        self.seen.append(("enabled", stats()))
+
+    def check_cache_disabled(self, stats: CheckCacheReader) -> None:
+        self.seen.append(("disabled", stats()))
+
+
+async def test_check_cache_hooks_are_optional(real_redis: Redis) -> None:
+    hooked = Hooked()
+    kit = bk.BudgetKit(real_redis, instruments=[Minimal(), hooked])
+    await kit.create_budget(ORG, "session", "s1", "usd", 10)
+    await kit.enable_check_cache(heartbeat_ms=20)
+    await cache_serves(kit)
+    for _ in range(3):
+        await kit.check(bk.Scope(organization_id=ORG, session_id="s1"))
+    await kit.disable_check_cache()
+    assert [what for what, _ in hooked.seen] == ["enabled", "disabled"]
+    assert hooked.seen[1][1].misses + hooked.seen[1][1].hits == 3, hooked.seen
+
+
+def test_every_check_cache_counter_is_exported() -> None:
+    counters = set(bk.CheckCacheStats.model_fields) - {"serving"}
+    assert set(CHECK_CACHE_COUNTERS) == counters
+    names = [metric for metric, _ in CHECK_CACHE_COUNTERS.values()]
+    assert len(set(names)) == len(names) and "stale" in names

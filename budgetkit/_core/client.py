@@ -24,7 +24,12 @@ from redis.cluster import RedisCluster as BlockingCluster
 from budgetkit._core import convert
 from budgetkit._core.amounts import from_micros, to_micros
 from budgetkit._core.batching import ScriptBatcher
-from budgetkit._core.checkcache import CheckCache, CheckCacheStats, Ticket
+from budgetkit._core.checkcache import (
+    CANARY_EVERY_DEFAULT,
+    CheckCache,
+    CheckCacheStats,
+    Ticket,
+)
 from budgetkit._core.durability import MUTATIONS, Durability, DurableWriter
 from budgetkit._core.errors import (
     BudgetNotFound,
@@ -322,36 +327,53 @@ class BudgetKit:
 
     # -- the check cache ----------------------------------------------------------------------
 
-    async def enable_check_cache(self, heartbeat_ms: int = 50) -> None:
+    async def enable_check_cache(
+        self, heartbeat_ms: int = 50, *, canary_every: int = CANARY_EVERY_DEFAULT
+    ) -> None:
         """From now on ``check`` and ``check_tool`` answer from memory when the scope's budgets
         are cached and current, else make the round trip and cache its reply (issue 17;
         docs/check-cache.md). Exact: the same answers as without it, after this kit's own
         writes at once, after other clients' writes within Redis's invalidation latency; a
         period rollover or hold expiry is never answered from memory. Costs one tracking
-        connection and a heartbeat write every ``heartbeat_ms`` (5 .. 10,000): when a heartbeat
+        connection (on a Cluster: one per primary owning an organization checked) and a
+        heartbeat write every ``heartbeat_ms`` (5 .. 10,000) per connection: when a heartbeat
         comes back later than two of them, nothing is served until tracking is proven again.
-        One server or a Sentinel primary (not a Cluster); BudgetUnavailable when the server
-        cannot track (fakeredis)."""
+        ``canary_every`` (0 .. 10^9; 0: off): every that many answers from memory, one check
+        is also sent to Redis in the background and compared (``CheckCacheStats.canary_*``).
+        One server, a Sentinel primary or a Cluster; BudgetUnavailable when the server cannot
+        track (fakeredis)."""
         if self._check_cache is not None:
             raise InvalidInput("the check cache is already enabled")
-        if self._runtime.topology == "cluster":
-            raise InvalidInput("the check cache serves one server or a Sentinel primary")
         if isinstance(heartbeat_ms, bool) or not isinstance(heartbeat_ms, int):
             raise InvalidInput("heartbeat_ms must be an int")
-        cache = CheckCache(self._client, self._keys, heartbeat_ms)
+        cache = CheckCache(
+            self._client,
+            self._keys,
+            heartbeat_ms,
+            canary_every=canary_every,
+            round_trip=self._fresh_check,
+        )
         await cache.start()
         self._check_cache = cache
+        self._instruments.check_cache_enabled(cache.stats)
 
     async def disable_check_cache(self) -> None:
         """Stops the check cache (its connection and heartbeat); checks make round trips."""
         cache, self._check_cache = self._check_cache, None
         if cache is not None:
             await cache.stop()
+            self._instruments.check_cache_disabled(cache.stats)
 
     def check_cache_stats(self) -> CheckCacheStats | None:
-        """The check cache's counters (hits, misses, fills, invalidations, lease expiries...);
-        None when it is not enabled."""
+        """The check cache's counters (hits, misses, fills, invalidations, lease expiries,
+        canary checks...); None when it is not enabled."""
         return None if self._check_cache is None else self._check_cache.stats()
+
+    async def _fresh_check(self, scoped: ScopeKeys) -> Reply:
+        """One check.lua round trip of a scope, never cached nor retried (the cache's canary)."""
+        args = self._common_args("", scoped.org)
+        raw = await self._raw("check", [*scoped.subjects, scoped.events], args)
+        return parse_reply(raw, snapshots=True, levels=scoped.levels)
 
     def _after_write(
         self,

@@ -7,19 +7,52 @@ extra (``prometheus-client``, ``opentelemetry-api``); they are imported only whe
 What is reported never carries a secret or an identifier: operation names, outcomes (an error
 class name or ``ok``), check actions, denial reasons, batch sizes — no organization, subject,
 session, budget or idempotency ids, no amounts.
+
+The check cache (``kit.enable_check_cache()``) counts its events in plain integers on its hot
+path (a hit costs no instrument call); an instrument that wants them implements the optional
+hooks of ``CheckCacheInstrument`` and reads the counters when it likes: ``PrometheusMetrics``
+reads them at each scrape (a collector), so they cost nothing between scrapes.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from budgetkit._core.checkcache import CheckCacheStats
+
+#: Reads the current counters of one kit's check cache (``kit.check_cache_stats`` while on).
+CheckCacheReader = Callable[[], "CheckCacheStats"]
 
 #: Buckets of the script latency histogram, in seconds (50 µs .. 1 s).
 LATENCY_BUCKETS_S = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0)
 #: Buckets of the batch size histogram (calls per pipeline).
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: The check cache's counters as PrometheusMetrics exports them: CheckCacheStats field ->
+#: (metric name after ``<namespace>_check_cache_``, then ``_total``; help).
+CHECK_CACHE_COUNTERS = {
+    "hits": ("hits", "Checks answered from memory by the check cache"),
+    "misses": ("misses", "Checks the check cache sent to Redis"),
+    "fills": ("fills", "Replies the check cache stored"),
+    "fills_refused": (
+        "fills_refused",
+        "Replies not stored: a key they show was written meanwhile, tracking was not proven, "
+        "or the slot moved",
+    ),
+    "invalidations": ("invalidations", "Keys Redis pushed to the check cache"),
+    "resets": ("resets", "Times the check cache dropped everything"),
+    "lease_expiries": (
+        "lease_expiries",
+        "Times a heartbeat came back late: nothing served from memory meanwhile",
+    ),
+    "joined": ("joined", "Check cache misses answered by a round trip already in flight"),
+    "canary_checks": ("canary_checks", "Answers from memory compared with a fresh round trip"),
+    "canary_stale": ("stale", "Answers from memory the canary found stale (should stay 0)"),
+}
 
 
 class CallRecord:
@@ -33,7 +66,10 @@ class CallRecord:
 
 
 class Instrument(Protocol):
-    """Receives budgetkit's measurements. Every method must be cheap and must not raise."""
+    """Receives budgetkit's measurements. Every method must be cheap and must not raise.
+
+    An instrument may also have the optional hooks of ``CheckCacheInstrument`` (called only
+    when present)."""
 
     def call(self, record: CallRecord) -> Any:
         """A context manager around one script call; ``record.outcome`` is final at exit."""
@@ -50,6 +86,20 @@ class Instrument(Protocol):
     def script_reloaded(self) -> None:
         """The server had lost the function library (``Function not found``): the runtime loaded
         it again."""
+
+
+class CheckCacheInstrument(Protocol):
+    """The optional hooks of an ``Instrument`` for the check cache. Not part of ``Instrument``:
+    an instrument may leave them out, and budgetkit calls each only when the instrument has it
+    (``getattr``). Both are called on the kit's event loop; the reader may be called from any
+    thread (a scrape) and returns a snapshot of the cache's counters (``CheckCacheStats``)."""
+
+    def check_cache_enabled(self, stats: CheckCacheReader) -> None:
+        """A kit's check cache started; ``stats()`` reads its counters from now on."""
+
+    def check_cache_disabled(self, stats: CheckCacheReader) -> None:
+        """That cache stopped; ``stats()`` returns its final counters (read them now: the
+        reader is not called again by budgetkit)."""
 
 
 #: The context of a call with no instrument: shared, it does nothing.
@@ -102,6 +152,19 @@ class Instruments:
         for i in self._all:
             i.script_reloaded()
 
+    def check_cache_enabled(self, stats: CheckCacheReader) -> None:
+        """Tells every instrument that has the hook (``CheckCacheInstrument``)."""
+        for i in self._all:
+            hook = getattr(i, "check_cache_enabled", None)
+            if hook is not None:
+                hook(stats)
+
+    def check_cache_disabled(self, stats: CheckCacheReader) -> None:
+        for i in self._all:
+            hook = getattr(i, "check_cache_disabled", None)
+            if hook is not None:
+                hook(stats)
+
 
 class PrometheusMetrics:
     """Prometheus counters and histograms (``budgetkit_*``) in ``registry`` (default: global)."""
@@ -138,6 +201,8 @@ class PrometheusMetrics:
         self.reloads = Counter(
             "noscript_reloads", "Function library loaded again after the server lost it", **kw
         )
+        self.check_cache = _CheckCacheCollector(namespace)
+        registry.register(self.check_cache)
 
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -173,6 +238,60 @@ class PrometheusMetrics:
 
     def script_reloaded(self) -> None:
         self.reloads.inc()
+
+    def check_cache_enabled(self, stats: CheckCacheReader) -> None:
+        self.check_cache.add(stats)
+
+    def check_cache_disabled(self, stats: CheckCacheReader) -> None:
+        self.check_cache.retire(stats)
+
+
+class _CheckCacheCollector:
+    """The check cache's counters in Prometheus (``<namespace>_check_cache_*``), read from the
+    caches of every kit this instrument serves when Prometheus scrapes: counters summed over
+    them (a cache's final counts are kept after it stops, so they never go down) and the
+    ``serving`` gauge, the number of those caches that serve now."""
+
+    def __init__(self, namespace: str) -> None:
+        self._prefix = f"{namespace}_check_cache_"
+        self._lock = threading.Lock()  # scrapes run on the exporter's thread
+        self._readers: list[CheckCacheReader] = []
+        self._retired = dict.fromkeys(CHECK_CACHE_COUNTERS, 0)
+
+    def add(self, stats: CheckCacheReader) -> None:
+        with self._lock:
+            self._readers.append(stats)
+
+    def retire(self, stats: CheckCacheReader) -> None:
+        final = stats()
+        with self._lock:
+            if stats in self._readers:
+                self._readers.remove(stats)
+            for name in self._retired:
+                self._retired[name] += getattr(final, name)
+
+    def describe(self) -> Iterator[Any]:
+        return self._families(dict.fromkeys(CHECK_CACHE_COUNTERS, 0), 0)
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            readers, totals = list(self._readers), dict(self._retired)
+        serving = 0
+        for read in readers:
+            stats = read()
+            for name in totals:
+                totals[name] += getattr(stats, name)
+            serving += stats.serving
+        return self._families(totals, serving)
+
+    def _families(self, totals: dict[str, int], serving: int) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        for name, (metric, text) in CHECK_CACHE_COUNTERS.items():
+            yield CounterMetricFamily(self._prefix + metric, text, value=totals[name])
+        yield GaugeMetricFamily(
+            self._prefix + "serving", "Check caches answering from memory now", value=serving
+        )
 
 
 class OpenTelemetryTracing:
