@@ -18,6 +18,7 @@ tells operators to, and then:
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -205,6 +206,8 @@ async def assert_refused(
         ("commands", lambda: w.info()),
         ("commands", lambda: w.acl_list()),
         ("commands", lambda: w.client_list()),
+        ("commands", lambda: w.execute_command("CLIENT", "KILL", "TYPE", "normal")),
+        ("commands", lambda: w.execute_command("CLUSTER", "RESET")),
         ("commands", lambda: w.script_flush()),
         ("commands", lambda: w.script_load("return 1")),
         ("commands", lambda: w.evalsha("0" * 40, 0)),
@@ -347,3 +350,35 @@ async def test_worker_without_function_load(server: Server, root: redis_asyncio.
     finally:
         await admin.aclose()
         await worker.aclose()
+
+
+async def test_check_cache_as_the_worker(server: Server, root: redis_asyncio.Redis) -> None:
+    """The shipped worker user runs the check cache (HELLO 3, CLIENT TRACKING, the heartbeat's
+    SET): answers come from memory and follow another client's write; a worker confined to one
+    organization gets correct answers, all by round trip (its heartbeat key is not its key)."""
+    admin = kit_as(server, ADMIN)
+    worker = kit_as(server, WORKER)
+    await root.execute_command("ACL", "SETUSER", "worker-org_a", "reset", *tenant_rules("org_a"))
+    await root.execute_command("ACL", "SETUSER", "worker-org_a", "on", ">pw")
+    tenant = bk.BudgetKit.from_url(f"redis://worker-org_a:pw@{server.host_port}/0")
+    scope = bk.Scope("org_a", session_id="s1")
+    try:
+        await admin.create_budget("org_a", "session", "s1", "usd", 10)
+        await worker.enable_check_cache(heartbeat_ms=10)
+        await tenant.enable_check_cache(heartbeat_ms=10)
+        deadline = asyncio.get_running_loop().time() + 5
+        while (stats := worker.check_cache_stats()) is not None and stats.hits == 0:
+            assert (await worker.check(scope)).action == "continue"
+            assert asyncio.get_running_loop().time() < deadline, stats
+            await asyncio.sleep(0.01)
+        await admin.debit(scope, {"usd": 10})  # another client exhausts the budget
+        while (await worker.check(scope)).action != "stop":
+            assert asyncio.get_running_loop().time() < deadline, "the write never showed"
+            await asyncio.sleep(0.001)
+        for _ in range(20):
+            assert (await tenant.check(scope)).action == "stop"
+        confined = tenant.check_cache_stats()
+        assert confined is not None and confined.hits == 0 and not confined.serving, confined
+    finally:
+        for kit in (admin, worker, tenant):
+            await kit.aclose()
