@@ -14,6 +14,8 @@
 --   thr thrf              extra warning thresholds: spent fractions in ppm, ascending, comma-
 --                         separated ('' = none, at most 16); bitmask of those fired this period
 --   created updated       ms
+-- Ledger stream entries (P:{org}:l:<budget id>): id bid amt src [rt ri sess desc] ts; the four
+-- optional fields are left out when all are '' (readers take a missing field as '').
 -- Reply shape shared by every script that returns budgets (see budgetkit/_core/replies.py):
 --   { now_ms, n_budgets, n_budgets * (19 record | 10 snapshot) fields,
 --     n_entries, n_entries * 9 ledger fields, n_events, n_events * 10 event fields
@@ -246,6 +248,7 @@ local function parse_threshold_fields(b, thr_text, thrf_text)
   if b.thr == nil then corrupt(b.key, 'thr') end
   b.thrf = 0
   if present(thrf_text) then b.thrf = stored_int(thrf_text, b.key, 'thrf', 0, 65535) end
+  b.thrf0 = b.thrf
 end
 
 local function parse_roll(b, roll_text)
@@ -263,13 +266,14 @@ local function load_budget(key, mode)
   if not valid_currency(cur) then corrupt(key, 'cur') end
   if not STATUSES[status or ''] then corrupt(key, 'status') end
   local lim = stored_int(v[3], key, 'lim', 1, MAX_MICROS)
+  local bal = stored_int(v[5], key, 'bal', -MAX_MICROS, MAX_MICROS)
+  local held = stored_int(v[6], key, 'held', 0, MAX_MICROS)
+  local op, ack = stored_int(v[13], key, 'op', 0, 1), stored_int(v[14], key, 'ack', 0, 1)
+  local wz = stored_int(v[15], key, 'wz', 0, 1)
+  -- <name>0: the balance state as read, so that flush writes only what changed
   local b = { key = key, id = id, cur = cur, status = status, lim = lim, pk = pk, pu = v[10] or '',
-    bal = stored_int(v[5], key, 'bal', -MAX_MICROS, MAX_MICROS),
-    held = stored_int(v[6], key, 'held', 0, MAX_MICROS),
-    wf = stored_int(v[7], key, 'wf', 0, PPM),
-    op = stored_int(v[13], key, 'op', 0, 1),
-    ack = stored_int(v[14], key, 'ack', 0, 1),
-    wz = stored_int(v[15], key, 'wz', 0, 1) }
+    bal = bal, held = held, wf = stored_int(v[7], key, 'wf', 0, PPM), op = op, ack = ack, wz = wz,
+    bal0 = bal, held0 = held, status0 = status, op0 = op, ack0 = ack, wz0 = wz }
   if present(v[4]) then b.soft = stored_int(v[4], key, 'soft', 1, lim) end
   if pk == 'd' then
     b.ps = stored_int(v[9], key, 'ps', 1, MAX_MICROS)
@@ -279,6 +283,7 @@ local function load_budget(key, mode)
     corrupt(key, 'pk')
   end
   if pk ~= '' then b.pstart = stored_int(v[11], key, 'pstart', 0, MAX_MICROS) end
+  b.pstart0 = b.pstart
   if mode ~= READ then parse_threshold_fields(b, v[16], v[17]) end
   if mode == FULL then
     validate_full_identity(key, h, pk)
@@ -484,6 +489,29 @@ local function opt(n)
   return fmt(n)
 end
 
+-- The balance-state fields of a dirty budget to write, as HSET arguments: all of them for a
+-- budget created or reconfigured (b.config), else those that differ from what was read
+-- (<name>0) and 'updated' when set (a change by a hold alone keeps it). A READ leaves
+-- thresholds alone (b.thrf nil); a debit usually writes 'bal' and 'updated' only.
+local function changed_state(b)
+  if b.config then
+    return { 'bal', fmt(b.bal), 'held', fmt(b.held), 'pstart', opt(b.pstart), 'status', b.status,
+      'op', fmt(b.op), 'ack', fmt(b.ack), 'wz', fmt(b.wz), 'thrf', fmt(b.thrf),
+      'updated', fmt(b.updated) }
+  end
+  local f, n = {}, 0
+  if b.bal ~= b.bal0 then f[n + 1], f[n + 2], n = 'bal', fmt(b.bal), n + 2 end
+  if b.held ~= b.held0 then f[n + 1], f[n + 2], n = 'held', fmt(b.held), n + 2 end
+  if b.status ~= b.status0 then f[n + 1], f[n + 2], n = 'status', b.status, n + 2 end
+  if b.op ~= b.op0 then f[n + 1], f[n + 2], n = 'op', fmt(b.op), n + 2 end
+  if b.ack ~= b.ack0 then f[n + 1], f[n + 2], n = 'ack', fmt(b.ack), n + 2 end
+  if b.wz ~= b.wz0 then f[n + 1], f[n + 2], n = 'wz', fmt(b.wz), n + 2 end
+  if b.pstart ~= b.pstart0 then f[n + 1], f[n + 2], n = 'pstart', opt(b.pstart), n + 2 end
+  if b.thrf ~= b.thrf0 then f[n + 1], f[n + 2], n = 'thrf', fmt(b.thrf), n + 2 end
+  if b.updated ~= nil then f[n + 1], f[n + 2] = 'updated', fmt(b.updated) end
+  return f
+end
+
 -- Persists every dirty budget, hold change, ledger entry and event of the batch: the write path
 -- of every script, except a few writes a script makes itself (create.lua's identity fields and
 -- indexes, reserve.lua's hold record, a hold's deletion, request records).
@@ -491,18 +519,8 @@ local function flush(batch, events_key)
   for _, b in ipairs(batch.order) do
     -- The hot path (debit, holds, rollover) changes only the balance-state fields; create and
     -- update set b.config to write the configuration too.
-    -- thrf and updated only when known: a READ leaves thresholds alone, and a budget touched
-    -- by a hold alone keeps its 'updated'.
-    if b.thrf ~= nil and b.updated ~= nil then
-      redis.call('HSET', b.key, 'bal', fmt(b.bal), 'held', fmt(b.held), 'pstart', opt(b.pstart),
-        'status', b.status, 'op', fmt(b.op), 'ack', fmt(b.ack), 'wz', fmt(b.wz),
-        'thrf', fmt(b.thrf), 'updated', fmt(b.updated))
-    else
-      redis.call('HSET', b.key, 'bal', fmt(b.bal), 'held', fmt(b.held), 'pstart', opt(b.pstart),
-        'status', b.status, 'op', fmt(b.op), 'ack', fmt(b.ack), 'wz', fmt(b.wz))
-      if b.thrf ~= nil then redis.call('HSET', b.key, 'thrf', fmt(b.thrf)) end
-      if b.updated ~= nil then redis.call('HSET', b.key, 'updated', fmt(b.updated)) end
-    end
+    local fields = changed_state(b)
+    if #fields > 0 then redis.call('HSET', b.key, unpack(fields)) end
     if b.config then
       redis.call('HSET', b.key, 'lim', fmt(b.lim), 'soft', opt(b.soft), 'wf', fmt(b.wf),
         'period', b.period, 'pk', b.pk, 'ps', opt(b.ps), 'pu', b.pu, 'meta', b.meta,
@@ -518,8 +536,13 @@ local function flush(batch, events_key)
     redis.call('HSET', h[2], h[3], fmt(h[5]))
   end
   for _, e in ipairs(batch.entries) do
-    e.sid = redis.call('XADD', e.key, '*', 'id', e.id, 'bid', e.bid, 'amt', fmt(e.amt),
-      'src', e.src, 'rt', e.rt, 'ri', e.ri, 'sess', e.sess, 'desc', e.desc, 'ts', fmt(e.ts))
+    if e.rt == '' and e.ri == '' and e.sess == '' and e.desc == '' then
+      e.sid = redis.call('XADD', e.key, '*', 'id', e.id, 'bid', e.bid, 'amt', fmt(e.amt),
+        'src', e.src, 'ts', fmt(e.ts))
+    else
+      e.sid = redis.call('XADD', e.key, '*', 'id', e.id, 'bid', e.bid, 'amt', fmt(e.amt),
+        'src', e.src, 'rt', e.rt, 'ri', e.ri, 'sess', e.sess, 'desc', e.desc, 'ts', fmt(e.ts))
+    end
   end
   for _, ev in ipairs(batch.events) do
     ev.sid = redis.call('XADD', events_key, '*', 'type', ev.type, 'bid', ev.b.id,

@@ -1,6 +1,6 @@
 """What the Lua of a scope operation costs, piece by piece, without the noise of a call each.
 
-Usage: ``python3 scripts/lua_microprofile.py [--repeat 300] [--rounds 5]``
+Usage: ``python3 scripts/lua_microprofile.py [--repeat 300] [--rounds 5] [--lua DIR]``
 
 A private redis-server gets a 3-budget scope (made by budgetkit); each piece below runs
 ``--repeat`` times inside ONE ``EVAL`` of the prelude (lua/_lib.lua) plus a loop, and Redis's
@@ -8,7 +8,8 @@ A private redis-server gets a 3-budget scope (made by budgetkit); each piece bel
 call per piece: the machine's noise (scheduling, the client) mostly cancels out, which A/B runs
 of whole calls (scripts/lua_variants.py) cannot do on a shared machine. The pieces that build
 on each other (scope load, charge, reply, writes) are cumulative. Prints the median and the
-minimum of ``--rounds``.
+minimum of ``--rounds``. ``--lua DIR``: the prelude of another checkout's ``lua/`` (an A/B:
+run it with both, ``git worktree add /tmp/base HEAD``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ PIECES = {
 }
 
 
-async def profile(url: str, repeat: int, rounds: int) -> dict[str, list[float]]:
+async def profile(url: str, repeat: int, rounds: int, lua: Path) -> dict[str, list[float]]:
     client = redis_asyncio.Redis.from_url(url)
     kit = bk.BudgetKit(client, batching=False)
     ids = [(await kit.create_budget(ORG, t, s, "usd", 10**9)).id for t, s in SUBJECTS]
@@ -78,7 +79,7 @@ async def profile(url: str, repeat: int, rounds: int) -> dict[str, list[float]]:
         "local IDB = 'ledger_' .. string.rep('a', 30) local AM = { usd = 1 } "
         f"local SCRATCH = '{prefix}scratch' local STATE = '999000:0::active:0:0:0:0:{NOW_MS}'\n"
     )
-    prelude = (lua_dir() / "_lib.lua").read_text(encoding="utf-8")
+    prelude = (lua / "_lib.lua").read_text(encoding="utf-8")
     results: dict[str, list[float]] = {}
     for _ in range(rounds):
         for name, body in PIECES.items():
@@ -104,9 +105,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--lua", type=Path, default=lua_dir())
     a = parser.parse_args()
     with redis_server.RedisServer() as server:
-        report(asyncio.run(profile(server.url, a.repeat, a.rounds)))
+        report(asyncio.run(profile(server.url, a.repeat, a.rounds, a.lua)))
 
 
 if __name__ == "__main__":
