@@ -452,9 +452,20 @@ local function hold_index_keys(batch, budget_id)
 end
 
 -- Releases up to HOLDS_PURGE_MAX expired holds of a budget (in memory; flush writes them).
+-- Also notes when the earliest hold left expires (b.holds_until, for valid_until; MAX_MICROS =
+-- no hold; nil = not known, after a purge): one read of the earliest hold when none expired.
 local function purge_expired_holds(batch, b)
-  if b.held == 0 then return end
+  if b.held == 0 then
+    b.holds_until = MAX_MICROS
+    return
+  end
   local zkey, akey = hold_index_keys(batch, b.id)
+  local earliest = tonumber(redis.call('ZRANGEBYSCORE', zkey, '-inf', '+inf', 'WITHSCORES', 'LIMIT',
+    0, 1)[2])
+  if earliest == nil or earliest > batch.now then
+    b.holds_until = earliest
+    return
+  end
   local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', batch.now, 'LIMIT', 0, HOLDS_PURGE_MAX)
   if #expired == 0 then return end
   local amounts = redis.call('HMGET', akey, unpack(expired))
@@ -593,9 +604,15 @@ local function valid_until(batch, budgets)
       until_ms = math.min(until_ms, next_bucket_start(b.pstart, b.pu))
     end
     if b.held > 0 then
-      local first = redis.call('ZRANGEBYSCORE', batch.prefix .. HOLD_INDEX_KEY .. b.id, '-inf',
-        '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-      if first[2] then until_ms = math.min(until_ms, tonumber(first[2])) end
+      -- Known since the refresh (a hold taken or resolved since only moves it earlier or
+      -- leaves it early: never later than the truth), else read now.
+      local hold_until = b.holds_until
+      if hold_until == nil then
+        local first = redis.call('ZRANGEBYSCORE', batch.prefix .. HOLD_INDEX_KEY .. b.id, '-inf',
+          '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+        hold_until = tonumber(first[2])
+      end
+      if hold_until then until_ms = math.min(until_ms, hold_until) end
     end
   end
   return until_ms

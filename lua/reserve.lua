@@ -51,6 +51,7 @@ for _, b in ipairs(budgets) do
     local zkey, akey = hold_index_keys(batch, b.id)
     table.insert(batch.holds, { zkey, akey, hold_id, expires, amount })
     b.held = b.held + amount
+    if b.holds_until ~= nil then b.holds_until = math.min(b.holds_until, expires) end
     redis.call('HSET', hold_key, 'b:' .. b.id, fmt(amount))
     mark_dirty(batch, b)
   end

@@ -11,10 +11,12 @@ concurrent writer. (The Cluster's check cache: tests/test_cluster.py.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import fakeredis
 import pytest
@@ -26,6 +28,7 @@ from redis.asyncio import Redis
 
 import budgetkit as bk
 import budgetkit.sync as bk_sync
+from budgetkit._core import client as client_module
 
 pytestmark = pytest.mark.real
 
@@ -426,3 +429,67 @@ async def test_canary_every_is_validated(real_redis: Redis) -> None:
         with pytest.raises(bk.InvalidInput, match="canary_every"):
             await kit.enable_check_cache(canary_every=bad)  # type: ignore[arg-type]
         assert kit.check_cache_stats() is None
+
+
+async def test_valid_until_is_the_earliest_hold_expiry_or_period_end(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The time a check's reply stays valid by the clock alone (``valid_until_ms``) is exactly
+    the earliest expiry of an outstanding hold or end of a current period among the scope's
+    budgets, through random holds taken, committed, released and expiring, debits and time."""
+    clock = Clock()
+    kit = bk.BudgetKit(redis, clock=clock, batching=False)
+    scope = bk.Scope(ORG, session_id="s1", user_id="u1")
+    periodic = await kit.create_budget(
+        ORG, "session", "s1", "usd", 10_000, period={"type": "duration", "seconds": 500}
+    )
+    plain = await kit.create_budget(ORG, "user", "u1", "usd", 10_000)
+    scoped = kit.keys.scope(scope)
+    rng = random.Random(14)
+    holds: list[bk.Reservation] = []
+    replies: list[Any] = []  # every reply parsed: the reserve's, commit's and debit's own
+    parse = client_module.parse_reply
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        reply = parse(*args, **kwargs)
+        replies.append(reply)
+        return reply
+
+    monkeypatch.setattr(client_module, "parse_reply", recorded)
+
+    async def earliest() -> int:
+        ends = []
+        for budget_id in (periodic.id, plain.id):
+            first = await redis.zrange(kit.keys.hold_index(ORG, budget_id), 0, 0, withscores=True)
+            ends += [int(score) for _, score in first]
+        record = await kit.get_budget(ORG, periodic.id)
+        assert record.period_started_at is not None
+        return min([*ends, int(record.period_started_at.timestamp() * 1000) + 500_000])
+
+    for _ in range(150):
+        replies.clear()
+        step = rng.randrange(5)
+        if step == 0:
+            hold = await kit.reserve(scope, {"usd": 1}, ttl_seconds=rng.randint(1, 120))
+            holds.append(hold)
+        elif step == 1 and holds:
+            hold = holds.pop(rng.randrange(len(holds)))
+            with contextlib.suppress(bk.HoldExpired, bk.HoldNotFound):
+                await kit.commit(hold, {"usd": 2})
+        elif step == 2 and holds:
+            hold = holds.pop(rng.randrange(len(holds)))
+            with contextlib.suppress(bk.HoldExpired, bk.HoldNotFound):
+                await kit.release(hold)
+        elif step == 3:
+            await kit.debit(scope, {"usd": 1})
+        else:
+            clock.advance(seconds=rng.randint(1, 60))
+        truth = await earliest()
+        assert step in (1, 2, 4) or any(r.valid_until_ms for r in replies), step
+        for own in replies:  # a write's reply never outlasts the truth (a resolved hold: earlier)
+            if own.valid_until_ms is not None:
+                assert own.valid_until_ms <= truth, (step, own.valid_until_ms, truth)
+                if step in (0, 3):  # a hold taken or a debit: exact
+                    assert own.valid_until_ms == truth, (step, own.valid_until_ms, truth)
+        reply = await kit._check_round_trip(scope, scoped)
+        assert reply is not None and reply.valid_until_ms == await earliest(), step  # (purged)
