@@ -44,7 +44,7 @@ for _, b in ipairs(budgets) do
   end
 end
 local expires = batch.now + ttl_ms
-redis.call('HSET', hold_key, 'exp', fmt(expires), 'sess', session)
+local record = { 'exp', fmt(expires), 'sess', session }  -- the hold record, one HSET
 for _, b in ipairs(budgets) do
   local amount = amounts[b.cur]
   if amount ~= nil and amount > 0 then
@@ -52,10 +52,11 @@ for _, b in ipairs(budgets) do
     table.insert(batch.holds, { zkey, akey, hold_id, expires, amount })
     b.held = b.held + amount
     if b.holds_until ~= nil then b.holds_until = math.min(b.holds_until, expires) end
-    redis.call('HSET', hold_key, 'b:' .. b.id, fmt(amount))
+    record[#record + 1], record[#record + 2] = 'b:' .. b.id, fmt(amount)
     mark_dirty(batch, b)
   end
 end
+redis.call('HSET', hold_key, unpack(record))
 redis.call('PEXPIRE', hold_key, ttl_ms + HOLD_RECORD_GRACE_MS)
 flush(batch, events_key)
 local tags = { 'granted', hold_id, fmt(expires) }
