@@ -90,7 +90,8 @@ VALKEY_TESTS=(
     tests/test_core.py tests/test_reservations.py tests/test_rollover.py tests/test_spend.py
     tests/test_field_trial.py tests/test_retry.py tests/test_property.py tests/test_fuzz.py
     tests/test_isolation.py tests/test_concurrency.py tests/test_thresholds.py
-    tests/test_runtime.py tests/test_migrate.py tests/test_check_cache.py
+    tests/test_runtime.py tests/test_migrate.py tests/test_check_cache.py tests/test_crash.py
+    tests/test_cluster.py tests/test_acl.py tests/test_lean_client.py tests/test_observability.py
 )
 
 # --- 4. private redis-server ----------------------------------------------------------------
