@@ -11,11 +11,12 @@ through the same rules (``BudgetKit._check_reply``).
 Why it is exact:
 
 - **Invalidations.** A dedicated RESP3 connection (``Tracker``) runs ``CLIENT TRACKING ON BCAST
-  PREFIX P:{org}:`` for every organization the cache serves: Redis pushes the name of every key
-  written under those prefixes. Every pushed budget or subject key gets the next value of a
-  sequence (``_touched``); an entry is served only while none of its keys was pushed after the
-  call that filled it was *sent* (its ``Ticket``), so a write that raced the round trip is never
-  served as current.
+  PREFIX P:{org}:b: PREFIX P:{org}:s:`` for every organization the cache serves: Redis pushes the
+  name of every budget hash and subject index set written (not the ledger, event or request
+  record writes: no entry depends on them). Every pushed key gets the next value of a sequence
+  (``_touched``); an entry is served only while none of its keys was pushed after the call that
+  filled it was *sent* (its ``Ticket``), so a write that raced the round trip is never served as
+  current.
 - **Own writes.** The kit's own mutations drop the entries of the keys they touch before they
   are sent and again when their reply comes back (``drop``), so a check after an acknowledged
   write never sees the state before it (read-your-writes), even when the ack beats the push.
@@ -268,21 +269,23 @@ class Tracker:
         self._connection = connection
         self._reader = asyncio.ensure_future(self._read(connection))
         self._tracked = set()
-        for prefix in list(self._prefixes):
-            await self._track(prefix)
+        if self._prefixes:
+            await self._track(list(self._prefixes))
         self._connected_at = time.monotonic()
 
-    async def track(self, prefix: str) -> None:
-        """Adds ``prefix`` to the tracked prefixes (once)."""
-        if prefix in self._prefixes:
+    async def track(self, *prefixes: str) -> None:
+        """Adds ``prefixes`` to the tracked prefixes (each once), in one command."""
+        new = [prefix for prefix in prefixes if prefix not in self._prefixes]
+        if not new:
             return
-        self._prefixes.append(prefix)
+        self._prefixes.extend(new)
         if self._connection is not None:
-            await self._track(prefix)
+            await self._track(new)
 
-    async def _track(self, prefix: str) -> None:
-        await self._command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", prefix)
-        self._tracked.add(prefix)
+    async def _track(self, prefixes: list[str]) -> None:
+        args = [arg for prefix in prefixes for arg in ("PREFIX", prefix)]
+        await self._command("CLIENT", "TRACKING", "ON", "BCAST", *args)
+        self._tracked.update(prefixes)
 
     async def _command(self, *args: Any) -> Any:
         connection = self._connection
@@ -578,10 +581,14 @@ class CheckCache:
         return self._tracked_ticket(channel, prefix)
 
     def _tracked_ticket(self, channel: Channel, prefix: str) -> Ticket | None:
+        """A ticket once the organization (key prefix ``prefix``) is tracked on ``channel``:
+        only the keys an entry depends on (its budget hashes and subject index sets), so the
+        ledger, event and request-record writes of a debit push nothing."""
         tracker = channel.tracker
-        if not tracker.tracks(prefix):
+        missing = [p for p in _dependency_prefixes(prefix) if not tracker.tracks(p)]
+        if missing:
             if tracker.connected:
-                _spawn(self._tasks, self._track(tracker, prefix))
+                _spawn(self._tasks, self._track(tracker, missing))
             return None
         return Ticket(self._epoch, self._seq, self._own, time.monotonic(), channel)
 
@@ -613,11 +620,11 @@ class CheckCache:
             channel.beater = asyncio.ensure_future(self._beat(channel))
         return channel
 
-    async def _track(self, tracker: Tracker, prefix: str) -> None:
+    async def _track(self, tracker: Tracker, prefixes: list[str]) -> None:
         try:
-            await tracker.track(prefix)
+            await tracker.track(*prefixes)
         except (TimeoutError, BudgetUnavailable, redis_errors.RedisError) as error:
-            log.debug("budgetkit: check cache could not track %s: %s", prefix, error)
+            log.debug("budgetkit: check cache could not track %s: %s", prefixes, error)
 
     def fill(self, scoped: ScopeKeys, reply: Reply, ticket: Ticket | None) -> None:
         """Stores ``reply`` for ``scoped`` unless something it shows was written after
@@ -909,6 +916,11 @@ def _in_time(reply: Reply, ticket: Ticket, now_ms: int | None) -> bool:
     if now_ms is None:
         now_ms = reply.now_ms + int((time.monotonic() - ticket.sent) * 1000) + 1
     return now_ms < reply.valid_until_ms
+
+
+def _dependency_prefixes(org_prefix: str) -> tuple[str, ...]:
+    """The tracked prefixes of an organization (``P:{org}:b:``, ``P:{org}:s:``)."""
+    return tuple(org_prefix + segment for segment in DEPENDENCY_SEGMENTS)
 
 
 def _is_dependency(key: str) -> bool:
