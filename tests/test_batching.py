@@ -80,3 +80,64 @@ async def test_a_burst_takes_a_few_pipelines_not_a_connection_each(redis_server_
         assert all(r.entries for r in results)
         assert kit._batcher is not None and kit._batcher.batches <= 16
         assert (await kit.check_tool(scope)).budgets[0].balance == pytest.approx(9_980)
+
+
+class Boom(BaseException):
+    """Not an Exception: what a pipeline's task could die of without settling its calls."""
+
+
+@pytest.mark.parametrize("death", ["raises", "returns"])
+async def test_no_caller_waits_forever_when_a_pipeline_task_dies(
+    redis: Redis, death: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipeline's task that ends without answering its calls (a BaseException, a bug that
+    returns early) leaves no caller waiting: each gets OutcomeUnknown (it may have been sent)."""
+    kit = bk.BudgetKit(redis)
+    scope = bk.Scope("org_b", session_id="s1")
+    await kit.create_budget("org_b", "session", "s1", "usd", 100)
+
+    async def dies(calls: list[object]) -> None:
+        if death == "raises":
+            raise Boom
+        return None
+
+    batcher = kit._batcher
+    assert batcher is not None
+    monkeypatch.setattr(batcher, "_send", dies)
+    calls = [kit.debit(scope, {"usd": 1}) for _ in range(8)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+    lone, *batched = outcomes  # the first call went out alone, the others queued behind it
+    assert not isinstance(lone, BaseException)
+    assert batched and all(isinstance(o, bk.OutcomeUnknown) for o in batched), outcomes
+
+
+async def test_a_cancelled_event_follower_ends_when_redis_swallowed_the_cancellation(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python < 3.12: a Redis call (redis-py's wait_for) can swallow a cancellation and return
+    normally. ``events(follow=True)`` loops over such calls: it must still end when cancelled."""
+    kit = bk.BudgetKit(redis)
+    swallowed, give_up = asyncio.Event(), asyncio.Event()
+
+    async def xread_swallowing_cancellation(*args: object, **kwargs: object) -> list[object]:
+        if give_up.is_set():
+            raise RuntimeError("the follower never ended")  # (so that the test fails, not hangs)
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            swallowed.set()  # what CPython gh-86296 does inside wait_for: no error raised
+        return []
+
+    monkeypatch.setattr(kit.redis, "xread", xread_swallowing_cancellation)
+
+    async def follow() -> None:
+        async for _ in kit.events("org_b", follow=True):
+            pass
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    ended, _ = await asyncio.wait({task}, timeout=2)
+    give_up.set()
+    assert task in ended and task.cancelled(), task
+    assert swallowed.is_set()

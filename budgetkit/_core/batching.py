@@ -13,6 +13,8 @@ batches form from calls that are already concurrent.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +40,8 @@ from budgetkit._core.urls import RedisClient
 #: benchmarks --quick --only debit_batched --scope-sizes 3 --concurrency 64,256 --rounds 3;
 #: 32: 7.1k, 8: 10.1k). Each pipeline in flight holds a connection of the pool (redis-py's
 #: default pool has 100): a burst of thousands of calls still takes a handful of pipelines.
+log = logging.getLogger("budgetkit")
+
 BATCH_SIZE_MIN = 16
 BATCH_SIZE_MAX = 256
 PIPELINES_PER_DISPATCH = 4
@@ -98,9 +102,11 @@ class ScriptBatcher:
         size = -(-len(queue) // PIPELINES_PER_DISPATCH)  # ceil: the pipelines share the calls
         size = min(self._batch_size_max, max(BATCH_SIZE_MIN, size))
         for start in range(0, len(queue), size):
-            task = asyncio.ensure_future(self._send(queue[start : start + size]))
+            calls = queue[start : start + size]
+            task = asyncio.ensure_future(self._send(calls))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(functools.partial(_settle_leftovers, calls))
 
     async def _send(self, calls: list[_Call]) -> None:
         if len(calls) == 1:
@@ -111,10 +117,8 @@ class ScriptBatcher:
         if self._on_batch is not None:
             self._on_batch(len(calls))
         runtime = self._runtime
-        await (
-            runtime.refresh_primary()
-        )  # Sentinel: leave a demoted primary (budgetkit._core.runtime)
         try:
+            await runtime.refresh_primary()  # Sentinel: leave a demoted primary (runtime)
             await runtime.verify_format()  # once per runtime (budgetkit._core.storeformat)
             # No load up front: a server without the library answers "Function not found" to
             # each call, and the call is sent again alone (the runtime loads the library).
@@ -182,6 +186,21 @@ class ScriptBatcher:
             _settle(c, result=await self._runtime.call(c.name, c.keys, c.args))
         except Exception as error:
             _settle(c, exception=error)
+
+
+def _settle_leftovers(calls: list[_Call], task: asyncio.Task[None]) -> None:
+    """A pipeline's task ended: no caller of it waits forever, whatever ended it (a bug, a
+    cancellation at shutdown). A call still unanswered may have been sent: OutcomeUnknown."""
+    left = [c for c in calls if not c.future.done()]
+    if not left:
+        return
+    error = None if task.cancelled() else task.exception()
+    why = "cancelled" if task.cancelled() else repr(error) if error else "no reply settled"
+    log.error(
+        "budgetkit: a pipeline of %d calls ended with %d unanswered: %s", len(calls), len(left), why
+    )
+    for c in left:
+        _settle(c, exception=OutcomeUnknown(f"{c.name}: its pipeline ended unanswered ({why})"))
 
 
 def _settle(c: _Call, *, result: Any = None, exception: BaseException | None = None) -> None:

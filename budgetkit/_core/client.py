@@ -24,6 +24,7 @@ from redis.cluster import RedisCluster as BlockingCluster
 from budgetkit._core import convert
 from budgetkit._core.amounts import from_micros, to_micros
 from budgetkit._core.batching import ScriptBatcher
+from budgetkit._core.cancellation import raise_if_cancelling
 from budgetkit._core.checkcache import (
     CANARY_EVERY_DEFAULT,
     CheckCache,
@@ -1133,6 +1134,7 @@ class BudgetKit:
                 batches: Any = await self._client.xread(
                     {key: last}, count=EVENTS_BATCH_MAX, block=block
                 )
+            raise_if_cancelling()  # one redis-py swallowed (budgetkit._core.cancellation)
             if not batches:
                 if follow:
                     continue

@@ -13,6 +13,7 @@ fakeredis server (``in_process_redis``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,14 +130,22 @@ async def _after_denial(
 EVENT_POLL_S = 0.05
 
 
-async def _print_events(kit: BudgetKit, org: str, say: Callable[[str], None]) -> None:
-    """Prints events as they fire; polls without a blocking XREAD so cancelling is always prompt."""
+async def _print_events(
+    kit: BudgetKit, org: str, say: Callable[[str], None], done: asyncio.Event
+) -> None:
+    """Prints events as they fire until ``done`` (then the last ones): polls without a blocking
+    XREAD. It stops on a flag, not on cancellation: on Python < 3.12 a Redis call can swallow a
+    cancellation (budgetkit._core.cancellation), and the demo hung once in CI that way."""
     after: str | None = None
     while True:
+        last_round = done.is_set()
         async for event in kit.events(org, after=after, follow=False):
             say(_event_line(event))
             after = event.id
-        await asyncio.sleep(EVENT_POLL_S)
+        if last_round:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), EVENT_POLL_S)
 
 
 def _event_line(event: BudgetEvent) -> str:
@@ -155,7 +164,8 @@ async def run_demo(
     org = f"demo_{uuid7_hex()[-12:]}"
     budgets = await _setup(kit, org)
     say(f"budgetkit demo: org {org}, {len(budgets)} budgets, {WORKERS} concurrent workers")
-    printer = asyncio.create_task(_print_events(kit, org, say))
+    done = asyncio.Event()
+    printer = asyncio.create_task(_print_events(kit, org, say, done))
     rng = random.Random(seed)
     users = ["usr_alice", "usr_bob"]
     scopes = [
@@ -163,9 +173,8 @@ async def run_demo(
         for i in range(WORKERS)
     ]
     calls = await asyncio.gather(*(_worker(kit, clock, s, rng, say) for s in scopes))
-    await asyncio.sleep(0.3)
-    printer.cancel()
-    await asyncio.gather(printer, return_exceptions=True)
+    done.set()
+    await printer
     say(f"{sum(calls)} metered LLM calls over {clock.now - budgets[0].created_at} simulated")
     return await _report(kit, org, say)
 
