@@ -451,6 +451,12 @@ local function hold_index_keys(batch, budget_id)
   return batch.prefix .. HOLD_INDEX_KEY .. budget_id, batch.prefix .. HOLD_AMOUNTS_KEY .. budget_id
 end
 
+-- When the budget's earliest outstanding hold expires (ms; nil: no hold in its index).
+local function earliest_hold_ms(zkey)
+  return tonumber(redis.call('ZRANGEBYSCORE', zkey, '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0,
+    1)[2])
+end
+
 -- Releases up to HOLDS_PURGE_MAX expired holds of a budget (in memory; flush writes them).
 -- Also notes when the earliest hold left expires (b.holds_until, for valid_until; MAX_MICROS =
 -- no hold; nil = not known, after a purge): one read of the earliest hold when none expired.
@@ -460,8 +466,7 @@ local function purge_expired_holds(batch, b)
     return
   end
   local zkey, akey = hold_index_keys(batch, b.id)
-  local earliest = tonumber(redis.call('ZRANGEBYSCORE', zkey, '-inf', '+inf', 'WITHSCORES', 'LIMIT',
-    0, 1)[2])
+  local earliest = earliest_hold_ms(zkey)
   if earliest == nil or earliest > batch.now then
     b.holds_until = earliest
     return
@@ -607,11 +612,7 @@ local function valid_until(batch, budgets)
       -- Known since the refresh (a hold taken or resolved since only moves it earlier or
       -- leaves it early: never later than the truth), else read now.
       local hold_until = b.holds_until
-      if hold_until == nil then
-        local first = redis.call('ZRANGEBYSCORE', batch.prefix .. HOLD_INDEX_KEY .. b.id, '-inf',
-          '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-        hold_until = tonumber(first[2])
-      end
+      if hold_until == nil then hold_until = earliest_hold_ms(hold_index_keys(batch, b.id)) end
       if hold_until then until_ms = math.min(until_ms, hold_until) end
     end
   end

@@ -12,6 +12,7 @@ with a ``RedisCluster`` client (async and through the blocking facade).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -404,21 +405,26 @@ def tracking_channels(kit: bk.BudgetKit) -> dict[str, Any]:
     return dict(cache._channels)
 
 
+@contextlib.asynccontextmanager
+async def kit_pair(url: str) -> AsyncIterator[tuple[bk.BudgetKit, bk.BudgetKit]]:
+    """Two kits on the cluster at ``url`` (two clients), one manual clock: the one whose check
+    cache a test enables, and an uncached one (another client)."""
+    clock = ManualClock()
+    async with (
+        bk.BudgetKit.from_url(url, clock=clock) as cached,
+        bk.BudgetKit.from_url(url, clock=clock) as plain,
+    ):
+        yield cached, plain
+
+
 @pytest_asyncio.fixture
 async def cache_kits(
     local_cluster: Any, cluster_client: RedisCluster
 ) -> AsyncIterator[tuple[bk.BudgetKit, bk.BudgetKit]]:
-    """A kit with the check cache on the cluster and an uncached kit (another client), one
-    clock."""
-    clock = ManualClock()
-    cached = bk.BudgetKit.from_url(local_cluster.url, clock=clock)
-    plain = bk.BudgetKit.from_url(local_cluster.url, clock=clock)
-    await cached.enable_check_cache(heartbeat_ms=20, canary_every=50)
-    try:
+    """A kit with the check cache on the cluster and an uncached kit (another client)."""
+    async with kit_pair(local_cluster.url) as (cached, plain):
+        await cached.enable_check_cache(heartbeat_ms=20, canary_every=50)
         yield cached, plain
-    finally:
-        await cached.aclose()
-        await plain.aclose()
 
 
 async def test_check_cache_on_the_cluster_agrees_with_an_uncached_kit(
@@ -513,12 +519,8 @@ async def test_check_cache_follows_a_slot_migration(cluster_factory: Callable[..
     not exist, so no push names them) is answered stale; the cache then serves the org from its
     new primary, and its own writes there are read back at once."""
     cluster = cluster_factory(replicas=0)
-    clock = ManualClock()
     org = "org_moving"
-    async with (
-        bk.BudgetKit.from_url(cluster.url, clock=clock) as cached,
-        bk.BudgetKit.from_url(cluster.url, clock=clock) as plain,
-    ):
+    async with kit_pair(cluster.url) as (cached, plain):
         budgeted = await scope_with_budgets(plain, org)
         unbudgeted = bk.Scope(organization_id=org, session_id="s_new")  # no budget yet
         await cached.enable_check_cache(heartbeat_ms=20, canary_every=0)  # (not the canary)
@@ -551,12 +553,8 @@ async def test_check_cache_follows_a_primary_failover(cluster_factory: Callable[
     """CLUSTER FAILOVER of the org's primary: its tracking connection is left on a replica; the
     cache resets, then serves the org from the promoted primary, every answer the store's."""
     cluster = cluster_factory()
-    clock = ManualClock()
     org = "org_failing_over"
-    async with (
-        bk.BudgetKit.from_url(cluster.url, clock=clock) as cached,
-        bk.BudgetKit.from_url(cluster.url, clock=clock) as plain,
-    ):
+    async with kit_pair(cluster.url) as (cached, plain):
         scope = await scope_with_budgets(plain, org)
         await cached.enable_check_cache(heartbeat_ms=20)
         await answered_from_memory(cached, scope)

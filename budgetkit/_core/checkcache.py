@@ -345,7 +345,7 @@ class Tracker:
             await asyncio.sleep(delay_s)
             try:
                 await self._connect()
-            except (redis_errors.RedisError, OSError, BudgetUnavailable) as error:
+            except _REDIS_ERRORS as error:
                 level = logging.WARNING if warn_first else logging.DEBUG
                 log.log(level, "budgetkit: check cache tracking connection failed: %s", error)
                 warn_first = False
@@ -442,7 +442,7 @@ class CheckCache:
         try:
             await channel.tracker.start()
             await channel.tracker.track(channel.beat_prefix)
-        except (redis_errors.RedisError, OSError, BudgetUnavailable, TimeoutError) as error:
+        except _REDIS_ERRORS as error:
             await channel.tracker.close()
             raise BudgetUnavailable(
                 f"the check cache could not start tracking (Redis >= 6 CLIENT TRACKING over "
@@ -623,7 +623,7 @@ class CheckCache:
     async def _track(self, tracker: Tracker, prefixes: list[str]) -> None:
         try:
             await tracker.track(*prefixes)
-        except (TimeoutError, BudgetUnavailable, redis_errors.RedisError) as error:
+        except _REDIS_ERRORS as error:
             log.debug("budgetkit: check cache could not track %s: %s", prefixes, error)
 
     def fill(self, scoped: ScopeKeys, reply: Reply, ticket: Ticket | None) -> None:

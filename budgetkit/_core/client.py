@@ -371,10 +371,10 @@ class BudgetKit:
         return None if self._check_cache is None else self._check_cache.stats()
 
     async def _fresh_check(self, scoped: ScopeKeys) -> Reply:
-        """One check.lua round trip of a scope, never cached nor retried (the cache's canary)."""
-        args = self._common_args("", scoped.org)
-        raw = await self._raw("check", [*scoped.subjects, scoped.events], args)
-        return parse_reply(raw, snapshots=True, levels=scoped.levels)
+        """One check.lua round trip of a scope on the primary, never cached nor retried (each
+        attempt of ``_check_round_trip``; the cache's canary)."""
+        keys, args = [*scoped.subjects, scoped.events], self._common_args("", scoped.org)
+        return await self._run("check", keys, args, snapshots=True, levels=scoped.levels)
 
     def _after_write(
         self,
@@ -700,14 +700,14 @@ class BudgetKit:
 
     async def _check_round_trip(self, scope: Scope, scoped: ScopeKeys) -> Reply | None:
         """check.lua (check_ro.lua on the read replica), tried CHECK_ATTEMPTS_MAX times."""
-        keys, levels = [*scoped.subjects, scoped.events], scoped.levels
         for attempt in range(1, CHECK_ATTEMPTS_MAX + 1):
             try:
-                args = self._common_args(scope.organization_id, scoped.org)
                 if self._replica is not None:
+                    keys = [*scoped.subjects, scoped.events]
+                    args = self._common_args(scope.organization_id, scoped.org)
                     raw = await self._replica.call("check_ro", keys, args, readonly=True)
-                    return parse_reply(raw, snapshots=True, levels=levels)
-                return await self._run("check", keys, args, snapshots=True, levels=levels)
+                    return parse_reply(raw, snapshots=True, levels=scoped.levels)
+                return await self._fresh_check(scoped)
             except BudgetUnavailable as error:
                 if attempt < CHECK_ATTEMPTS_MAX:
                     self.counters.check_retries += 1

@@ -154,14 +154,14 @@ class Instruments:
 
     def check_cache_enabled(self, stats: CheckCacheReader) -> None:
         """Tells every instrument that has the hook (``CheckCacheInstrument``)."""
-        for i in self._all:
-            hook = getattr(i, "check_cache_enabled", None)
-            if hook is not None:
-                hook(stats)
+        self._optional_hook("check_cache_enabled", stats)
 
     def check_cache_disabled(self, stats: CheckCacheReader) -> None:
+        self._optional_hook("check_cache_disabled", stats)
+
+    def _optional_hook(self, name: str, stats: CheckCacheReader) -> None:
         for i in self._all:
-            hook = getattr(i, "check_cache_disabled", None)
+            hook = getattr(i, name, None)
             if hook is not None:
                 hook(stats)
 
